@@ -1,0 +1,107 @@
+"""The Method interface: the one seam every self-supervised method plugs into.
+
+A method owns its flax modules and pure functions; the trainer calls only these:
+
+* ``crop_specs()``                       -> the host-side crops (views) it needs per image;
+* ``init(rng, batch)``                   -> (params, buffers): trainable params and method state
+                                            (BatchNorm stats, teacher params, queues, centers);
+* ``views(batch, rng)``                  -> on-device augmentation / masking (jittable);
+* ``loss(params, state, views, rng)``    -> (loss, (metrics, new_buffers)), pure;
+* ``after_update(state)``                -> state (EMA teacher, queue enqueue, center update);
+* ``features(params, buffers, images)``  -> (B, D) frozen-encoder features for eval and export.
+
+The trainer never branches on the method's name.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import models
+from ssl_jax.data import augment
+from ssl_jax.data.pipeline import CropSpec
+
+
+def apply_module(module, params, stats, x, *, train: bool, rngs=None, **kw):
+  """Applies a flax module, threading BatchNorm statistics when the module has any.
+
+  Returns (output, new_stats); in eval mode (or for modules without BatchNorm) the stats are
+  returned unchanged.
+  """
+  variables = {'params': params}
+  if stats:
+    variables['batch_stats'] = stats
+  if train and stats:
+    out, updates = module.apply(variables, x, train=True, mutable=['batch_stats'], rngs=rngs, **kw)
+    return out, updates['batch_stats']
+  return module.apply(variables, x, train=train, rngs=rngs, **kw), stats
+
+
+def init_module(module, rng, x, **kw):
+  """Initialises a flax module in eval mode; returns (params, batch_stats or {})."""
+  variables = module.init({'params': rng, 'dropout': rng}, x, train=False, **kw)
+  return variables['params'], variables.get('batch_stats', {})
+
+
+class Method:
+  """Base class with the shared pieces: the backbone, view crops, augmentation, features."""
+
+  #: Default host crops: two views of ``data.image_size``.
+  num_views = 2
+
+  def __init__(self, config):
+    self.config = config
+    self.backbone = models.build_backbone(config.model)
+    self.feature_dim = models.feature_dim(self.backbone)
+
+  # -- data -------------------------------------------------------------------------------------
+  def crop_specs(self) -> tuple[CropSpec, ...]:
+    d = self.config.data
+    return tuple(CropSpec(f'view{i}', d.image_size, tuple(d.crop_scale), flip=d.flip)
+                 for i in range(self.num_views))
+
+  def view_recipes(self) -> tuple[Any, ...]:
+    """Augmentation recipe for each view (``config.aug.recipe`` may be one name or one per view)."""
+    recipe = self.config.aug.recipe
+    names = [recipe] * self.num_views if isinstance(recipe, str) else list(recipe)
+    return tuple(augment.get_recipe(n, **dict(self.config.aug.get('overrides', {})))
+                 for n in names)
+
+  def views(self, batch, rng):
+    """Colour-augments each host crop with its recipe and per-example keys."""
+    keys = jax.random.split(rng, self.num_views)
+    return {f'view{i}': augment.augment_batch(keys[i], batch[f'view{i}'], recipe)
+            for i, recipe in enumerate(self.view_recipes())}
+
+  # -- training -----------------------------------------------------------------------------------
+  def init(self, rng, batch):
+    raise NotImplementedError
+
+  def loss(self, params, state, views, rng):
+    raise NotImplementedError
+
+  def after_update(self, state):
+    return state
+
+  # -- evaluation / export ------------------------------------------------------------------------
+  def normalize(self, images_uint8):
+    """Eval-time preprocessing: uint8 -> float normalised with the recipe's mean/std."""
+    recipe = augment.get_recipe('none')
+    return augment.augment_batch(jax.random.PRNGKey(0), images_uint8, recipe)
+
+  def features(self, params, buffers, images_uint8):
+    """Pooled backbone features (B, D) of the frozen encoder, eval mode."""
+    x = self.normalize(images_uint8)
+    out, _ = apply_module(self.backbone, params['backbone'],
+                          buffers.get('batch_stats', {}).get('backbone', {}), x, train=False)
+    return out.astype(jnp.float32)
+
+  def encoder_variables(self, params, buffers):
+    """The backbone's flax variables alone, for encoder-only export."""
+    v = {'params': params['backbone']}
+    stats = buffers.get('batch_stats', {}).get('backbone', {})
+    if stats:
+      v['batch_stats'] = stats
+    return v

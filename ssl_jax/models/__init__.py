@@ -1,0 +1,45 @@
+"""Backbones by short name: the one explicit dict a config's ``model.backbone`` maps through."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ssl_jax.models import resnet
+
+RESNETS = {'resnet18': resnet.resnet18, 'resnet50': resnet.resnet50}
+VITS = ('vit_tiny', 'vit_small', 'vit_base')
+BACKBONES = tuple(RESNETS) + VITS
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def build_backbone(model_cfg):
+  """Builds the backbone named by ``model_cfg.backbone`` (a flax module with ``feature_dim``).
+
+  ResNets read ``width``, ``cifar_stem``; ViTs read ``patch_size``, ``img_size``,
+  ``drop_path_rate`` and optional overrides ``embed_dim``/``depth``/``num_heads`` (for tiny test
+  models). Unknown names raise ValueError naming the field.
+  """
+  name = model_cfg.backbone
+  dtype = _DTYPES[model_cfg.get('dtype', 'float32')]
+  if name in RESNETS:
+    return RESNETS[name](width=model_cfg.get('width', 64),
+                         cifar_stem=model_cfg.get('cifar_stem', False), dtype=dtype)
+  if name in VITS:
+    from ssl_jax.models import vit  # pylint: disable=g-import-not-at-top
+    kw = dict(vit.VIT_PRESETS[name])
+    for key in ('embed_dim', 'depth', 'num_heads'):
+      if model_cfg.get(key, None):
+        kw[key] = model_cfg[key]
+    return vit.ViT(img_size=model_cfg.get('img_size', 224),
+                   patch_size=model_cfg.get('patch_size', 16),
+                   drop_path_rate=model_cfg.get('drop_path_rate', 0.0),
+                   remat=model_cfg.get('remat', False), dtype=dtype, **kw)
+  raise ValueError(f'config.model.backbone={name!r} is not a known backbone; '
+                   f'choose one of {list(BACKBONES)}')
+
+
+def feature_dim(backbone) -> int:
+  """Width of the pooled feature the backbone returns."""
+  if hasattr(backbone, 'feature_dim'):
+    return backbone.feature_dim
+  return backbone.embed_dim

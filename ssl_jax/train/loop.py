@@ -1,0 +1,210 @@
+"""The pretraining loop, top to bottom: mesh -> input -> method & optimizer -> shard/restore ->
+compiled step -> loop (metrics, progress, online kNN, checkpoints) -> final evaluation.
+
+The loop knows nothing of any particular method: everything method-specific sits behind the
+Method interface (ssl_jax/methods/base.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ssl_jax import config as config_lib
+from ssl_jax import methods
+from ssl_jax.data import pipeline, sources
+from ssl_jax.eval import features as features_lib
+from ssl_jax.eval import knn
+from ssl_jax.train import checkpoint as ckpt_lib
+from ssl_jax.train import schedules, sharding, step as step_lib
+from ssl_jax.train.state import TrainState
+
+
+class NonFiniteError(RuntimeError):
+  """Raised under ``train.nan_policy='stop'`` when a step had a non-finite loss or gradient."""
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def _summary_writer(workdir):
+  if not _is_main():
+    return None
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def create_train_state(method, tx, rng, sample_batch):
+  params, buffers = method.init(rng, sample_batch)
+  return TrainState.create(params=params, tx=tx, buffers=buffers)
+
+
+class Experiment:
+  """Everything a run needs, built from (config, workdir): usable from Python and tests.
+
+  Attributes: config, workdir, mesh, method, train_ds (grain MapDataset), tx, lr_schedule,
+  abstract_state, state_sharding, init_fn (jitted), step_fn (jitted), checkpointer.
+  """
+
+  def __init__(self, config, workdir: str, mesh=None):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+      raise ValueError(f'--workdir={workdir} exists and is not a directory')
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    config_lib.validate(config, num_devices=self.mesh.size)
+    self.method = methods.build_method(config)
+
+    # -- input ----------------------------------------------------------------------------------
+    self.train_source = sources.get_source(config.data, config.data.train_split)
+    self.train_ds = pipeline.train_dataset(
+        self.train_source, self.method.crop_specs(), global_batch=config.data.batch_size,
+        seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    local_sample = self.train_ds[0]
+    sample = jax.tree_util.tree_map(
+        lambda x: np.zeros((config.data.batch_size,) + x.shape[1:], x.dtype), local_sample)
+
+    # -- method & optimizer ---------------------------------------------------------------------
+    self.tx, self.lr_schedule = schedules.build_optimizer(config.optim, config.data.batch_size,
+                                                          config.train.steps)
+    init = lambda rng: create_train_state(self.method, self.tx, rng, sample)
+    self.abstract_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    self.state_sharding = sharding.state_shardings(self.mesh, self.abstract_state)
+    self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
+    self.meta = ckpt_lib.run_metadata(config, self.abstract_state)
+
+    # -- compiled step ----------------------------------------------------------------------------
+    train_step = step_lib.make_train_step(self.method, config.seed, self.lr_schedule)
+    self.step_fn = jax.jit(train_step,
+                           in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh)),
+                           out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
+                           donate_argnums=(0,))
+    self.feature_fn = features_lib.make_feature_fn(self.method, self.mesh)
+    self.checkpointer = None
+
+  # -- state --------------------------------------------------------------------------------------
+  def initial_state(self):
+    return self.init_fn(jax.random.PRNGKey(self.config.seed))
+
+  def restore_or_init(self):
+    """(state, data_state or None): the latest checkpoint in the workdir, else a fresh state."""
+    self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints)
+    latest = self.checkpointer.latest_step()
+    if latest is None:
+      return self.initial_state(), None
+    abstract = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
+        self.state_sharding)
+    state, data_state = self.checkpointer.restore(latest, abstract, self.meta)
+    logging.info('Resumed from %s at step %d', self.checkpointer.directory, latest)
+    return state, data_state
+
+  def save(self, state, iterator, force=False):
+    step = int(jax.device_get(state.step))
+    self.checkpointer.save(step, state, iterator.get_state(), self.meta, force=force)
+
+  # -- evaluation ----------------------------------------------------------------------------------
+  def knn_eval(self, state) -> float:
+    """Weighted kNN top-1 of the current encoder: memory bank = eval_train_split, queries = eval_split."""
+    c = self.config
+    kw = dict(mesh=self.mesh, image_size=c.data.image_size, batch_size=c.eval.batch_size,
+              crop_frac=c.data.eval_crop_frac)
+    train_src = sources.get_source(c.data, c.data.eval_train_split)
+    test_src = sources.get_source(c.data, c.data.eval_split)
+    f_tr, y_tr = features_lib.extract_features(self.feature_fn, state.params, state.buffers,
+                                               train_src, **kw)
+    f_te, y_te = features_lib.extract_features(self.feature_fn, state.params, state.buffers,
+                                               test_src, **kw)
+    return knn.knn_top1(f_tr, y_tr, f_te, y_te, k=c.eval.knn_k,
+                        temperature=c.eval.knn_temperature, num_classes=train_src.num_classes)
+
+
+def _progress(total, initial, enabled):
+  if not (enabled and _is_main()):
+    return None
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, dynamic_ncols=True, unit='step')
+
+
+def train_and_evaluate(config, workdir: str, mesh=None) -> dict:
+  """Pretrains ``config.method`` for ``config.train.steps`` steps (resuming from ``workdir``),
+  then evaluates; returns (and writes to ``workdir/summary.json``) the run summary."""
+  exp = Experiment(config, workdir, mesh)
+  c = config
+  state, data_state = exp.restore_or_init()
+  iterator = pipeline.make_iterator(exp.train_ds, c.data.num_workers, c.data.prefetch)
+  if data_state is not None:
+    iterator.set_state(data_state)
+  start = int(jax.device_get(state.step))
+  writer = _summary_writer(exp.workdir)
+  bar = _progress(c.train.steps, start, c.train.progress_bar)
+  history, last_metrics = [], {}
+  t_first, n_timed = None, 0
+  try:
+    for step in range(start, c.train.steps):
+      batch = sharding.global_batch(exp.mesh, next(iterator))
+      state, metrics = exp.step_fn(state, batch)
+      done = step + 1
+      if t_first is None:
+        jax.block_until_ready(state.step)  # exclude compilation from images/s
+        t_first = time.perf_counter()
+      else:
+        n_timed += 1
+      if done % c.train.log_every == 0 or done == c.train.steps:
+        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - t_first
+        ips = n_timed * c.data.batch_size / elapsed if n_timed and elapsed > 0 else 0.0
+        last_metrics['images_per_sec'] = ips
+        history.append({'step': done, **last_metrics})
+        if last_metrics['nonfinite'] and c.train.nan_policy == 'stop':
+          raise NonFiniteError(
+              f'non-finite loss or gradient at step {done} (update skipped); last good checkpoint: '
+              f'step {exp.checkpointer.latest_step()} in {exp.checkpointer.directory}')
+        if writer:
+          for k, v in last_metrics.items():
+            writer.add_scalar(f'train/{k}', v, done)
+        if bar is not None:
+          bar.set_postfix(loss=f"{last_metrics['loss']:.4f}", img_s=f'{ips:.0f}')
+      if bar is not None:
+        bar.update(1)
+      if c.train.knn_every and done % c.train.knn_every == 0 and done != c.train.steps:
+        acc = exp.knn_eval(state)
+        history.append({'step': done, 'knn_top1': acc})
+        if writer:
+          writer.add_scalar('eval/knn_top1', acc, done)
+      if done % c.train.checkpoint_every == 0 or done == c.train.steps:
+        exp.save(state, iterator)
+  finally:
+    if bar is not None:
+      bar.close()
+    exp.checkpointer.close()
+  steps_run = c.train.steps - start
+  summary = {
+      'method': c.method.name, 'backbone': c.model.backbone, 'dataset': c.data.name,
+      'steps': c.train.steps, 'resumed_from_step': start, 'global_batch': c.data.batch_size,
+      'devices': exp.mesh.size, 'final_loss': last_metrics.get('loss'),
+      'images_per_sec': last_metrics.get('images_per_sec'),
+      'skipped_updates': int(jax.device_get(state.skipped)), 'steps_run': steps_run,
+  }
+  if c.train.final_eval:
+    summary['knn_top1'] = exp.knn_eval(state)
+    summary['knn_top1_random_init'] = exp.knn_eval(exp.initial_state())
+    err, err0 = 1 - summary['knn_top1'], 1 - summary['knn_top1_random_init']
+    summary['knn_error_ratio'] = err / err0 if err0 > 0 else None
+    if writer:
+      writer.add_scalar('eval/knn_top1', summary['knn_top1'], c.train.steps)
+  if writer:
+    writer.close()
+  if _is_main():
+    with open(os.path.join(exp.workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+    with open(os.path.join(exp.workdir, 'history.json'), 'w') as f:
+      json.dump(history, f, indent=1)
+  return summary
