@@ -489,6 +489,11 @@ RECIPES: dict[str, dict] = {
     'simclr': dict(color_jitter=dict(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8,
                                       hue=0.2),
                    grayscale=0.2, blur=dict(p=0.5, **_BLUR), **_NORM),
+    # MoCo v1 (He et al. 2020) main_moco.py without --aug-plus, i.e. InstDis (Wu et al. 2018):
+    # jitter 0.4 on every image, grayscale 0.2, no blur (the reference greys before jittering).
+    'mocov1': dict(color_jitter=dict(p=1.0, brightness=0.4, contrast=0.4, saturation=0.4,
+                                      hue=0.4),
+                   grayscale=0.2, **_NORM),
     # MoCo v2 (Chen et al. 2020, "Improved baselines"), main_moco.py --aug-plus.
     'mocov2': dict(color_jitter=dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.4,
                                       hue=0.1),

@@ -1,6 +1,19 @@
 """Random-access data sources: each has ``__len__`` and ``__getitem__(i) -> record`` with
 ``record = {'image': uint8 (H, W, 3), 'label': int32, 'index': int64}`` plus ``num_classes``.
 
+``get_source(config.data, split)`` picks one from ``config.data.source``:
+
+* ``'builtin'`` — the offline sets below (``config.data.name``).
+* ``'tfds'`` — ``tfds.data_source`` over ArrayRecord (``config.data.name``, ``config.data.data_dir``);
+  see ``tfds_source.py``.
+* ``'folder'`` — a folder of image files (``config.data.path``); see ``folder.py``.
+
+File-backed sources are wrapped in ``RobustSource``: an unreadable record is logged by name,
+counted and replaced by the next readable index (so batches keep their shape and a run is still a
+pure function of (config, seed)); more than ``config.data.max_bad_fraction`` bad records stops the
+run. Problems that can be seen up front (missing path, empty folder, unknown TFDS name, images much
+smaller than the crops) stop ``get_source`` with a message that names the field.
+
 The built-in offline datasets ship inside pip packages that ``requirements.txt`` installs, so the
 quickstart and the tests need no network:
 
@@ -17,6 +30,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from absl import logging
+
+from ssl_jax.data.folder import BadRecordError
 
 BUILTIN = ('mnist5k', 'digits')
 
@@ -85,9 +101,150 @@ def builtin_source(name: str = 'mnist5k', split: str = 'train') -> ArraySource:
   return ArraySource(images[sel], labels[sel], num_classes=10, name=f'{name}:{split}')
 
 
+SOURCES = ('builtin', 'tfds', 'folder')
+
+
+class TooManyBadRecordsError(RuntimeError):
+  """More than ``max_bad_fraction`` of a source's records could not be read."""
+
+
+class RobustSource:
+  """Wraps a source whose ``__getitem__`` may raise ``BadRecordError`` (corrupt/unreadable file).
+
+  ``self[i]`` returns record i, or, if it is bad, the record of the next readable index (cyclic):
+  a deterministic replacement, so the batch keeps its shape and every process and worker count
+  computes the same batch. Each bad record is warned about once, naming it. When the number of
+  distinct bad records exceeds ``max_bad_fraction * len(source)`` a ``TooManyBadRecordsError``
+  stops the run (with grain worker processes each worker counts what it has read).
+
+  On construction a fixed sample of ``probe`` records is decoded: this fails early when nothing
+  is readable, and gives the typical image size (``typical_shape``) for the crop-size check.
+  """
+
+  def __init__(self, source, max_bad_fraction: float = 0.01, probe: int = 32):
+    self.source = source
+    self.max_bad_fraction = float(max_bad_fraction)
+    self.num_classes = source.num_classes
+    self.name = getattr(source, 'name', type(source).__name__)
+    self._bad: set[int] = set()
+    n = len(source)
+    idx = np.sort(np.random.default_rng(0).choice(n, size=min(n, probe), replace=False))
+    shapes, errors = [], []
+    for j in idx:
+      try:
+        shapes.append(source[int(j)]['image'].shape)
+      except BadRecordError as e:
+        errors.append(e)
+        self._mark_bad(int(j), e, check=False)
+    if idx.size and not shapes:
+      raise TooManyBadRecordsError(
+          f'none of the {len(idx)} sampled records of {self.name} could be decoded, e.g. '
+          f'{errors[0]}')
+    self.typical_shape = (tuple(int(v) for v in np.median(np.asarray(shapes), axis=0))
+                          if shapes else None)
+    self._check_limit()
+
+  @property
+  def bad_indices(self) -> list[int]:
+    return sorted(self._bad)
+
+  def _describe(self, j: int) -> str:
+    return self.source.describe(j) if hasattr(self.source, 'describe') else f'{self.name}[{j}]'
+
+  def _mark_bad(self, j: int, err: BadRecordError, check: bool = True):
+    self._bad.add(j)
+    logging.warning('skipping unreadable record %s (%s); %d bad record(s) so far in %s',
+                    self._describe(j), err.__cause__ or err, len(self._bad), self.name)
+    if check:
+      self._check_limit()
+
+  def _check_limit(self):
+    n = len(self.source)
+    if len(self._bad) > self.max_bad_fraction * n:
+      shown = ', '.join(self._describe(j) for j in sorted(self._bad)[:5])
+      raise TooManyBadRecordsError(
+          f'{len(self._bad)} of the {n} records of {self.name} are unreadable, more than '
+          f'config.data.max_bad_fraction={self.max_bad_fraction} allows (e.g. {shown}). Remove or '
+          'fix them, or raise config.data.max_bad_fraction.')
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i):
+    n = len(self.source)
+    i = int(i)
+    for k in range(n):
+      j = (i + k) % n
+      if j in self._bad:
+        continue
+      try:
+        return self.source[j]
+      except BadRecordError as e:
+        self._mark_bad(j, e)
+    raise TooManyBadRecordsError(f'no readable record in {self.name}')
+
+  def __repr__(self):
+    return f'RobustSource({self.source!r}, bad={len(self._bad)})'
+
+
+def typical_shape(source):
+  """A representative (H, W, C) of the source's images, or None when unknown."""
+  if isinstance(source, ArraySource):
+    return source.images.shape[1:]
+  return getattr(source, 'typical_shape', None) or getattr(source, 'image_shape', None)
+
+
+def check_crop_fits(source, image_size: int, max_upscale: float, field: str = 'data.image_size'):
+  """Stops when crops of ``image_size`` would upscale the typical image by more than
+  ``max_upscale`` (e.g. 224-px crops of 32-px CIFAR images); RandomResizedCrop upscales small
+  crops by design, so a moderate factor is fine."""
+  shape = typical_shape(source)
+  if not shape or not shape[0] or not shape[1]:
+    return
+  short = min(shape[0], shape[1])
+  if image_size > max_upscale * short:
+    raise ValueError(
+        f'config.{field}={image_size} is {image_size / short:.1f}x the {short}-px side of the '
+        f'images of {getattr(source, "name", source)} (typical shape {tuple(shape)}), more than '
+        f'config.data.max_upscale={max_upscale}; use smaller crops or raise data.max_upscale')
+
+
 def get_source(data_cfg, split: str):
-  """The source named by ``config.data`` for ``split``; an unknown ``data.source`` is an error."""
+  """The source named by ``config.data`` for ``split``; problems stop here with a clear message."""
   kind = data_cfg.source
+  get = lambda key, default=None: getattr(data_cfg, key, default)
   if kind == 'builtin':
-    return builtin_source(data_cfg.name, split)
-  raise ValueError(f"config.data.source={kind!r} is not supported; choose one of ['builtin']")
+    source = builtin_source(data_cfg.name, split)
+  elif kind == 'tfds':
+    from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    source = RobustSource(tfds_source.TfdsSource(
+        data_cfg.name, split, get('data_dir', ''), get('image_key', 'image'),
+        get('label_key', 'label')), get('max_bad_fraction', 0.01))
+  elif kind == 'folder':
+    from ssl_jax.data import folder  # pylint: disable=g-import-not-at-top
+    if not data_cfg.path:
+      raise ValueError("config.data.path is empty; config.data.source='folder' needs the image "
+                       'folder, e.g. --config.data.path=/data/my_images')
+    source = RobustSource(folder.FolderSource(data_cfg.path, split, get('decode_min_side', 0)),
+                          get('max_bad_fraction', 0.01))
+  else:
+    raise ValueError(f'config.data.source={kind!r} is not supported; choose one of {list(SOURCES)}')
+  if get('image_size', 0):
+    check_crop_fits(source, get('image_size', 0), get('max_upscale', 2.0))
+  return source
+
+
+def check_eval_sources(data_cfg):
+  """Opens the evaluation splits now (before training) and checks they carry labels for kNN."""
+  opened = {}
+  for field in ('eval_train_split', 'eval_split'):
+    try:
+      opened[field] = get_source(data_cfg, data_cfg[field])
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'config.data.{field}={data_cfg[field]!r}: {e}') from e
+  for field, source in opened.items():
+    if source.num_classes <= 0:
+      raise ValueError(
+          f'config.data.{field}={data_cfg[field]!r}: {source.name} has no labels (no class '
+          'sub-folders), so kNN evaluation is impossible; set config.train.final_eval=False and '
+          'config.train.knn_every=0, or give the split one sub-folder per class')

@@ -1,0 +1,157 @@
+"""A folder of image files as a random-access source (Pillow decoding, no TensorFlow).
+
+Layouts (``config.data.source = 'folder'``, ``config.data.path = ROOT``)::
+
+    ROOT/train/<class>/*.jpg   labelled, one sub-folder per class (class index = sorted name order)
+    ROOT/val/<class>/*.jpg     optional evaluation split ('val', 'validation' or 'test')
+    ROOT/<class>/*.jpg         no split folders: ROOT itself is the 'train' split
+    ROOT/*.jpg                 flat folder: unlabelled (label -1, num_classes 0)
+
+Any of ``.jpg .jpeg .png .bmp .gif .webp .tif .tiff .ppm .pgm``; hidden files are ignored. Decoding
+applies the EXIF orientation and converts grey, grey+alpha, RGBA, palette and CMYK images to RGB.
+A file that cannot be decoded raises ``BadRecordError`` (naming the file); ``sources.RobustSource``
+turns that into a warning and a deterministic replacement.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm',
+                    '.pgm')
+SPLIT_DIRS = {'train': ('train',), 'val': ('val', 'validation'), 'validation': ('validation', 'val'),
+              'test': ('test', 'val', 'validation')}
+
+
+class BadRecordError(RuntimeError):
+  """A record (file) that cannot be read or decoded; ``where`` names it."""
+
+  def __init__(self, where: str, cause: BaseException | str):
+    super().__init__(f'{where}: {cause}')
+    self.where = where
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+  """RGB version of any Pillow image (L, LA, RGBA, P with or without transparency, CMYK, I;16)."""
+  if img.mode == 'RGB':
+    return img
+  if img.mode == 'P' and 'transparency' in img.info:
+    img = img.convert('RGBA')
+  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16/32-bit grey: scale to 8 bits.
+    a = np.asarray(img, np.float64)
+    top = 65535.0 if a.max() > 255 else 255.0
+    img = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), 'L')
+  return img.convert('RGB')
+
+
+def decode_image(data_or_path, min_side: int = 0) -> np.ndarray:
+  """uint8 (H, W, 3) RGB from encoded bytes or a file path.
+
+  ``min_side > 0`` lets the JPEG decoder downscale by 1/2, 1/4 or 1/8 while keeping both sides
+  >= ``min_side`` (Pillow ``draft``), a large saving for photos much bigger than the crops.
+  """
+  src = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray)) else data_or_path
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # palette-transparency and EXIF chatter from Pillow
+    with Image.open(src) as img:
+      if min_side and img.format == 'JPEG':
+        img.draft('RGB', (min_side, min_side))
+      img = ImageOps.exif_transpose(img)
+      return np.asarray(to_rgb(img), np.uint8)
+
+
+def _is_image(name: str) -> bool:
+  return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _images_under(directory: str) -> list[str]:
+  """All image files below ``directory`` (recursive), sorted."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+  return out
+
+
+def split_directory(root: str, split: str) -> str:
+  """The folder holding ``split`` below ``root``; raises FileNotFoundError naming what is missing."""
+  if not os.path.isdir(root):
+    what = 'is not a directory' if os.path.exists(root) else 'does not exist'
+    raise FileNotFoundError(f'config.data.path={root!r} {what}')
+  for name in SPLIT_DIRS.get(split, (split,)):
+    candidate = os.path.join(root, name)
+    if os.path.isdir(candidate):
+      return candidate
+  has_splits = any(os.path.isdir(os.path.join(root, n)) for n in ('train', 'val', 'validation',
+                                                                 'test'))
+  if split == 'train' and not has_splits:
+    return root
+  raise FileNotFoundError(
+      f'config.data.path={root!r} has no folder for split {split!r} (looked for '
+      f'{list(SPLIT_DIRS.get(split, (split,)))}); create it, or point config.data.eval_split / '
+      'eval_train_split at an existing split, or set config.train.final_eval=False and '
+      'config.train.knn_every=0 to train without evaluation')
+
+
+@functools.lru_cache(maxsize=16)
+def list_folder(root: str, split: str):
+  """(paths, labels int32, class names) of ``split``; cached, so eval re-reads no directory."""
+  directory = split_directory(root, split)
+  entries = sorted(os.scandir(directory), key=lambda e: e.name)
+  class_dirs = [e.name for e in entries if e.is_dir() and not e.name.startswith('.')]
+  class_files = {c: _images_under(os.path.join(directory, c)) for c in class_dirs}
+  classes = [c for c in class_dirs if class_files[c]]
+  if classes:
+    loose = [e.name for e in entries if e.is_file() and _is_image(e.name)]
+    if loose:
+      warnings.warn(f'{directory}: {len(loose)} image(s) next to the class folders are ignored '
+                    f'(e.g. {loose[0]!r}); move them into a class folder')
+    paths = [p for c in classes for p in class_files[c]]
+    labels = np.concatenate([np.full(len(class_files[c]), i, np.int32)
+                             for i, c in enumerate(classes)])
+  else:
+    paths = [e.path for e in entries if e.is_file() and _is_image(e.name)]
+    labels = np.full(len(paths), -1, np.int32)
+  if not paths:
+    raise FileNotFoundError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {directory!r} '
+                            f'(config.data.path={root!r}, split {split!r})')
+  return tuple(paths), labels, tuple(classes)
+
+
+class FolderSource:
+  """Random access over the image files of one split of a folder (see the module docstring).
+
+  ``source[i]`` decodes file i and returns ``{'image': uint8 (H, W, 3), 'label', 'index'}``; it
+  raises ``BadRecordError`` for an unreadable file. Picklable (grain worker processes).
+  """
+
+  def __init__(self, root: str, split: str = 'train', min_side: int = 0):
+    self.root = os.path.abspath(os.path.expanduser(root))
+    self.split = split
+    self.paths, self.labels, self.classes = list_folder(self.root, split)
+    self.num_classes = len(self.classes)
+    self.min_side = int(min_side)
+    self.name = f'folder:{self.root}:{split}'
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def describe(self, i: int) -> str:
+    return self.paths[i]
+
+  def __getitem__(self, i):
+    i = int(i)
+    try:
+      image = decode_image(self.paths[i], self.min_side)
+    except Exception as e:  # pylint: disable=broad-except  # any decoder failure is a bad record
+      raise BadRecordError(self.paths[i], e) from e
+    return {'image': image, 'label': self.labels[i], 'index': np.int64(i)}
+
+  def __repr__(self):
+    return f'FolderSource({self.root!r}, split={self.split!r}, n={len(self)}, ' \
+           f'classes={self.num_classes})'
