@@ -1,0 +1,93 @@
+"""Encoder-only checkpoints: the backbone's flax variables plus a JSON description of the module,
+loadable with one call and no dependence on the SSL method (or its heads, teacher, optimizer)::
+
+    from ssl_jax.export import load_encoder
+    model, variables = load_encoder('/tmp/run/encoder')
+    feats = model.apply(variables, images_nhwc_float)      # (B, D) pooled features
+
+Layout of ``DIR``::
+
+    DIR/encoder.json   {"module": "resnet"|"vit", "kwargs": {...}, "feature_dim": D,
+                        "mean": [...], "std": [...]}   # mean/std: the eval preprocessing
+    DIR/variables/     Orbax (StandardCheckpointer) pytree {'params': ..., ['batch_stats': ...]}
+
+Images are NHWC floats in [0, 1] normalised with ``(x - mean) / std``; ``preprocess`` does it.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from ssl_jax.models import resnet as resnet_lib
+from ssl_jax.models import vit as vit_lib
+
+_BLOCKS = {'BasicBlock': resnet_lib.BasicBlock, 'Bottleneck': resnet_lib.Bottleneck}
+_VIT_FIELDS = ('img_size', 'patch_size', 'in_chans', 'embed_dim', 'depth', 'num_heads',
+               'mlp_ratio', 'qkv_bias', 'num_prefix_tokens', 'pos_embed', 'layer_norm_eps')
+
+
+def module_spec(backbone) -> dict:
+  """JSON-serialisable description from which :func:`build_module` rebuilds ``backbone`` (in
+  float32, eval-only: drop-path / remat settings are training concerns and are not kept)."""
+  if isinstance(backbone, vit_lib.ViT):
+    return {'module': 'vit', 'kwargs': {f: getattr(backbone, f) for f in _VIT_FIELDS}}
+  if isinstance(backbone, resnet_lib.ResNet):
+    return {'module': 'resnet', 'kwargs': {
+        'stage_sizes': list(backbone.stage_sizes), 'block': backbone.block.__name__,
+        'width': backbone.width, 'cifar_stem': backbone.cifar_stem}}
+  raise TypeError(f'cannot export a {type(backbone).__name__}; expected a ResNet or ViT')
+
+
+def build_module(spec: dict):
+  """The plain flax module described by :func:`module_spec`."""
+  kw = dict(spec['kwargs'])
+  if spec['module'] == 'vit':
+    return vit_lib.ViT(**kw)
+  if spec['module'] == 'resnet':
+    kw['block'] = _BLOCKS[kw['block']]
+    kw['stage_sizes'] = tuple(kw['stage_sizes'])
+    return resnet_lib.ResNet(**kw)
+  raise ValueError(f"unknown module {spec['module']!r} in encoder.json")
+
+
+def save_encoder(directory: str, backbone, variables, *, mean=None, std=None) -> str:
+  """Writes ``backbone``'s ``variables`` (params [+ batch_stats]) and its description to
+  ``directory`` (created; must not already hold an encoder). Returns ``directory``."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  spec = module_spec(backbone)
+  spec['feature_dim'] = int(getattr(backbone, 'feature_dim', None) or backbone.embed_dim)
+  spec['mean'] = None if mean is None else [float(m) for m in mean]
+  spec['std'] = None if std is None else [float(s) for s in std]
+  host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), dict(variables))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, 'variables'), host)
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, 'encoder.json'), 'w') as f:
+      json.dump(spec, f, indent=2)
+  return directory
+
+
+def load_encoder(directory: str):
+  """(flax module, variables) of the encoder saved in ``directory`` by :func:`save_encoder`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  with open(os.path.join(directory, 'encoder.json')) as f:
+    spec = json.load(f)
+  with ocp.StandardCheckpointer() as ckptr:
+    variables = ckptr.restore(os.path.join(directory, 'variables'))
+  return build_module(spec), dict(variables)
+
+
+def preprocess(directory: str, images_uint8) -> np.ndarray:
+  """uint8 NHWC images -> the normalised float32 input the exported encoder expects."""
+  with open(os.path.join(os.path.abspath(directory), 'encoder.json')) as f:
+    spec = json.load(f)
+  x = np.asarray(images_uint8, np.float32) / 255.0
+  if spec.get('mean') is not None:
+    x = (x - np.asarray(spec['mean'], np.float32)) / np.asarray(spec['std'], np.float32)
+  return x

@@ -1,0 +1,171 @@
+"""Encoder weights in timm's PyTorch layout (safetensors), for ViT and ResNet backbones.
+
+The flax modules already use timm's names (see models/vit.py and models/resnet.py), so the
+conversion is a rename plus a layout change per tensor:
+
+* ``Dense`` kernel (in, out)            -> ``Linear.weight`` (out, in)
+* ``Conv`` kernel (kh, kw, in, out)     -> ``Conv2d.weight`` (out, in, kh, kw)
+* ``LayerNorm``/``BatchNorm`` scale     -> ``.weight``; BatchNorm ``mean``/``var`` ->
+  ``running_mean``/``running_var`` (+ ``num_batches_tracked``, which timm's state dict carries)
+* ViT with fixed sin-cos position embedding: timm's ``pos_embed`` is regenerated as a tensor.
+
+``timm_model_args(backbone)`` gives the keyword arguments that build the matching timm model::
+
+    arch, kwargs = timm_model_args(backbone)
+    model = timm.create_model(arch, pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file='encoder.safetensors'), **kwargs)
+
+A CIFAR-stem ResNet (3x3 stride-1 stem, no max-pool) has no timm constructor argument; after
+``create_model`` replace ``model.conv1`` by ``nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and
+``model.maxpool`` by ``nn.Identity()`` before loading (``export_timm`` writes this note into
+``timm_config.json``). timm's ResNet stem is always 64 channels, so only width-64 ResNets have a
+timm twin. Parity with timm is tested in tests/export/test_timm.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from ssl_jax.models import resnet as resnet_lib
+from ssl_jax.models import vit as vit_lib
+
+_VIT_ARCH = {192: 'vit_tiny_patch16_224', 384: 'vit_small_patch16_224',
+             768: 'vit_base_patch16_224', 1024: 'vit_large_patch16_224'}
+
+
+def _np(x) -> np.ndarray:
+  return np.asarray(jax.device_get(x), np.float32)
+
+
+def _leaf_to_torch(path: tuple[str, ...], value: np.ndarray):
+  """(torch name suffix, tensor) for one flax leaf: kernel/scale/bias/mean/var renames."""
+  last = path[-1]
+  if last == 'kernel':
+    if value.ndim == 4:   # HWIO -> OIHW
+      return 'weight', np.transpose(value, (3, 2, 0, 1))
+    return 'weight', value.T
+  return {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
+          'var': 'running_var'}.get(last, last), value
+
+
+def _module_name(path: tuple[str, ...]) -> str:
+  """flax module path -> torch dotted name: ``layer1_0/downsample_1`` -> ``layer1.0.downsample.1``,
+  ``blocks_3/attn/qkv`` -> ``blocks.3.attn.qkv``."""
+  parts = []
+  for p in path:
+    head, sep, tail = p.rpartition('_')
+    if sep and tail.isdigit() and head and (head.startswith('layer') or head in (
+        'blocks', 'downsample')):
+      parts += [head, tail]
+    else:
+      parts.append(p)
+  return '.'.join(parts)
+
+
+def to_timm_state_dict(backbone, variables) -> dict[str, np.ndarray]:
+  """timm state dict (name -> float32 numpy array) of a ResNet or ViT's flax ``variables``."""
+  params = traverse_util.flatten_dict(jax.device_get(variables['params']))
+  out = {}
+  for path, value in params.items():
+    value = _np(value)
+    if len(path) == 1:   # cls_token, reg_token, pos_embed: same name, same layout
+      out[path[0]] = value
+      continue
+    suffix, tensor = _leaf_to_torch(path, value)
+    out[f'{_module_name(path[:-1])}.{suffix}'] = tensor
+  stats = traverse_util.flatten_dict(jax.device_get(variables.get('batch_stats', {})))
+  for path, value in stats.items():
+    suffix, tensor = _leaf_to_torch(path, _np(value))
+    out[f'{_module_name(path[:-1])}.{suffix}'] = tensor
+  if stats:
+    for name in {k.rsplit('.', 1)[0] for k in out if k.endswith('running_mean')}:
+      out[f'{name}.num_batches_tracked'] = np.zeros((), np.int64)
+  if isinstance(backbone, vit_lib.ViT) and backbone.pos_embed == 'sincos':
+    out['pos_embed'] = vit_lib.sincos_2d_pos_embed(backbone.embed_dim, backbone.grid_size,
+                                                   backbone.num_prefix_tokens)[None]
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def from_timm_state_dict(backbone, state_dict) -> dict:
+  """Inverse of :func:`to_timm_state_dict`: flax variables of ``backbone`` from a timm state dict
+  (numpy or torch tensors). Extra keys (a classifier ``head``/``fc``, ``fc_norm`` if it is the
+  identity) are ignored; a missing key raises KeyError naming it."""
+  sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
+        for k, v in state_dict.items()}
+  template = jax.eval_shape(_init_fn(backbone))
+  params = traverse_util.flatten_dict(template['params'])
+  out_params = {}
+  for path, spec in params.items():
+    if len(path) == 1:
+      key = path[0]
+      tensor = sd[key]
+    else:
+      suffix, _ = _leaf_to_torch(path, np.zeros((1,) * len(spec.shape)))
+      key = f'{_module_name(path[:-1])}.{suffix}'
+      if key not in sd:
+        raise KeyError(f'timm state dict has no {key!r} (needed for flax {"/".join(path)})')
+      tensor = sd[key]
+      if path[-1] == 'kernel':
+        tensor = np.transpose(tensor, (2, 3, 1, 0)) if tensor.ndim == 4 else tensor.T
+    if tuple(tensor.shape) != tuple(spec.shape):
+      raise ValueError(f'{key}: shape {tuple(tensor.shape)} does not match flax '
+                       f'{"/".join(path)} {tuple(spec.shape)}')
+    out_params[path] = np.asarray(tensor, np.float32)
+  variables = {'params': traverse_util.unflatten_dict(out_params)}
+  if 'batch_stats' in template:
+    stats = {}
+    for path in traverse_util.flatten_dict(template['batch_stats']):
+      suffix, _ = _leaf_to_torch(path, np.zeros(()))
+      stats[path] = np.asarray(sd[f'{_module_name(path[:-1])}.{suffix}'], np.float32)
+    variables['batch_stats'] = traverse_util.unflatten_dict(stats)
+  return variables
+
+
+def _init_fn(backbone):
+  if isinstance(backbone, vit_lib.ViT):
+    shape = (1, backbone.img_size, backbone.img_size, 3)
+  else:
+    shape = (1, 32, 32, 3)
+  return lambda: backbone.init(jax.random.PRNGKey(0), np.zeros(shape, np.float32))
+
+
+def timm_model_args(backbone) -> tuple[str, dict]:
+  """(timm architecture name, keyword arguments) building timm's twin of ``backbone`` with
+  ``num_classes=0`` (pooled features out)."""
+  if isinstance(backbone, vit_lib.ViT):
+    p = backbone.num_prefix_tokens
+    kw = dict(img_size=backbone.img_size, patch_size=backbone.patch_size,
+              embed_dim=backbone.embed_dim, depth=backbone.depth, num_heads=backbone.num_heads,
+              mlp_ratio=backbone.mlp_ratio, qkv_bias=backbone.qkv_bias, num_classes=0,
+              class_token=p >= 1, reg_tokens=max(p - 1, 0),
+              global_pool='token' if p >= 1 else 'avg', fc_norm=False)
+    return _VIT_ARCH.get(backbone.embed_dim, 'vit_base_patch16_224'), kw
+  if isinstance(backbone, resnet_lib.ResNet):
+    arch = {(2, 2, 2, 2): 'resnet18', (3, 4, 6, 3): 'resnet50'}[tuple(backbone.stage_sizes)]
+    if backbone.width != 64:  # timm's ResNet fixes the stem at 64 channels
+      raise ValueError(f'timm has no ResNet of width {backbone.width}; only width 64 exports to '
+                       'a timm model (to_timm_state_dict still gives the renamed tensors)')
+    return arch, dict(num_classes=0)
+  raise TypeError(f'no timm layout for {type(backbone).__name__}')
+
+
+def export_timm(backbone, variables, directory: str) -> str:
+  """Writes ``directory/model.safetensors`` (timm layout) and ``directory/timm_config.json``
+  (architecture, model_args, and the CIFAR-stem note where it applies); returns the weights path."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, 'model.safetensors')
+  save_file(to_timm_state_dict(backbone, variables), path)
+  arch, kw = timm_model_args(backbone)
+  cfg = {'architecture': arch, 'model_args': kw}
+  if isinstance(backbone, resnet_lib.ResNet) and backbone.cifar_stem:
+    cfg['note'] = ('CIFAR stem: after timm.create_model set model.conv1 = '
+                   'nn.Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = nn.Identity(), '
+                   'then model.load_state_dict(safetensors.torch.load_file(path))')
+  with open(os.path.join(directory, 'timm_config.json'), 'w') as f:
+    json.dump(cfg, f, indent=2)
+  return path

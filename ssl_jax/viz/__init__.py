@@ -1,0 +1,1 @@
+"""Visualisations of trained encoders (attention maps, reconstructions)."""

@@ -1,0 +1,103 @@
+"""timm parity: our ResNet / ViT exported to timm's layout give timm's features (float32)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.export import timm as timm_export
+from ssl_jax.models import resnet, vit
+
+
+def _randomize(variables, seed=0):
+  """Random values for every leaf (kernels ~ N(0, 1/fan_in), norms near identity, positive
+  variances) so no parameter goes untested and activations stay O(1) through the network."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  out = []
+  for (path, x), k in zip(leaves, keys):
+    name = jax.tree_util.keystr(path)
+    n = jax.random.normal(k, x.shape, jnp.float32)
+    if name.endswith("['kernel']"):
+      r = n / np.sqrt(np.prod(x.shape[:-1]))
+    elif name.endswith("['scale']"):
+      r = 1.0 + 0.2 * n
+    elif name.endswith("['var']"):
+      r = 1.0 + 0.2 * jnp.abs(n)
+    elif name.endswith("['bias']") or name.endswith("['mean']"):
+      r = 0.1 * n
+    else:
+      r = 0.3 * n
+    out.append(r)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _images(shape, seed=1):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _timm_features(torch, model, sd, x_nhwc):
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+  model.eval()
+  with torch.no_grad():
+    return model(torch.from_numpy(np.transpose(x_nhwc, (0, 3, 1, 2)).copy())).numpy()
+
+
+@pytest.mark.parametrize('cifar_stem', [True, False])
+def test_resnet18_parity(torch_timm, cifar_stem):
+  torch, timm = torch_timm
+  net = resnet.resnet18(width=64, cifar_stem=cifar_stem)
+  x = _images((2, 32, 32, 3))
+  variables = _randomize(net.init(jax.random.PRNGKey(0), x, train=False))
+  ours = np.asarray(net.apply(variables, x, train=False))
+  arch, kw = timm_export.timm_model_args(net)
+  assert arch == 'resnet18'
+  model = timm.create_model(arch, pretrained=False, **kw)
+  if cifar_stem:
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool = torch.nn.Identity()
+  sd = timm_export.to_timm_state_dict(net, variables)
+  assert set(sd) == set(model.state_dict())
+  theirs = _timm_features(torch, model, sd, x)
+  assert ours.shape == theirs.shape == (2, 512)
+  assert np.abs(ours).max() > 1e-2
+  np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)
+  back = timm_export.from_timm_state_dict(net, sd)
+  for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('prefix,pos', [(1, 'learned'), (1, 'sincos'), (0, 'learned'),
+                                        (2, 'learned')])
+def test_vit_parity(torch_timm, prefix, pos):
+  torch, timm = torch_timm
+  net = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                num_prefix_tokens=prefix, pos_embed=pos)
+  x = _images((2, 16, 16, 3))
+  variables = _randomize(net.init(jax.random.PRNGKey(0), x))
+  ours = np.asarray(net.apply(variables, x))
+  arch, kw = timm_export.timm_model_args(net)
+  model = timm.create_model(arch, pretrained=False, **kw)
+  sd = timm_export.to_timm_state_dict(net, variables)
+  assert set(sd) == set(model.state_dict())
+  theirs = _timm_features(torch, model, sd, x)
+  assert ours.shape == theirs.shape == (2, 32)
+  np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)
+
+
+def test_export_file_loads_with_create_model(torch_timm, tmp_path):
+  """The documented one-liner: timm.create_model(..., pretrained_cfg_overlay=dict(file=...))."""
+  torch, timm = torch_timm
+  import json  # pylint: disable=g-import-not-at-top
+  net = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+  x = _images((3, 16, 16, 3), seed=2)
+  variables = _randomize(net.init(jax.random.PRNGKey(0), x), seed=3)
+  path = timm_export.export_timm(net, variables, str(tmp_path / 'timm'))
+  cfg = json.load(open(os.path.join(tmp_path, 'timm', 'timm_config.json')))
+  model = timm.create_model(cfg['architecture'], pretrained=True,
+                            pretrained_cfg_overlay=dict(file=path), **cfg['model_args'])
+  model.eval()
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())).numpy()
+  np.testing.assert_array_less(np.abs(np.asarray(net.apply(variables, x)) - theirs).max(), 1e-4)
