@@ -10,6 +10,29 @@ import importlib
 
 METHODS = {
     'simclr': 'ssl_jax.methods.contrastive.simclr:SimCLR',
+    'dino': 'ssl_jax.methods.distillation.dino:DINO',
+    'ibot': 'ssl_jax.methods.distillation.ibot:IBOT',
+    'data2vec': 'ssl_jax.methods.distillation.data2vec:Data2Vec',
+    'mae': 'ssl_jax.methods.masked.mae:MAE',
+    'simmim': 'ssl_jax.methods.masked.simmim:SimMIM',
+    'vqvae': 'ssl_jax.methods.masked.vq_tokenizer:VQTokenizer',
+    'beit': 'ssl_jax.methods.masked.beit:BEiT',
+    'multimae': 'ssl_jax.methods.masked.multimae:MultiMAE',
+    'moco': 'ssl_jax.methods.contrastive.moco:MoCo',
+    'mocov3': 'ssl_jax.methods.contrastive.moco:MoCoV3',
+    'byol': 'ssl_jax.methods.contrastive.byol:BYOL',
+    'simsiam': 'ssl_jax.methods.contrastive.simsiam:SimSiam',
+    'nnclr': 'ssl_jax.methods.contrastive.nnclr:NNCLR',
+    'barlow_twins': 'ssl_jax.methods.contrastive.barlow_twins:BarlowTwins',
+    'vicreg': 'ssl_jax.methods.contrastive.vicreg:VICReg',
+    'swav': 'ssl_jax.methods.contrastive.swav:SwAV',
+    'instdis': 'ssl_jax.methods.contrastive.instdis:InstDis',
+    'rotation': 'ssl_jax.methods.pretext.rotation:RotNet',
+    'jigsaw': 'ssl_jax.methods.pretext.jigsaw:Jigsaw',
+    'sit': 'ssl_jax.methods.hybrid.sit:SiT',
+    'cutpaste': 'ssl_jax.methods.pretext.cutpaste:CutPaste',
+    'colorization': 'ssl_jax.methods.pretext.colorization:Colorization',
+    'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
 }
 
 

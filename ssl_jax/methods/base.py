@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from ssl_jax import models
 from ssl_jax.data import augment
 from ssl_jax.data.pipeline import CropSpec
+from ssl_jax.train import schedules
 
 
 def apply_module(module, params, stats, x, *, train: bool, rngs=None, **kw):
@@ -84,6 +85,10 @@ class Method:
 
   def after_update(self, state):
     return state
+
+  def build_optimizer(self, total_steps: int):
+    """(optax transformation, lr schedule). Override to freeze or re-label parameters."""
+    return schedules.build_optimizer(self.config.optim, self.config.data.batch_size, total_steps)
 
   # -- evaluation / export ------------------------------------------------------------------------
   def normalize(self, images_uint8):

@@ -16,8 +16,9 @@ def build_backbone(model_cfg):
   """Builds the backbone named by ``model_cfg.backbone`` (a flax module with ``feature_dim``).
 
   ResNets read ``width``, ``cifar_stem``; ViTs read ``patch_size``, ``img_size``,
-  ``drop_path_rate`` and optional overrides ``embed_dim``/``depth``/``num_heads`` (for tiny test
-  models). Unknown names raise ValueError naming the field.
+  ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos') and optional overrides
+  ``embed_dim``/``depth``/``num_heads`` (for tiny test models). Unknown names raise ValueError
+  naming the field.
   """
   name = model_cfg.backbone
   dtype = _DTYPES[model_cfg.get('dtype', 'float32')]
@@ -33,7 +34,8 @@ def build_backbone(model_cfg):
     return vit.ViT(img_size=model_cfg.get('img_size', 224),
                    patch_size=model_cfg.get('patch_size', 16),
                    drop_path_rate=model_cfg.get('drop_path_rate', 0.0),
-                   remat=model_cfg.get('remat', False), dtype=dtype, **kw)
+                   remat=model_cfg.get('remat', False),
+                   pos_embed=model_cfg.get('pos_embed', 'learned'), dtype=dtype, **kw)
   raise ValueError(f'config.model.backbone={name!r} is not a known backbone; '
                    f'choose one of {list(BACKBONES)}')
 

@@ -45,3 +45,48 @@ class MLP(nn.Module):
     if self.last_bn:
       x = norm(f'bn{len(self.hidden_dims)}', affine=self.last_bn_affine)(x)
     return x.astype(jnp.float32)
+
+
+class DINOHead(nn.Module):
+  """DINO projection head (Caron et al. 2021, Sec. 3.1 and App. C; the official ``DINOHead``).
+
+  ``num_layers - 1`` Dense+GELU layers of width ``hidden_dim``, a Dense to ``bottleneck_dim``,
+  L2 normalisation, then a weight-normalised linear layer without bias to ``out_dim``:
+  ``W = g * V / ||V||`` column-wise (PyTorch ``weight_norm(dim=0)``). With ``norm_last_layer``
+  the gain ``g`` is fixed to 1 (no ``last_layer_g`` parameter), as DINO's default.
+
+  iBOT (Zhou et al. 2022, ``iBOTHead``): with ``patch_out_dim > 0`` and a (B, T, D) token input,
+  the MLP is shared, token 0 ([CLS]) goes through ``last_layer`` and tokens 1: through a
+  separate ``last_layer2`` of width ``patch_out_dim``; otherwise one last layer serves every
+  input (the shared head). Returns float32 logits.
+  """
+  out_dim: int
+  hidden_dim: int = 2048
+  bottleneck_dim: int = 256
+  num_layers: int = 3
+  norm_last_layer: bool = True
+  patch_out_dim: int = 0
+  dtype: Any = jnp.float32
+
+  def _last_layer(self, x, out_dim, name):
+    v = self.param(f'{name}_v', nn.initializers.lecun_normal(), (x.shape[-1], out_dim))
+    w = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), 1e-12)
+    if not self.norm_last_layer:
+      w = w * self.param(f'{name}_g', nn.initializers.ones, (out_dim,))[None]
+    return jnp.dot(x, w.astype(x.dtype))
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no BatchNorm / dropout in the head
+    dense = lambda width, name: nn.Dense(
+        width, kernel_init=nn.initializers.truncated_normal(0.02),
+        bias_init=nn.initializers.zeros, dtype=self.dtype, name=name)
+    for i in range(self.num_layers - 1):
+      x = nn.gelu(dense(self.hidden_dim, f'fc{i}')(x), approximate=False)
+    x = dense(self.bottleneck_dim, f'fc{self.num_layers - 1}')(x).astype(jnp.float32)
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    if self.patch_out_dim and x.ndim == 3:
+      cls = self._last_layer(x[:, :1], self.out_dim, 'last_layer')
+      patches = self._last_layer(x[:, 1:], self.patch_out_dim, 'last_layer2')
+      return cls.astype(jnp.float32), patches.astype(jnp.float32)
+    return self._last_layer(x, self.out_dim, 'last_layer').astype(jnp.float32)

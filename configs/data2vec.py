@@ -1,0 +1,126 @@
+"""data2vec (vision) (Baevski et al. 2022): the student regresses, at block-masked patches, the
+average of the EMA teacher's top-K instance-normalised block outputs on the unmasked image.
+
+Variants (``--config=configs/data2vec.py:<variant>[,<backbone>]``, backbone one of vit_tiny,
+vit_small, vit_base):
+
+* ``builtin`` — a 64-d, depth-4 ViT (patch 4) on the built-in MNIST-5k set at 24 px, top-2 of 4
+  layers, 50 % block masking, batch 128, 300 steps::
+
+      python -m ssl_jax.main --config=configs/data2vec.py:builtin --workdir=/tmp/d2v_builtin
+
+* ``cifar10`` — ViT-S (default) with 4 px patches at 32 px, batch 512, 800 epochs::
+
+      python -m ssl_jax.main --config=configs/data2vec.py:cifar10 --workdir=gs://BUCKET/d2v_c10
+
+* ``imagenet`` — ViT-B/16 (default; ``imagenet,vit_small``) following the official fairseq
+  ``vision/pretraining/base_imagenet_d2v1.yaml``: top K = 6 of 12 layers averaged, then a
+  parameter-free layer norm of the average (``target_final_norm='layer'``; per-layer instance norm
+  kept as the paper describes), smooth-L1 loss with beta 2 scaled by 1/sqrt(D), BEiT block-wise
+  masking of 75 of 196 patches (min 16 per block), EMA 0.999 -> 0.9998 annealed linearly over
+  training, Adam (0.9, 0.999) lr 5e-4 (batch 2048, not scaled), weight decay 0.05, clipping 3.0,
+  12,510 warm-up updates and cosine, drop path 0.25, 375,300 updates::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/data2vec.py:imagenet --workdir=gs://BUCKET/d2v_in1k
+
+  (Clipping here is by global norm, the shared optimiser's; fairseq's clip_norm is global too.)
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = 'builtin'):
+  variant, _, backbone = arg.partition(',')
+  c = config_lib.base_config()
+  c.method.name = 'data2vec'
+  m = c.method
+  m.top_k = 6
+  m.mask_ratio = 0.6
+  m.mask_min_patches = 16
+  m.mask_bank_size = 4096
+  m.loss_beta = 0.0                # 0: L2
+  m.target_layer_norm = 'instance'
+  m.target_final_norm = 'none'
+  m.feature_pool = 'mean'         # eval features: mean of the patch tokens ('cls': [CLS])
+  m.momentum = 0.9998
+  m.momentum_final = 0.9999
+  m.momentum_anneal_steps = 100_000
+  c.aug.recipe = 'none'
+  c.optim.name = 'adamw'
+  c.optim.lr = 2.5e-4
+  c.optim.lr_scaling = 'linear'
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.05
+  c.optim.clip_grad_norm = 3.0
+  c.data.crop_scale = (0.08, 1.0)
+
+  if variant == 'builtin':
+    c.model.backbone = backbone or 'vit_tiny'
+    if not backbone:
+      c.model.embed_dim, c.model.depth, c.model.num_heads = 64, 4, 4
+    c.model.patch_size = 4
+    c.model.img_size = 24
+    m.top_k = 2
+    m.mask_ratio = 0.5
+    m.mask_min_patches = 4
+    m.momentum = 0.99
+    m.momentum_final = 0.999
+    m.momentum_anneal_steps = 300
+    c.data.source = 'builtin'
+    c.data.name = 'mnist5k'
+    c.data.image_size = 24
+    c.data.crop_scale = (0.4, 1.0)
+    c.data.flip = 0.0
+    c.data.batch_size = 128
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 30
+    c.train.steps = 300
+    c.train.checkpoint_every = 100
+  elif variant == 'cifar10':
+    c.model.backbone = backbone or 'vit_small'
+    c.model.patch_size = 4
+    c.model.img_size = 32
+    c.model.drop_path_rate = 0.1
+    m.mask_min_patches = 4
+    m.momentum_anneal_steps = 100 * 97
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 32
+    c.data.crop_scale = (0.2, 1.0)
+    c.data.batch_size = 512
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 10 * 97
+    c.train.steps = 800 * 97
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif variant == 'imagenet':
+    c.model.backbone = backbone or 'vit_base'
+    c.model.patch_size = 16
+    c.model.img_size = 224
+    c.model.drop_path_rate = 0.25
+    m.mask_ratio = 75 / 196
+    m.loss_beta = 2.0
+    m.target_final_norm = 'layer'
+    m.momentum = 0.999
+    m.momentum_final = 0.9998
+    m.momentum_anneal_steps = 375_300
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 224
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 2048
+    c.data.num_workers = 16
+    c.optim.lr = 5e-4
+    c.optim.lr_scaling = 'none'
+    c.optim.warmup_steps = 12_510
+    c.train.steps = 375_300
+    c.train.checkpoint_every = 2000
+    c.train.knn_every = 25000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {variant!r} of configs/data2vec.py; use 'builtin', "
+                     "'cifar10' or 'imagenet' (optionally ',<backbone>')")
+  if c.model.backbone.startswith('resnet'):
+    raise ValueError(f'config.model.backbone={c.model.backbone!r}: data2vec needs a ViT')
+  return c

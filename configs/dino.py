@@ -1,0 +1,161 @@
+"""DINO (Caron et al. 2021): self-distillation with no labels, multi-crop, centering, sharpening.
+
+Variants (``--config=configs/dino.py:<variant>[,<backbone>]``, backbone one of vit_tiny,
+vit_small, vit_base, resnet18, resnet50 to override the variant's default):
+
+* ``builtin`` — a 64-d, depth-4 ViT (patch 4) on the built-in MNIST-5k set: 2 global crops of
+  24 px and 2 local crops of 12 px (the ViT resamples its position embedding), batch 64, 200
+  steps, teacher momentum 0.97 -> 1; a few minutes on a laptop CPU::
+
+      python -m ssl_jax.main --config=configs/dino.py:builtin --workdir=/tmp/dino_builtin
+      python -m ssl_jax.viz.attention --config=configs/dino.py:builtin \
+          --workdir=/tmp/dino_builtin --out=/tmp/dino_attn
+
+* ``cifar10`` — ViT-S (default; or ``cifar10,vit_tiny``) with 4 px patches: 32 px global and
+  16 px local crops, batch 512, 300 epochs, out_dim 8192::
+
+      python -m ssl_jax.main --config=configs/dino.py:cifar10 --workdir=gs://BUCKET/dino_c10
+
+* ``imagenet`` — ViT-S/16 (default; ``imagenet,vit_base`` / ``imagenet,vit_tiny``) with the
+  official main_dino.py recipe: out_dim 65536, norm_last_layer, student temperature 0.1, teacher
+  0.04 -> 0.07 warmed up over 30 epochs, center momentum 0.9, teacher momentum 0.996 -> 1 (cosine),
+  AdamW lr 5e-4 x B/256 (B = 1024) with 10 warm-up epochs and cosine to 1e-6, weight decay
+  0.04 -> 0.4 (cosine), gradient clipping 3.0 per tensor, last layer frozen for the first epoch,
+  drop path 0.1, 2 global crops of 224 px (scale 0.25..1) and 10 local crops of 96 px
+  (scale 0.05..0.25), 300 epochs::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/dino.py:imagenet --workdir=gs://BUCKET/dino_in1k
+"""
+import ml_collections
+
+from ssl_jax import config as config_lib
+
+
+def dino_base(c, out_dim=65536):
+  """Method fields shared by DINO and iBOT (main_dino.py defaults)."""
+  m = c.method
+  m.out_dim = out_dim
+  m.hidden_dim = 2048
+  m.bottleneck_dim = 256
+  m.num_layers = 3
+  m.norm_last_layer = True
+  m.student_temp = 0.1
+  m.teacher_temp = 0.07
+  m.warmup_teacher_temp = 0.04
+  m.warmup_teacher_temp_steps = 0
+  m.center_momentum = 0.9
+  m.momentum = 0.996
+  m.momentum_final = 1.0
+  m.num_local_crops = 8
+  m.local_crop_size = 96
+  m.global_crop_scale = (0.4, 1.0)
+  m.local_crop_scale = (0.05, 0.4)
+  m.weight_decay_end = 0.4
+  m.freeze_last_layer_steps = 0
+  # One recipe per crop kind: global crop 1, global crop 2, local crops (DataAugmentationDINO).
+  c.aug = ml_collections.ConfigDict({'recipe': ('dino_global1', 'dino_global2', 'dino_local')})
+  c.optim.name = 'adamw'
+  c.optim.lr = 5e-4
+  c.optim.lr_scaling = 'linear'
+  c.optim.weight_decay = 0.04
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.clip_grad_norm = 3.0
+  c.optim.min_lr_ratio = 1e-6 / 5e-4
+  return c
+
+
+def apply_scale(c, variant, backbone, name):
+  """Backbone, data and schedule of the builtin / cifar10 / imagenet variants."""
+  m = c.method
+  if variant == 'builtin':
+    c.model.backbone = backbone or 'vit_tiny'
+    if not backbone:               # a 64-d, depth-4 ViT: CPU-sized
+      c.model.embed_dim, c.model.depth, c.model.num_heads = 64, 4, 4
+    c.model.patch_size = 4
+    c.model.img_size = 24
+    c.model.width = 16
+    c.model.cifar_stem = True
+    m.out_dim = 1024
+    m.hidden_dim = 512
+    m.bottleneck_dim = 128
+    m.num_local_crops = 2
+    m.local_crop_size = 12
+    # MNIST digits fill only the centre of a black 28 px image: local crops of 10-40 % are often
+    # background only, so larger crops and fewer locals here. NOTE: as of this commit the
+    # builtin DINO and iBOT runs still end in the uniform collapse (teacher entropy ~ log K,
+    # kNN error ratio ~1.0 vs the 0.667 bar); these settings are not yet a passing recipe.
+    m.global_crop_scale = (0.5, 1.0)
+    m.local_crop_scale = (0.25, 0.5)
+    # A 200-step run needs a fast teacher: with 0.996 -> 1 the evaluated teacher would still
+    # be ~2/3 random init at the end (prod_t m_t ~ exp(-0.4)).
+    m.momentum = 0.97
+    m.teacher_temp = 0.04
+    m.warmup_teacher_temp = 0.04
+    m.warmup_teacher_temp_steps = 0
+    m.freeze_last_layer_steps = 20
+    c.data.source = 'builtin'
+    c.data.name = 'mnist5k'
+    c.data.image_size = 24
+    c.data.flip = 0.0              # digits are not mirror-symmetric
+    c.data.batch_size = 64
+    c.optim.lr = 2e-3              # x 64 / 256
+    c.optim.min_lr_ratio = 0.01
+    c.optim.warmup_steps = 20
+    c.train.steps = 200
+    c.train.log_every = 10
+    c.train.checkpoint_every = 100
+  elif variant == 'cifar10':
+    c.model.backbone = backbone or 'vit_small'
+    c.model.patch_size = 4
+    c.model.img_size = 32
+    c.model.drop_path_rate = 0.1
+    c.model.cifar_stem = True
+    m.out_dim = 8192
+    m.local_crop_size = 16
+    m.global_crop_scale = (0.25, 1.0)
+    m.local_crop_scale = (0.05, 0.25)
+    m.warmup_teacher_temp_steps = 30 * 97
+    m.freeze_last_layer_steps = 97
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 32
+    c.data.batch_size = 512
+    c.optim.warmup_steps = 10 * 97
+    c.train.steps = 300 * 97
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif variant == 'imagenet':
+    c.model.backbone = backbone or 'vit_small'
+    c.model.patch_size = 16
+    c.model.img_size = 224
+    c.model.drop_path_rate = 0.1
+    m.num_local_crops = 10
+    m.global_crop_scale = (0.25, 1.0)
+    m.local_crop_scale = (0.05, 0.25)
+    m.warmup_teacher_temp_steps = 30 * 1251
+    m.freeze_last_layer_steps = 1251
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 224
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 1024
+    c.data.num_workers = 16
+    c.optim.warmup_steps = 10 * 1251
+    c.train.steps = 300 * 1251
+    c.train.checkpoint_every = 2000
+    c.train.knn_every = 25000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {variant!r} of configs/{name}.py; use 'builtin', "
+                     "'cifar10' or 'imagenet' (optionally ',<backbone>')")
+  return c
+
+
+def get_config(arg: str = 'builtin'):
+  variant, _, backbone = arg.partition(',')
+  c = config_lib.base_config()
+  c.method.name = 'dino'
+  dino_base(c)
+  return apply_scale(c, variant, backbone, 'dino')

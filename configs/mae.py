@@ -1,0 +1,102 @@
+"""MAE (He et al. 2022): masked autoencoder pretraining of a ViT.
+
+Variants (``--config=configs/mae.py:<variant>[,<backbone>]``, backbone one of vit_tiny, vit_small,
+vit_base to override the variant's default):
+
+* ``builtin`` — a 96-d, depth-4 ViT (patch 4) on the built-in MNIST-5k set at 24 px, batch 256,
+  300 steps; a few minutes on a laptop CPU::
+
+      python -m ssl_jax.main --config=configs/mae.py:builtin --workdir=/tmp/mae_builtin
+      python -m ssl_jax.viz.reconstruction --config=configs/mae.py:builtin \
+          --workdir=/tmp/mae_builtin --out=mae_grid.png
+
+* ``cifar10`` — ViT-T (default; or ``cifar10,vit_small``) with 4 px patches on 32 px CIFAR-10,
+  1600 epochs, batch 1024, decoder 256-d x 4::
+
+      python -m ssl_jax.main --config=configs/mae.py:cifar10 --workdir=gs://BUCKET/mae_c10
+
+* ``imagenet`` — ViT-B/16 (default; ``imagenet,vit_small`` / ``imagenet,vit_tiny``) at 224 px, the
+  paper's recipe: mask 75 %, norm_pix_loss, decoder 512-d x 8 blocks x 16 heads, AdamW
+  betas (0.9, 0.95), weight decay 0.05, base lr 1.5e-4 x B/256 with B = 4096, 40 warm-up epochs,
+  800 epochs, crops of scale (0.2, 1) with flips and no colour augmentation::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/mae.py:imagenet --workdir=gs://BUCKET/mae_in1k
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = 'builtin'):
+  variant, _, backbone = arg.partition(',')
+  c = config_lib.base_config()
+  c.method.name = 'mae'
+  c.method.mask_ratio = 0.75
+  c.method.norm_pix_loss = True
+  c.method.decoder_dim = 512
+  c.method.decoder_depth = 8
+  c.method.decoder_heads = 16
+  c.method.feature_pool = 'mean'
+  c.model.pos_embed = 'sincos'
+  c.aug.recipe = 'none'           # MAE: crops and flips only
+  c.optim.name = 'adamw'
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.05
+  c.optim.lr = 1.5e-4
+  c.optim.lr_scaling = 'linear'
+  c.data.crop_scale = (0.2, 1.0)
+
+  if variant == 'builtin':
+    c.model.backbone = backbone or 'vit_tiny'
+    if not backbone:               # a 96-d, depth-4 ViT: CPU-sized
+      c.model.embed_dim, c.model.depth, c.model.num_heads = 96, 4, 3
+    c.model.patch_size = 4
+    c.model.img_size = 24
+    c.method.decoder_dim = 64
+    c.method.decoder_depth = 2
+    c.method.decoder_heads = 4
+    c.method.norm_pix_loss = False  # MNIST has many constant (black) patches
+    c.data.source = 'builtin'
+    c.data.name = 'mnist5k'
+    c.data.image_size = 24
+    c.data.crop_scale = (0.5, 1.0)
+    c.data.flip = 0.0
+    c.data.batch_size = 256
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 20
+    c.train.steps = 300
+    c.train.checkpoint_every = 100
+  elif variant == 'cifar10':
+    c.model.backbone = backbone or 'vit_tiny'
+    c.model.patch_size = 4
+    c.model.img_size = 32
+    c.method.decoder_dim = 256
+    c.method.decoder_depth = 4
+    c.method.decoder_heads = 8
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 32
+    c.data.batch_size = 1024
+    c.optim.warmup_steps = 40 * 48
+    c.train.steps = 1600 * 48
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif variant == 'imagenet':
+    c.model.backbone = backbone or 'vit_base'
+    c.model.patch_size = 16
+    c.model.img_size = 224
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 224
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 4096
+    c.data.num_workers = 16
+    c.optim.warmup_steps = 40 * 312
+    c.train.steps = 800 * 312
+    c.train.checkpoint_every = 1000
+    c.train.knn_every = 10000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {variant!r} of configs/mae.py; use 'builtin', 'cifar10' "
+                     "or 'imagenet' (optionally ',vit_tiny|vit_small|vit_base')")
+  return c

@@ -1,0 +1,98 @@
+"""MultiMAE (Bachmann et al. 2022): multi-modal masked autoencoder, RGB + pseudo-modalities.
+
+Variants (``--config=configs/multimae.py:<variant>[,<backbone>]``):
+
+* ``builtin`` — RGB + Sobel edges on MNIST-5k at 24 px with the 96-d, depth-4 ViT (patch 4) of the
+  other masked configs; 18 of the 2 x 36 tokens encoded, allocated by Dir(1); batch 256, 300 steps::
+
+      python -m ssl_jax.main --config=configs/multimae.py:builtin --workdir=/tmp/multimae_builtin
+
+* ``cifar10`` — ViT-T, RGB + edges, 4 px patches at 32 px, 1600 epochs.
+* ``imagenet`` — ViT-B/16 at 224 px with the paper's settings: 98 tokens encoded in total (of
+  M x 196), Dirichlet alpha 1, decoders 256-d with one cross-attention + 2 blocks, AdamW
+  (0.9, 0.95), base lr 1e-4 x B/256, batch 2048, weight decay 0.05, 40 warm-up epochs, 1600
+  epochs. The paper's depth and semantic pseudo-labels are replaced by Sobel edges (add your own
+  modality, see ``ssl_jax/methods/masked/multimae.py``)::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/multimae.py:imagenet --workdir=gs://BUCKET/multimae_in1k
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = 'builtin'):
+  variant, _, backbone = arg.partition(',')
+  c = config_lib.base_config()
+  c.method.name = 'multimae'
+  c.method.modalities = ('rgb', 'edges')
+  c.method.mask_ratio = 1.0 - 98 / (2 * 196)   # 98 encoded tokens of 2 x 196, as the paper
+  c.method.dirichlet_alpha = 1.0
+  c.method.decoder_dim = 256
+  c.method.decoder_depth = 2
+  c.method.decoder_heads = 8
+  c.method.norm_pix_loss = True
+  c.method.feature_pool = 'mean'
+  c.model.pos_embed = 'sincos'
+  c.aug.recipe = 'none'
+  c.optim.name = 'adamw'
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.05
+  c.optim.lr = 1e-4
+  c.optim.lr_scaling = 'linear'
+  c.data.crop_scale = (0.2, 1.0)
+
+  if variant == 'builtin':
+    c.model.backbone = backbone or 'vit_tiny'
+    if not backbone:
+      c.model.embed_dim, c.model.depth, c.model.num_heads = 96, 4, 3
+    c.model.patch_size = 4
+    c.model.img_size = 24
+    c.method.mask_ratio = 0.75                 # 18 of 72 tokens encoded
+    c.method.decoder_dim = 64
+    c.method.decoder_depth = 1
+    c.method.decoder_heads = 4
+    c.method.norm_pix_loss = False
+    c.data.source = 'builtin'
+    c.data.name = 'mnist5k'
+    c.data.image_size = 24
+    c.data.crop_scale = (0.5, 1.0)
+    c.data.flip = 0.0
+    c.data.batch_size = 256
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 20
+    c.train.steps = 300
+    c.train.checkpoint_every = 100
+  elif variant == 'cifar10':
+    c.model.backbone = backbone or 'vit_tiny'
+    c.model.patch_size = 4
+    c.model.img_size = 32
+    c.method.mask_ratio = 0.75
+    c.method.decoder_dim = 128
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 32
+    c.data.batch_size = 1024
+    c.optim.warmup_steps = 40 * 48
+    c.train.steps = 1600 * 48
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif variant == 'imagenet':
+    c.model.backbone = backbone or 'vit_base'
+    c.model.patch_size = 16
+    c.model.img_size = 224
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 224
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 2048
+    c.data.num_workers = 16
+    c.optim.warmup_steps = 40 * 625
+    c.train.steps = 1600 * 625
+    c.train.checkpoint_every = 1000
+    c.train.knn_every = 10000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {variant!r} of configs/multimae.py; use 'builtin', "
+                     "'cifar10' or 'imagenet' (optionally ',vit_tiny|vit_small|vit_base')")
+  return c

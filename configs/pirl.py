@@ -1,0 +1,89 @@
+"""PIRL (Misra & van der Maaten 2020) with the jigsaw transformation and a memory bank.
+
+Variants (``--config=configs/pirl.py:<variant>``):
+
+* ``builtin`` — width-16 CIFAR-stem ResNet-18 on the built-in MNIST-5k set: 30 px crops, 3x3 cells,
+  8 px tiles, a 4,000-row memory bank, 1,024 negatives. A few minutes on a 2-core CPU::
+
+      python -m ssl_jax.main --config=configs/pirl.py:builtin --workdir=/tmp/pirl_builtin
+
+* ``cifar10`` — ResNet-18 (CIFAR stem), 48 px upsampled crops, 14 px tiles, 4,096 negatives::
+
+      python -m ssl_jax.main --config=configs/pirl.py:cifar10 --workdir=gs://BUCKET/pirl_c10
+
+* ``imagenet`` — ResNet-50, the paper's Sec. 4 settings: 32,000 negatives, temperature 0.07,
+  memory-bank momentum 0.5, lambda 0.5, 128-d embeddings, SGD lr 0.12, weight decay 1e-4,
+  batch 1024, 800 epochs; 255 px crops, 3x3 cells of 85 px, 64 px tiles::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/pirl.py:imagenet --workdir=gs://BUCKET/pirl_in1k
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = 'builtin'):
+  c = config_lib.base_config()
+  c.method.name = 'pirl'
+  c.method.grid = 3
+  c.method.proj_dim = 128
+  c.method.temperature = 0.07
+  c.method.num_negatives = 32000
+  c.method.bank_momentum = 0.5
+  c.method.loss_lambda = 0.5
+  c.method.bank_size = 0
+  c.aug.recipe = 'mocov2'
+  c.optim.name = 'sgd'
+  c.optim.lr = 0.12
+  c.optim.lr_scaling = 'linear'
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+
+  if arg == 'builtin':
+    c.model.backbone = 'resnet18'
+    c.model.width = 16
+    c.model.cifar_stem = True
+    c.method.tile_size = 8
+    c.method.num_negatives = 1024
+    c.method.temperature = 0.1
+    c.aug.recipe = 'none'
+    c.data.name = 'mnist5k'
+    c.data.image_size = 30
+    c.data.crop_scale = (0.3, 1.0)
+    c.data.flip = 0.0
+    c.data.batch_size = 128
+    c.optim.lr = 0.1
+    c.optim.lr_scaling = 'none'
+    c.optim.warmup_steps = 20
+    c.train.steps = 300
+    c.train.checkpoint_every = 100
+  elif arg == 'cifar10':
+    c.model.backbone = 'resnet18'
+    c.model.cifar_stem = True
+    c.method.tile_size = 14
+    c.method.num_negatives = 4096
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 48
+    c.data.batch_size = 256
+    c.optim.warmup_steps = 500
+    c.train.steps = 400 * 195
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif arg == 'imagenet':
+    c.model.backbone = 'resnet50'
+    c.method.tile_size = 64
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 255
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 1024
+    c.data.num_workers = 16
+    c.optim.warmup_steps = 5 * 1251
+    c.train.steps = 800 * 1251
+    c.train.checkpoint_every = 2000
+    c.train.knn_every = 25000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {arg!r} of configs/pirl.py; use 'builtin', 'cifar10' or "
+                     "'imagenet'")
+  return c

@@ -1,0 +1,90 @@
+"""SiT: Self-supervised vIsion Transformer (Atito et al. 2021).
+
+Variants (``--config=configs/sit.py:<variant>``):
+
+* ``builtin`` — a ViT with D=96, depth 4, 3 heads, patch 4 on 24 px crops of the built-in
+  MNIST-5k set, batch 128 x 2 views, 200 steps, AdamW. A few minutes on a 2-core CPU::
+
+      python -m ssl_jax.main --config=configs/sit.py:builtin --workdir=/tmp/sit_builtin
+
+* ``cifar10`` — ViT-S/4 on 32 px (the paper's small-data setting: ViT-S, AdamW lr 5e-4 x B/256,
+  weight decay 0.04, batch 256, 800 epochs)::
+
+      python -m ssl_jax.main --config=configs/sit.py:cifar10 --workdir=gs://BUCKET/sit_c10
+
+* ``imagenet`` — ViT-S/16 at 224 px, batch 1024, AdamW lr 5e-4 x B/256, weight decay 0.04 -> as
+  DeiT/DINO, 300 epochs::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/sit.py:imagenet --workdir=gs://BUCKET/sit_in1k
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = 'builtin'):
+  c = config_lib.base_config()
+  c.method.name = 'sit'
+  c.method.temperature = 0.5
+  c.method.proj_hidden_dim = 2048
+  c.method.proj_dim = 256
+  c.method.corrupt_blocks = 3
+  c.method.corrupt_max_frac = 0.5
+  c.method.task_scale = (1.0, 1.0, 1.0)
+  c.aug.recipe = 'simclr'
+  c.optim.name = 'adamw'
+  c.optim.lr = 5e-4
+  c.optim.lr_scaling = 'linear'
+  c.optim.weight_decay = 0.04
+  c.optim.b2 = 0.999
+  c.optim.clip_grad_norm = 3.0
+
+  if arg == 'builtin':
+    c.model.backbone = 'vit_tiny'
+    c.model.embed_dim = 96
+    c.model.depth = 4
+    c.model.num_heads = 3
+    c.model.patch_size = 4
+    c.model.img_size = 24
+    c.method.proj_hidden_dim = 256
+    c.method.proj_dim = 64
+    c.data.name = 'mnist5k'
+    c.data.image_size = 24
+    c.data.crop_scale = (0.3, 1.0)
+    c.data.flip = 0.0
+    c.data.batch_size = 128
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 20
+    c.train.steps = 200
+    c.train.checkpoint_every = 100
+  elif arg == 'cifar10':
+    c.model.backbone = 'vit_small'
+    c.model.patch_size = 4
+    c.model.img_size = 32
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 32
+    c.data.batch_size = 256
+    c.optim.warmup_steps = 10 * 195
+    c.train.steps = 800 * 195
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif arg == 'imagenet':
+    c.model.backbone = 'vit_small'
+    c.model.patch_size = 16
+    c.model.img_size = 224
+    c.model.drop_path_rate = 0.1
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 224
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 1024
+    c.data.num_workers = 16
+    c.optim.warmup_steps = 10 * 1251
+    c.train.steps = 300 * 1251
+    c.train.checkpoint_every = 2000
+    c.train.knn_every = 25000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {arg!r} of configs/sit.py; use 'builtin', 'cifar10' or "
+                     "'imagenet'")
+  return c

@@ -1,0 +1,109 @@
+"""SwAV (Caron et al. 2020).
+
+Variants (``--config=configs/swav.py:<variant>``):
+
+* ``builtin`` — width-8 CIFAR-stem ResNet-18 on the built-in MNIST-5k set, multi-crop 2 x 16px
+  + 2 x 8px, 30 prototypes, batch 256. A few minutes on a 2-core CPU::
+
+      python -m ssl_jax.main --config=configs/swav.py:builtin --workdir=/tmp/swav_builtin
+
+* ``cifar10`` — ResNet-18 (CIFAR stem), multi-crop 2 x 32px (scale 0.14-1) + 4 x 16px (scale
+  0.05-0.14), 3000 prototypes, batch 256 with a 3840-feature queue from epoch 15, prototypes frozen
+  for the first epoch, LARS lr 0.6, weight decay 1e-6, 500 epochs (the paper has no CIFAR
+  setting: its batch-256 ImageNet recipe with the crops scaled to 32px)::
+
+      python -m ssl_jax.main --config=configs/swav.py:cifar10 --workdir=gs://BUCKET/swav_c10
+
+* ``imagenet`` — the paper's 800-epoch setting (official swav_800ep_pretrain.sh): ResNet-50,
+  multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (scale 0.05-0.14), 3000 prototypes, epsilon 0.05,
+  3 Sinkhorn iterations, temperature 0.1, batch 4096 (no queue), LARS lr 4.8 with 10 warmup
+  epochs and cosine to 0.0048, weight decay 1e-6, prototypes frozen for the first 313 iterations::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/swav.py:imagenet --workdir=gs://BUCKET/swav_in1k
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = 'builtin'):
+  c = config_lib.base_config()
+  c.method.name = 'swav'
+  c.method.temperature = 0.1
+  c.method.epsilon = 0.05
+  c.method.sinkhorn_iterations = 3
+  c.method.num_prototypes = 3000
+  c.method.proj_hidden_dim = 2048
+  c.method.proj_dim = 128
+  c.method.num_local = 6
+  c.method.local_size = 96
+  c.method.local_scale = (0.05, 0.14)
+  c.method.queue_length = 0          # 0: no queue
+  c.method.queue_start_step = 0      # the queue starts filling at this step, is used once full
+  c.method.freeze_prototypes_steps = 0
+  c.data.crop_scale = (0.14, 1.0)    # global crops
+  c.aug.recipe = 'simclr'            # SwAV: colour distortion s = 1 + blur p 0.5 on every crop
+  c.optim.name = 'lars'
+
+  if arg == 'builtin':
+    c.model.backbone = 'resnet18'
+    c.model.width = 8
+    c.model.cifar_stem = True
+    c.method.num_prototypes = 30
+    c.method.proj_hidden_dim = 512
+    c.method.num_local = 2
+    c.method.local_size = 8
+    c.method.local_scale = (0.1, 0.3)
+    c.method.freeze_prototypes_steps = 20
+    c.data.source = 'builtin'
+    c.data.name = 'mnist5k'
+    c.data.image_size = 16
+    c.data.crop_scale = (0.3, 1.0)
+    c.data.flip = 0.0                # digits are not mirror-symmetric
+    c.data.batch_size = 256
+    c.optim.lr = 0.6
+    c.optim.weight_decay = 1e-6
+    c.optim.warmup_steps = 20
+    c.train.steps = 200
+    c.train.log_every = 10
+    c.train.checkpoint_every = 100
+  elif arg == 'cifar10':
+    c.model.backbone = 'resnet18'
+    c.model.cifar_stem = True
+    c.method.num_local = 4
+    c.method.local_size = 16
+    c.method.queue_length = 3840
+    c.method.queue_start_step = 15 * 195
+    c.method.freeze_prototypes_steps = 195
+    c.data.source = 'tfds'
+    c.data.name = 'cifar10'
+    c.data.image_size = 32
+    c.data.batch_size = 256
+    c.optim.lr = 0.6
+    c.optim.weight_decay = 1e-6
+    c.optim.min_lr_ratio = 0.001
+    c.optim.warmup_steps = 10 * 195
+    c.train.steps = 500 * 195
+    c.train.checkpoint_every = 5000
+    c.train.knn_every = 10000
+  elif arg == 'imagenet':
+    c.model.backbone = 'resnet50'
+    c.method.freeze_prototypes_steps = 313
+    c.data.source = 'tfds'
+    c.data.name = 'imagenet2012'
+    c.data.image_size = 224
+    c.data.eval_crop_frac = 0.875
+    c.data.batch_size = 4096
+    c.data.num_workers = 16
+    c.optim.lr = 4.8
+    c.optim.lr_scaling = 'none'      # 4.8 is the lr of the 4096 batch
+    c.optim.weight_decay = 1e-6
+    c.optim.min_lr_ratio = 0.001
+    c.optim.warmup_steps = 10 * 312
+    c.train.steps = 800 * 312
+    c.train.checkpoint_every = 1000
+    c.train.knn_every = 5000
+    c.eval.batch_size = 1024
+  else:
+    raise ValueError(f"unknown variant {arg!r} of configs/swav.py; use 'builtin', 'cifar10' "
+                     "or 'imagenet'")
+  return c

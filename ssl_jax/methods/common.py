@@ -1,0 +1,36 @@
+"""Pieces several methods share: EMA target networks and fixed-size queues (functional)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ssl_jax.train import schedules
+
+
+def ema_update(target, online, momentum):
+  """target <- m * target + (1 - m) * online, leaf-wise (BYOL Eq. 1, MoCo Eq. 2, DINO Sec. 3.1).
+
+  ``momentum`` may be a traced scalar (a schedule of the step), so the update runs inside the
+  compiled step.
+  """
+  return jax.tree_util.tree_map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+
+
+def momentum_schedule(method_cfg, total_steps: int):
+  """EMA momentum as a pure function of the step: cosine from ``momentum`` to
+  ``momentum_final`` (BYOL/DINO), constant when they are equal (MoCo)."""
+  base = method_cfg.get('momentum', 0.996)
+  final = method_cfg.get('momentum_final', 1.0)
+  return schedules.cosine_increase(base, final, total_steps)
+
+
+def enqueue(queue, ptr, items):
+  """Writes ``items`` (B, ...) into ring buffer ``queue`` (K, ...) at ``ptr``; returns (queue, ptr).
+
+  K must be a multiple of B (as in MoCo), so a write never wraps; shapes stay static under jit.
+  """
+  k, b = queue.shape[0], items.shape[0]
+  if k % b:
+    raise ValueError(f'queue size {k} must be a multiple of the global batch size {b}')
+  queue = jax.lax.dynamic_update_slice_in_dim(queue, items.astype(queue.dtype), ptr, axis=0)
+  return queue, (ptr + b) % k

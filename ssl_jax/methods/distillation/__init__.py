@@ -1,0 +1,1 @@
+"""Self-distillation methods with an EMA teacher: DINO, iBOT, data2vec (vision)."""

@@ -1,0 +1,103 @@
+"""Masked image modelling: MAE, SimMIM, BEiT (with its VQ-VAE tokenizer) and MultiMAE.
+
+All four pretrain a ViT from one view per image (``view0``, a random-resized crop made on the host)
+that is normalised on device; they differ in what is hidden and what is predicted:
+
+=========  ==========================================  ==========================================
+method     encoder input                               target (masked patches only)
+=========  ==========================================  ==========================================
+MAE        visible patches only (75 % removed)          pixels (optionally per-patch normalised)
+SimMIM     all positions, mask token on masked ones     raw pixels, L1
+BEiT       all positions, mask token (block-wise 40 %)  the VQ tokenizer's code index, cross-entropy
+MultiMAE   visible tokens of RGB + other modalities     pixels of every modality
+=========  ==========================================  ==========================================
+
+:class:`MaskedImageMethod` holds what they share: the ViT check, the single crop, normalisation,
+eval features (the encoder on *all* patches, no mask) and reconstruction-grid helpers used by
+``python -m ssl_jax.viz.reconstruction``.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ssl_jax.data import augment
+from ssl_jax.data.pipeline import CropSpec
+from ssl_jax.methods.base import Method
+from ssl_jax.models import vit as vit_lib
+
+
+class MaskedImageMethod(Method):
+  """Base of the masked-image methods: one crop, a ViT backbone, pooled-feature eval.
+
+  ``config.method.feature_pool`` chooses the eval/export feature: ``'mean'`` (default) averages the
+  final-normed patch tokens of the unmasked image — MAE fine-tunes with global average pooling and
+  it gives much better kNN than [CLS] for reconstruction-trained encoders, whose [CLS] token gets
+  no direct training signal; ``'cls'`` uses the [CLS] token (MAE's linear-probe protocol).
+  """
+
+  num_views = 1
+
+  def __init__(self, config):
+    super().__init__(config)
+    if not isinstance(self.backbone, vit_lib.ViT):
+      raise ValueError(f'config.model.backbone={config.model.backbone!r}: '
+                       f'{type(self).__name__} needs a ViT backbone (vit_tiny/vit_small/vit_base)')
+    self.patch_size = self.backbone.patch_size
+    size = config.data.image_size
+    if size % self.patch_size:
+      raise ValueError(f'config.data.image_size={size} is not a multiple of '
+                       f'model.patch_size={self.patch_size}')
+    self.grid = (size // self.patch_size, size // self.patch_size)
+    self.num_patches = self.grid[0] * self.grid[1]
+    self.patch_dim = self.patch_size ** 2 * 3
+    self.feature_pool = config.method.get('feature_pool', 'mean')
+    if self.feature_pool not in ('mean', 'cls'):
+      raise ValueError(f"config.method.feature_pool={self.feature_pool!r}: use 'mean' or 'cls'")
+    recipe = config.aug.recipe if isinstance(config.aug.recipe, str) else config.aug.recipe[0]
+    self.recipe = augment.get_recipe(recipe, **dict(config.aug.get('overrides', {})))
+
+  def crop_specs(self):
+    d = self.config.data
+    return (CropSpec('view0', d.image_size, tuple(d.crop_scale), flip=d.flip),)
+
+  def image(self, batch, rng):
+    """The normalised (B, H, W, 3) float image of the single view."""
+    return augment.augment_batch(rng, batch['view0'], self.recipe)
+
+  def encode(self, params, x, *, train=False, rng=None, **kw):
+    """``ViT.encode`` of the backbone (dict of tokens/prefix/patches)."""
+    rngs = {'dropout': rng} if rng is not None else None
+    return self.backbone.apply({'params': params['backbone']}, x, train=train, rngs=rngs,
+                               method=vit_lib.ViT.encode, **kw)
+
+  def features(self, params, buffers, images_uint8):
+    """Eval feature: the encoder on all patches (no mask), pooled per ``feature_pool``."""
+    out = self.encode(params, self.normalize(images_uint8))
+    if self.feature_pool == 'cls' and self.backbone.num_prefix_tokens:
+      return out['tokens'][:, 0].astype(jnp.float32)
+    return out['patches'].mean(axis=1).astype(jnp.float32)
+
+  # -- reconstruction pictures -----------------------------------------------------------------
+  def denormalize(self, x):
+    """Normalised images -> [0, 1] (inverse of the recipe's mean/std)."""
+    if 'mean' in self.recipe:
+      x = x * jnp.asarray(self.recipe['std']) + jnp.asarray(self.recipe['mean'])
+    return jnp.clip(x, 0.0, 1.0)
+
+  def patch_mask_image(self, mask):
+    """(B, N) patch mask -> (B, H, W, 1) pixel mask."""
+    ones = jnp.ones(mask.shape + (self.patch_size ** 2,), jnp.float32) * mask[..., None]
+    return vit_lib.unpatchify(ones, self.patch_size, *self.grid, 1)
+
+  def reconstruct(self, params, buffers, images_uint8, rng):
+    """{'original', 'masked', 'reconstruction'}: (B, H, W, 3) float images in [0, 1]."""
+    raise NotImplementedError(f'{type(self).__name__} has no pixel reconstruction')
+
+  def _grid_images(self, x, mask, pred_patches):
+    """Original / masked (grey where hidden) / visible pixels pasted over the prediction."""
+    m = self.patch_mask_image(mask)
+    pred = vit_lib.unpatchify(pred_patches, self.patch_size, *self.grid, 3)
+    orig = self.denormalize(x)
+    return {'original': orig, 'masked': orig * (1 - m) + 0.5 * m,
+            'reconstruction': orig * (1 - m) + self.denormalize(pred) * m}
+

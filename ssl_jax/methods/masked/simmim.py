@@ -1,0 +1,86 @@
+"""SimMIM (Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling", CVPR 2022).
+
+A random ``mask_ratio`` (0.6) of *mask patches* — squares of ``mask_patch_size`` pixels (32 px in
+the paper), larger than the model's patches — is hidden per image: exactly
+``ceil(mask_ratio * M)`` of the M mask patches (argsort of noise, SimMIM's ``MaskGenerator``), each
+covering ``(mask_patch_size / patch_size)^2`` model patches. The ViT sees *all* positions, masked
+patches replaced by a learned mask token (owned here, ``params['mask_token']``); a one-layer
+linear head (:class:`ssl_jax.models.decoders.SimMIMHead`) predicts the raw (normalised) pixels of
+each patch and the loss is L1 on the masked pixels only (``losses.simmim_l1_loss``).
+
+Config (``config.method``): mask_ratio, mask_patch_size (a multiple of ``model.patch_size`` that
+divides ``data.image_size``), feature_pool.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import losses
+from ssl_jax.methods.masked import MaskedImageMethod
+from ssl_jax.models import vit as vit_lib
+from ssl_jax.models.decoders import SimMIMHead
+
+
+def simmim_masks(rng, batch: int, mask_grid: int, scale: int, mask_ratio: float):
+  """(B, (mask_grid*scale)^2) float masks, 1 = masked, in model-patch row-major order.
+
+  Exactly ``ceil(mask_ratio * mask_grid^2)`` mask patches per image (SimMIM's MaskGenerator), each
+  upsampled to ``scale x scale`` model patches.
+  """
+  m = mask_grid * mask_grid
+  count = int(math.ceil(m * mask_ratio))
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(rng, (batch, m)), axis=1), axis=1)
+  small = (ranks < count).astype(jnp.float32).reshape(batch, mask_grid, mask_grid)
+  big = jnp.repeat(jnp.repeat(small, scale, axis=1), scale, axis=2)
+  return big.reshape(batch, -1)
+
+
+class SimMIM(MaskedImageMethod):
+  """Mask-token ViT with a linear pixel head and masked L1."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    self.mask_ratio = m.mask_ratio
+    self.mask_patch_size = m.mask_patch_size
+    size = config.data.image_size
+    if self.mask_patch_size % self.patch_size or size % self.mask_patch_size:
+      raise ValueError(f'config.method.mask_patch_size={self.mask_patch_size} must be a multiple '
+                       f'of model.patch_size={self.patch_size} and divide data.image_size={size}')
+    self.mask_grid = size // self.mask_patch_size
+    self.scale = self.mask_patch_size // self.patch_size
+    self.head = SimMIMHead(self.patch_dim)
+
+  def init(self, rng, batch):
+    k1, k2, k3 = jax.random.split(rng, 3)
+    x = jnp.zeros((2,) + batch['view0'].shape[1:3] + (3,), jnp.float32)
+    bb = self.backbone.init({'params': k1}, x)['params']
+    d = self.backbone.embed_dim
+    head = self.head.init({'params': k2}, jnp.zeros((2, self.num_patches, d)))['params']
+    mask_token = 0.02 * jax.random.truncated_normal(k3, -2.0, 2.0, (d,), jnp.float32)
+    return {'backbone': bb, 'head': head, 'mask_token': mask_token}, {}
+
+  def views(self, batch, rng):
+    k_aug, k_mask = jax.random.split(rng)
+    x = self.image(batch, k_aug)
+    return {'image': x,
+            'mask': simmim_masks(k_mask, x.shape[0], self.mask_grid, self.scale, self.mask_ratio)}
+
+  def predict(self, params, views, *, train=False, rng=None):
+    out = self.encode(params, views['image'], train=train, rng=rng, mask=views['mask'],
+                      mask_token=params['mask_token'])
+    return self.head.apply({'params': params['head']}, out['patches'])
+
+  def loss(self, params, state, views, rng):
+    pred = self.predict(params, views, train=True, rng=rng)
+    target = vit_lib.patchify(views['image'], self.patch_size)
+    return losses.simmim_l1_loss(pred, target, views['mask']), ({}, state.buffers)
+
+  def reconstruct(self, params, buffers, images_uint8, rng):
+    x = self.normalize(images_uint8)
+    v = {'image': x, 'mask': simmim_masks(rng, x.shape[0], self.mask_grid, self.scale,
+                                          self.mask_ratio)}
+    return self._grid_images(x, v['mask'], self.predict(params, v))

@@ -1,0 +1,178 @@
+"""Colorful Image Colorization (Zhang, Isola & Efros, ECCV 2016), the class-rebalanced
+classification variant.
+
+The network sees only the lightness of the image (the CIE L channel, given to the backbone as a
+grey RGB image so that the eval-time input format is unchanged) and predicts, for every output
+cell, a distribution over the ``Q`` quantised in-gamut ab colour bins (grid size 10 in CIE Lab;
+``ab_gamut_bins``). Targets are soft-encoded (the 5 nearest bin centres of the true ab, Gaussian
+weights with sigma 5) and each pixel's term is weighted by the class-rebalancing weight of its
+nearest bin, ``w ~ ((1 - lambda) p~ + lambda / Q)^-1`` with the smoothed empirical bin prior p~ of
+the training images and lambda = 0.5 (Sec. 2.2, Eq. 2-4; ``losses.colorization_rebalanced_ce``).
+
+Departure from the paper: the backbones here return a pooled feature, so the ab distributions are
+decoded from that global feature by a small decoder (Dense -> (H/4, W/4, C) -> 3x3 conv -> 1x1 conv
+to Q logits) at a quarter of the input resolution (the paper's output stride is 4 too), instead of
+the paper's fully convolutional VGG head. The prior is estimated at construction from
+``prior_images`` images of the training split.
+
+Note: on grey data (the built-in digits) every pixel has a = b = 0, so there is no colour to learn
+from; use colour images.
+
+Config (``config.method``): decoder_dim, rebalance_lambda, soft_neighbours, soft_sigma,
+prior_images.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax import losses
+from ssl_jax.data import augment, sources
+from ssl_jax.methods.base import Method, apply_module, init_module
+
+_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
+                        [0.212671, 0.715160, 0.072169],
+                        [0.019334, 0.119193, 0.950227]])
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+AB_GRID = 10.0
+OUTPUT_STRIDE = 4
+
+
+def rgb_to_lab(rgb):
+  """sRGB in [0, 1] (..., 3) -> CIE Lab (D65, 2 degree observer), the formula of skimage.color."""
+  xp = jnp if isinstance(rgb, jax.Array) else np
+  lin = xp.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+  xyz = (lin @ _RGB_TO_XYZ.T.astype(lin.dtype)) / _WHITE_D65.astype(lin.dtype)
+  eps = (6 / 29) ** 3
+  f = xp.where(xyz > eps, xp.cbrt(xp.maximum(xyz, eps)), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+  l = 116 * f[..., 1] - 16
+  a = 500 * (f[..., 0] - f[..., 1])
+  b = 200 * (f[..., 1] - f[..., 2])
+  return xp.stack([l, a, b], axis=-1)
+
+
+@functools.lru_cache(maxsize=1)
+def ab_gamut_bins(levels: int = 64) -> np.ndarray:
+  """(Q, 2) centres (multiples of 10) of the ab cells reached by some sRGB colour.
+
+  Computed by converting a ``levels^3`` grid of sRGB colours to Lab; with 64 levels this gives the
+  in-gamut set of Zhang et al.'s 313 bins up to the cells only touched by a sliver of the gamut.
+  """
+  g = np.linspace(0, 1, levels)
+  rgb = np.stack(np.meshgrid(g, g, g, indexing='ij'), -1).reshape(-1, 3)
+  ab = rgb_to_lab(rgb)[:, 1:]
+  cells = np.unique(np.round(ab / AB_GRID).astype(np.int64), axis=0)
+  return (cells * AB_GRID).astype(np.float32)
+
+
+def soft_encode(ab, centres, neighbours: int = 5, sigma: float = 5.0):
+  """(N, 2) ab -> (N, Q) soft targets: Gaussian(sigma) weights on the ``neighbours`` nearest bin
+  centres, normalised to sum 1 (Zhang et al. Sec. 2.1)."""
+  d2 = jnp.sum((ab[:, None, :] - centres[None]) ** 2, axis=-1)          # (N, Q)
+  neg, idx = jax.lax.top_k(-d2, neighbours)
+  w = jnp.exp(neg / (2 * sigma ** 2))
+  w = w / jnp.sum(w, axis=-1, keepdims=True)
+  return jnp.sum(jax.nn.one_hot(idx, centres.shape[0]) * w[..., None], axis=1)
+
+
+def rebalance_weights(prior, centres, lam: float = 0.5, sigma: float = 5.0):
+  """Class-rebalancing weights (Zhang et al. Eq. 4): smooth the empirical prior p with a
+  Gaussian(sigma) over the bin centres, w = ((1 - lam) p~ + lam / Q)^-1, normalised so that
+  sum_q p~_q w_q = 1. numpy in, numpy out."""
+  prior = np.asarray(prior, np.float64)
+  prior = prior / prior.sum()
+  d2 = ((centres[:, None] - centres[None]) ** 2).sum(-1)
+  k = np.exp(-d2 / (2 * sigma ** 2))
+  smooth = k @ prior
+  smooth = smooth / smooth.sum()
+  w = 1.0 / ((1 - lam) * smooth + lam / len(prior))
+  return (w / (smooth * w).sum()).astype(np.float32)
+
+
+def empirical_prior(images_uint8, centres) -> np.ndarray:
+  """Histogram of the nearest ab bin over every pixel of ``images_uint8`` (N, H, W, 3)."""
+  ab = rgb_to_lab(images_uint8.reshape(-1, 3).astype(np.float64) / 255.0)[:, 1:]
+  nearest = np.argmin(((ab[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+  return np.bincount(nearest, minlength=len(centres)).astype(np.float64)
+
+
+def pool_ab(lab, stride: int):
+  """(B, H, W, 3) Lab -> (B, H/s, W/s, 2) ab averaged over stride x stride cells."""
+  b, h, w, _ = lab.shape
+  ab = lab[..., 1:].reshape(b, h // stride, stride, w // stride, stride, 2)
+  return ab.mean(axis=(2, 4))
+
+
+class ColorDecoder(nn.Module):
+  """Pooled feature -> (B, h, w, Q) ab-bin logits at 1/OUTPUT_STRIDE of the input resolution."""
+  grid: int
+  dim: int
+  num_bins: int
+
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    x = nn.Dense(self.grid * self.grid * self.dim, name='fc')(h)
+    x = nn.relu(x.reshape(-1, self.grid, self.grid, self.dim))
+    x = nn.Conv(self.dim, (3, 3), padding='SAME', use_bias=False, name='conv')(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x))
+    return nn.Conv(self.num_bins, (1, 1), name='logits')(x).astype(jnp.float32)
+
+
+class Colorization(Method):
+  """Predict the quantised ab colour of every output cell from the lightness."""
+
+  num_views = 1
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    self.centres = ab_gamut_bins()
+    size = config.data.image_size
+    if size % OUTPUT_STRIDE:
+      raise ValueError(f'config.data.image_size={size} must be a multiple of {OUTPUT_STRIDE}')
+    self.decoder = ColorDecoder(size // OUTPUT_STRIDE, m.get('decoder_dim', 64), len(self.centres))
+    src = sources.get_source(config.data, config.data.train_split)
+    n = min(len(src), m.get('prior_images', 500))
+    imgs = np.stack([src[i]['image'] for i in range(n)])
+    self.class_weights = rebalance_weights(empirical_prior(imgs, self.centres), self.centres,
+                                           m.get('rebalance_lambda', 0.5))
+
+  def view_recipes(self):
+    return tuple(augment.get_recipe(r, mean=None, std=None) for r in super().view_recipes())
+
+  def views(self, batch, rng):
+    m = self.config.method
+    rgb = super().views(batch, rng)['view0']                   # [0, 1]
+    lab = rgb_to_lab(rgb)
+    ab = pool_ab(lab, OUTPUT_STRIDE)
+    centres = jnp.asarray(self.centres)
+    flat = ab.reshape(-1, 2)
+    target = soft_encode(flat, centres, m.get('soft_neighbours', 5), m.get('soft_sigma', 5.0))
+    weight = jnp.asarray(self.class_weights)[jnp.argmax(target, axis=-1)]
+    gray = jnp.broadcast_to(augment.rgb_to_grayscale(rgb, keep_channels=False), rgb.shape)
+    x = augment.normalize(gray, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+    return {'gray': x, 'target': target.reshape(ab.shape[:3] + (-1,)),
+            'weight': weight.reshape(ab.shape[:3])}
+
+  def init(self, rng, batch):
+    k1, k2 = jax.random.split(rng)
+    x = jnp.zeros((2,) + batch['view0'].shape[1:], jnp.float32)
+    bb_params, bb_stats = init_module(self.backbone, k1, x)
+    dc_params, dc_stats = init_module(self.decoder, k2, jnp.zeros((2, self.feature_dim)))
+    return ({'backbone': bb_params, 'decoder': dc_params},
+            {'batch_stats': {'backbone': bb_stats, 'decoder': dc_stats}})
+
+  def loss(self, params, state, views, rng):
+    stats = state.buffers['batch_stats']
+    h, bb_stats = apply_module(self.backbone, params['backbone'], stats['backbone'],
+                               views['gray'], train=True, rngs={'dropout': rng})
+    logits, dc_stats = apply_module(self.decoder, params['decoder'], stats['decoder'], h,
+                                    train=True)
+    loss = losses.colorization_rebalanced_ce(logits, views['target'], views['weight'])
+    acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(views['target'], -1))
+    buffers = dict(state.buffers, batch_stats={'backbone': bb_stats, 'decoder': dc_stats})
+    return loss, ({'bin_acc': acc}, buffers)

@@ -1,0 +1,99 @@
+"""data2vec method: target construction vs numpy, masked-only loss, 1 vs 8 devices, checkpoint.
+A tiny ViT (D=32, depth 2, 16 px = 4x4 patches)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import data2vec as d2v_config
+from ssl_jax.models.vit import ViT
+from ssl_jax.train import loop
+from ssl_jax.train.state import TrainState
+from tests import helpers
+from tests.methods.test_dino import STEPS, run_and_checkpoint
+from tests.methods.test_dino_ibot_data2vec import np_instance_norm
+
+
+def tiny_config():
+  c = helpers.tiny(d2v_config.get_config('builtin'), image_size=16, batch_size=16, steps=STEPS)
+  c.method.top_k = 2
+  c.method.mask_ratio = 0.5
+  c.method.mask_min_patches = 2
+  c.method.mask_bank_size = 64
+  # SGD: linear in the gradients, so 1 vs 8 devices agree to float tolerance (Adam would turn
+  # the float noise of mathematically-zero gradients, e.g. the attention key bias, into
+  # +-lr steps). AdamW and its schedules are tested in test_dino_ibot_data2vec.py.
+  c.optim.name, c.optim.lr = 'sgd', 0.5
+  return c
+
+
+@pytest.fixture(scope='module')
+def one_device(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('d2v'))
+  exp, state, history = run_and_checkpoint(tiny_config(), workdir)
+  return workdir, exp, state, history
+
+
+def test_targets_and_loss_match_numpy(one_device):
+  _, exp, state, _ = one_device
+  method = exp.method
+  st = TrainState.create(params=state.params, tx=exp.tx, buffers=state.buffers)
+  views = jax.jit(method.views)(exp.train_ds[0], jax.random.PRNGKey(0))
+  loss, _ = jax.jit(method.loss)(st.params, st, views, jax.random.PRNGKey(1))
+
+  @jax.jit
+  def forward(params, buffers, views):
+    t = method.backbone.apply({'params': buffers['teacher']['backbone']}, views['view0'],
+                              return_layers=True, method=ViT.encode)
+    s = method.backbone.apply({'params': params['backbone']}, views['view0'],
+                              mask=views['mask'], mask_token=params['mask_token'],
+                              method=ViT.encode)
+    return t['layers'], s['patches']
+
+  layers, patches = forward(st.params, st.buffers, views)
+  layers = [np.asarray(l, np.float64)[:, 1:] for l in layers]   # patch tokens only
+  target = (np_instance_norm(layers[-2]) + np_instance_norm(layers[-1])) / 2
+  got = method.targets(st.buffers['teacher']['backbone'], views['view0'])
+  np.testing.assert_allclose(got, target, rtol=1e-4, atol=1e-4)
+  head = st.params['regression_head']
+  pred = np.asarray(patches, np.float64) @ np.asarray(head['kernel']) + np.asarray(head['bias'])
+  mask = np.asarray(views['mask'])
+  assert 0.3 < mask.mean() <= 0.5
+  per_token = ((pred - target) ** 2).sum(-1) / np.sqrt(32)
+  np.testing.assert_allclose(loss, per_token[mask].mean(), rtol=1e-4)
+
+
+def test_loss_ignores_unmasked_predictions():
+  """Gradient of the loss w.r.t. the predictions is zero exactly at the unmasked tokens."""
+  from ssl_jax import losses
+  rng = np.random.default_rng(0)
+  pred = jnp.asarray(rng.normal(size=(2, 6, 4)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=(2, 6, 4)), jnp.float32)
+  mask = jnp.asarray(rng.random((2, 6)) < 0.5)
+  g = np.asarray(jnp.abs(jax.grad(lambda p: losses.data2vec_loss(p, target, mask))(pred)).sum(-1))
+  assert np.all(g[~np.asarray(mask)] == 0) and np.all(g[np.asarray(mask)] > 0)
+
+
+def test_training_runs(one_device):
+  _, _, state, history = one_device
+  assert all(h['nonfinite'] == 0 for h in history)
+  assert all(h['target_std'] > 0.1 for h in history)
+  assert history[-1]['ema_momentum'] > history[0]['ema_momentum']
+
+
+def test_one_vs_eight_devices(one_device):
+  _, _, state1, hist1 = one_device
+  state8, hist8 = helpers.run_steps(tiny_config(), 8, STEPS)
+  for h1, h8 in zip(hist1, hist8):
+    np.testing.assert_allclose(h1['loss'], h8['loss'], rtol=1e-5)
+  helpers.assert_trees_close(state1.buffers, state8.buffers, rtol=1e-4, atol=1e-5)
+  helpers.assert_trees_close(state1.params, state8.params, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_restores_teacher_exactly(one_device):
+  workdir, _, state, _ = one_device
+  exp = loop.Experiment(tiny_config(), workdir, helpers.mesh(1))
+  restored, _ = exp.restore_or_init()
+  exp.checkpointer.close()
+  assert int(restored.step) == STEPS
+  helpers.assert_trees_close(restored.buffers, state.buffers, rtol=0, atol=0)

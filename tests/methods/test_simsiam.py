@@ -1,0 +1,78 @@
+"""SimSiam: negative-cosine loss, stop-gradient, fixed predictor lr, 1 vs 8 devices."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import losses
+from ssl_jax.methods.contrastive.siamese import param_labels
+from ssl_jax.methods.contrastive.simsiam import SimSiam
+from tests import helpers
+from tests.methods import siamese_testlib as lib
+
+STEPS = 3
+
+
+def test_negative_cosine_hand_value():
+  p = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  z = jnp.array([[1.0, 1.0], [0.0, -3.0]])
+  np.testing.assert_allclose(losses.negative_cosine(p, z), -(1 / math.sqrt(2) - 1) / 2,
+                             rtol=1e-6)
+
+
+def test_negative_cosine_matches_numpy():
+  rng = np.random.default_rng(2)
+  p, z = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  # Chen & He Eq. 1: D(p, z) = - p/||p|| . z/||z||, batch mean.
+  ref = np.mean([-(p[i] @ z[i]) / np.linalg.norm(p[i]) / np.linalg.norm(z[i]) for i in range(5)])
+  np.testing.assert_allclose(losses.negative_cosine(jnp.asarray(p), jnp.asarray(z)), ref,
+                             rtol=1e-5)
+
+
+def test_stop_gradient_on_the_projection():
+  """d/dz of D(p, stopgrad(z)) is zero, d/dp is not (the asymmetry that prevents collapse)."""
+  p, z = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, -1.0]])
+  gp, gz = jax.grad(lambda p, z: losses.negative_cosine(p, jax.lax.stop_gradient(z)),
+                    argnums=(0, 1))(p, z)
+  assert np.abs(gp).sum() > 0 and np.abs(gz).sum() == 0
+
+
+def test_fixed_predictor_lr():
+  """With a 5-step warmup the scheduled lr at step 0 is 0: only the predictor (constant lr) moves,
+  by exactly -lr * (grad + wd * param)."""
+  c = lib.load_config('simsiam', 'builtin', steps=20)
+  c.optim.warmup_steps = 5
+  method = SimSiam(c)
+  params = method.init(jax.random.PRNGKey(0), {'view0': jnp.zeros((2, 16, 16, 3), jnp.uint8)})[0]
+  labels = param_labels(params, method.param_label)
+  assert set(jax.tree_util.tree_leaves(labels['predictor'])) == {'fixed_lr'}
+  assert set(jax.tree_util.tree_leaves(labels['backbone'])) == {'train'}
+  tx, lr = method.build_optimizer(20)
+  assert float(lr(0)) == 0.0
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert all(np.abs(u).max() == 0 for u in jax.tree_util.tree_leaves(updates['backbone']))
+  peak = c.optim.lr * c.data.batch_size / 256
+  k = params['predictor']['fc0']['kernel']
+  np.testing.assert_allclose(updates['predictor']['fc0']['kernel'],
+                             -peak * (1 + c.optim.weight_decay * k), rtol=1e-5)
+  np.testing.assert_allclose(updates['predictor']['bn0']['scale'], -peak, rtol=1e-6)  # no decay
+
+
+@pytest.fixture(scope='module')
+def runs():
+  c = lib.load_config('simsiam', 'builtin')
+  s8, h8 = helpers.run_steps(c, 8, STEPS)
+  s1, h1 = helpers.run_steps(c, 1, STEPS)
+  return dict(s8=s8, h8=h8, s1=s1, h1=h1)
+
+
+def test_one_vs_eight_devices(runs):
+  np.testing.assert_allclose([h['loss'] for h in runs['h8']], [h['loss'] for h in runs['h1']],
+                             rtol=1e-4)
+  helpers.assert_trees_close(runs['s8'].params, runs['s1'].params, rtol=2e-4, atol=1e-4)
+  helpers.assert_trees_close(runs['s8'].buffers, runs['s1'].buffers, rtol=2e-4, atol=1e-4)
+  assert set(runs['s8'].buffers) == {'batch_stats'}              # no EMA target
+  assert all(-1 <= h['loss'] <= 1 and 0 < h['z_std'] for h in runs['h8'])

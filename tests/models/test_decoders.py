@@ -1,0 +1,196 @@
+"""Masked-image-modelling losses (hand values, numpy references from the papers, gradients that
+must vanish on visible patches) and the decoder / VQ-VAE modules."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import losses
+from ssl_jax.models import decoders
+from ssl_jax.models.vit import patchify, sincos_2d_pos_embed, unpatchify
+
+RNG = np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------- numpy references
+
+def np_mae(pred, target, mask, norm_pix):
+  """He et al. 2022, Sec. 3 / models_mae.forward_loss, written loop-free in numpy."""
+  if norm_pix:
+    mu = target.mean(-1, keepdims=True)
+    var = target.var(-1, keepdims=True, ddof=1)
+    target = (target - mu) / (var + 1e-6) ** 0.5
+  per = ((pred - target) ** 2).mean(-1)
+  return (per * mask).sum() / mask.sum()
+
+
+def np_simmim(pred, target, mask, p):
+  """Xie et al. 2022 Eq. 1 on images: L1 over masked pixels / (#masked pixels * C)."""
+  img_pred = np.asarray(unpatchify(pred, p, 2, 2, 3))
+  img_tgt = np.asarray(unpatchify(target, p, 2, 2, 3))
+  pix_mask = np.repeat(np.repeat(mask.reshape(-1, 2, 2), p, 1), p, 2)[..., None]
+  l1 = np.abs(img_pred - img_tgt)
+  return (l1 * pix_mask).sum() / (pix_mask.sum() + 1e-5) / 3
+
+
+def np_masked_ce(logits, labels, mask):
+  """Bao et al. 2022 Eq. 1: mean over masked positions of -log softmax at the visual token."""
+  total, count = 0.0, 0
+  for b in range(logits.shape[0]):
+    for i in range(logits.shape[1]):
+      if mask[b, i]:
+        z = logits[b, i] - logits[b, i].max()
+        total += -(z[labels[b, i]] - np.log(np.exp(z).sum()))
+        count += 1
+  return total / count
+
+
+def np_vq(x, x_rec, z_e, z_q, beta):
+  """van den Oord et al. 2017 Eq. 3 (values; the stop-gradients only change gradients)."""
+  return ((x - x_rec) ** 2).mean() + ((z_e - z_q) ** 2).mean() * (1 + beta)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def test_mae_loss_hand_values():
+  pred = jnp.array([[[1.0, 2.0], [3.0, 4.0]]])
+  mask = jnp.array([[1.0, 0.0]])
+  # Patch 0: (1 + 4) / 2 = 2.5; patch 1 is visible and ignored.
+  np.testing.assert_allclose(losses.mae_loss(pred, jnp.zeros_like(pred), mask), 2.5, rtol=1e-6)
+  # norm_pix: target [0, 2] -> mean 1, unbiased var 2 -> [-1, 1]/sqrt(2); pred 0 -> 0.5.
+  target = jnp.array([[[0.0, 2.0], [5.0, 5.0]]])
+  np.testing.assert_allclose(losses.mae_loss(jnp.zeros_like(target), target, mask, True),
+                             0.5 * 2 / (2 + 1e-6), rtol=1e-6)
+
+
+@pytest.mark.parametrize('norm_pix', [False, True])
+def test_mae_loss_matches_numpy(norm_pix):
+  pred, target = RNG.normal(size=(3, 4, 12)), RNG.normal(size=(3, 4, 12))
+  mask = (RNG.random((3, 4)) < 0.6).astype(np.float32)
+  mask[0, 0] = 1
+  np.testing.assert_allclose(losses.mae_loss(pred, target, mask, norm_pix),
+                             np_mae(pred, target, mask, norm_pix), rtol=1e-5)
+
+
+def test_simmim_loss_hand_and_numpy():
+  pred = jnp.array([[[1.0, -1.0], [2.0, 2.0]]])
+  mask = jnp.array([[0.0, 1.0]])
+  np.testing.assert_allclose(losses.simmim_l1_loss(pred, jnp.zeros_like(pred), mask),
+                             2.0 / (1 + 1e-5), rtol=1e-6)
+  p = 2
+  pred, target = RNG.normal(size=(2, 4, p * p * 3)), RNG.normal(size=(2, 4, p * p * 3))
+  mask = np.array([[1, 0, 0, 1], [0, 1, 1, 1]], np.float32)
+  np.testing.assert_allclose(losses.simmim_l1_loss(pred, target, mask),
+                             np_simmim(pred, target, mask, p), rtol=1e-5)
+
+
+def test_masked_cross_entropy_hand_and_numpy():
+  logits = jnp.array([[[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]]])
+  labels = jnp.array([[0, 2]])
+  loss, acc = losses.masked_cross_entropy(logits, labels, jnp.array([[1.0, 0.0]]))
+  np.testing.assert_allclose(loss, np.log(3.0), rtol=1e-6)
+  np.testing.assert_allclose(acc, 1.0)  # argmax of equal logits is index 0 = the label
+  logits = RNG.normal(size=(2, 5, 7))
+  labels = RNG.integers(0, 7, (2, 5))
+  mask = (RNG.random((2, 5)) < 0.5).astype(np.float32)
+  mask[0, 0] = 1
+  np.testing.assert_allclose(losses.masked_cross_entropy(logits, labels, mask)[0],
+                             np_masked_ce(logits, labels, mask), rtol=1e-5)
+
+
+def test_losses_touch_masked_patches_only():
+  """d loss / d (prediction or target) is exactly zero at every visible patch."""
+  b, n, d = 2, 6, 12
+  pred, target = RNG.normal(size=(b, n, d)), RNG.normal(size=(b, n, d))
+  mask = np.array([[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 1, 0]], np.float32)
+  visible = mask == 0
+  for fn in (lambda p, t: losses.mae_loss(p, t, mask),
+             lambda p, t: losses.mae_loss(p, t, mask, norm_pix_loss=True),
+             lambda p, t: losses.simmim_l1_loss(p, t, mask)):
+    gp, gt = jax.grad(fn, argnums=(0, 1))(pred, target)
+    assert np.all(np.asarray(gp)[visible] == 0) and np.all(np.asarray(gt)[visible] == 0)
+    assert np.abs(np.asarray(gp)[~visible]).min() > 0
+  logits = RNG.normal(size=(b, n, 5))
+  g = jax.grad(lambda z: losses.masked_cross_entropy(z, np.zeros((b, n), int), mask)[0])(logits)
+  assert np.all(np.asarray(g)[visible] == 0) and np.abs(np.asarray(g)[~visible]).sum() > 0
+
+
+def test_vq_vae_loss_values_and_gradients():
+  x, x_rec = jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0])
+  z_e, z_q = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 0.0]])
+  total, parts = losses.vq_vae_loss(x, x_rec, z_e, z_q, beta=0.25)
+  np.testing.assert_allclose(parts['recon'], 2.0)        # (0 + 4) / 2
+  np.testing.assert_allclose(parts['codebook'], 0.5)     # (1 + 0) / 2
+  np.testing.assert_allclose(parts['commitment'], 0.5)
+  np.testing.assert_allclose(total, 2.0 + 0.5 + 0.25 * 0.5)
+  ze, zq = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 3))
+  xx, xr = RNG.normal(size=(2, 5)), RNG.normal(size=(2, 5))
+  np.testing.assert_allclose(losses.vq_vae_loss(xx, xr, ze, zq, 0.3)[0],
+                             np_vq(xx, xr, ze, zq, 0.3), rtol=1e-5)
+  # The codebook term moves only the codebook, the commitment term (x beta) only the encoder.
+  g_e, g_q = jax.grad(lambda a, b: losses.vq_vae_loss(xx, xr, a, b, 0.3)[0], (0, 1))(ze, zq)
+  np.testing.assert_allclose(g_e, 0.3 * 2 * (ze - zq) / ze.size, rtol=1e-5)
+  np.testing.assert_allclose(g_q, 2 * (zq - ze) / ze.size, rtol=1e-5)
+
+
+def test_straight_through_estimator():
+  z_e, z_q, w = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+  np.testing.assert_allclose(losses.straight_through(z_e, z_q), z_q, rtol=1e-6)
+  g_e, g_q = jax.grad(lambda a, b: jnp.sum(w * losses.straight_through(a, b)), (0, 1))(z_e, z_q)
+  np.testing.assert_allclose(g_e, w, rtol=1e-6)   # gradient copied to the encoder output
+  np.testing.assert_array_equal(g_q, 0.0)
+
+
+# ----------------------------------------------------------------------------- modules
+
+def test_nearest_code_matches_brute_force():
+  z, cb = RNG.normal(size=(2, 3, 5)), RNG.normal(size=(11, 5))
+  want = np.argmin(((z[..., None, :] - cb) ** 2).sum(-1), -1)
+  np.testing.assert_array_equal(decoders.nearest_code(jnp.asarray(z), jnp.asarray(cb)), want)
+
+
+def test_vqvae_straight_through_gradient_paths():
+  model = decoders.VQVAE(num_codes=8, code_dim=4, hidden=8, num_down=2, num_res=1)
+  x = jnp.asarray(RNG.normal(size=(2, 8, 8, 3)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  out = model.apply({'params': params}, x)
+  assert out['indices'].shape == (2, 2, 2) and out['x_rec'].shape == x.shape
+  np.testing.assert_array_equal(
+      out['z_q'], np.asarray(params['codebook'])[np.asarray(out['indices'])])
+
+  def recon(p):
+    return jnp.mean((model.apply({'params': p}, x)['x_rec'] - x) ** 2)
+
+  g = jax.grad(recon)(params)
+  # The reconstruction reaches the encoder through the straight-through copy ...
+  assert float(jnp.abs(g['encoder']['conv_out']['kernel']).sum()) > 0
+  # ... but never the codebook (only the codebook loss trains it).
+  np.testing.assert_array_equal(g['codebook'], 0.0)
+
+
+def test_mae_decoder_shapes_and_fixed_pos_embed():
+  dec = decoders.MAEDecoder(grid=(4, 4), patch_dim=48, embed_dim=16, depth=1, num_heads=2)
+  tokens = jnp.ones((2, 1 + 4, 32))
+  ids = jnp.tile(jnp.arange(16), (2, 1))
+  params = dec.init(jax.random.PRNGKey(0), tokens, ids)['params']
+  assert dec.apply({'params': params}, tokens, ids).shape == (2, 16, 48)
+  assert 'pos_embed' not in params and params['mask_token'].shape == (1, 1, 16)
+  assert sincos_2d_pos_embed(16, 4, 1).shape == (17, 16)
+
+
+def test_mae_decoder_restores_image_order():
+  """Feeding the visible tokens in another shuffled order (with the matching ids_restore) gives
+  the same per-patch predictions: the decoder un-shuffles before its blocks."""
+  dec = decoders.MAEDecoder(grid=(2, 2), patch_dim=4, embed_dim=8, depth=1, num_heads=2,
+                            num_prefix_tokens=0)
+  vis = jnp.asarray(RNG.normal(size=(1, 2, 6)), jnp.float32)   # patches 3 and 1 visible
+  params = dec.init(jax.random.PRNGKey(0), vis, jnp.zeros((1, 4), jnp.int32))['params']
+  shuffle_a, shuffle_b = np.array([3, 1, 0, 2]), np.array([1, 3, 2, 0])
+  out_a = dec.apply({'params': params}, vis, jnp.asarray(np.argsort(shuffle_a))[None])
+  out_b = dec.apply({'params': params}, vis[:, ::-1], jnp.asarray(np.argsort(shuffle_b))[None])
+  np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-6)
+
+
+def test_patchify_of_pixel_mask_roundtrip():
+  x = jnp.asarray(RNG.normal(size=(2, 8, 8, 3)), jnp.float32)
+  np.testing.assert_array_equal(unpatchify(patchify(x, 4), 4, 2, 2, 3), x)

@@ -1,0 +1,46 @@
+"""ResNet-18/50: shapes, torchvision-style names, stems, BatchNorm statistics."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.models import resnet
+
+
+@pytest.mark.parametrize('ctor,expansion', [(resnet.resnet18, 1), (resnet.resnet50, 4)])
+@pytest.mark.parametrize('cifar_stem,size', [(True, 16), (False, 32)])
+def test_shapes_and_names(ctor, expansion, cifar_stem, size):
+  model = ctor(width=4, cifar_stem=cifar_stem)
+  x = jnp.ones((2, size, size, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  out = model.apply(variables, x)
+  assert out.shape == (2, 4 * 8 * expansion) == (2, model.feature_dim)
+  params = variables['params']
+  assert {'conv1', 'bn1', 'layer1_0', 'layer4_0'} <= set(params)
+  assert 'downsample_0' in params['layer2_0'] and 'downsample_1' in params['layer2_0']
+  stem_kernel = params['conv1']['kernel'].shape
+  assert stem_kernel == ((3, 3, 3, 4) if cifar_stem else (7, 7, 3, 4))
+  n_blocks = sum(1 for k in params if k.startswith('layer'))
+  assert n_blocks == (8 if ctor is resnet.resnet18 else 16)
+
+
+def test_resnet18_parameter_count_matches_torchvision():
+  # torchvision resnet18 without the fc layer has 11,176,512 parameters (BN affine included).
+  model = resnet.resnet18()
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 224, 224, 3)))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables['params']))
+  assert count == 11_176_512
+
+
+def test_batchnorm_train_updates_stats_eval_uses_them():
+  model = resnet.resnet18(width=4, cifar_stem=True)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3)) * 3 + 1
+  v = model.init(jax.random.PRNGKey(0), x)
+  _, upd = model.apply(v, x, train=True, mutable=['batch_stats'])
+  before = v['batch_stats']['bn1']['mean']
+  after = upd['batch_stats']['bn1']['mean']
+  assert not np.allclose(before, after)
+  # Eval mode is deterministic and independent of the other batch members.
+  a = model.apply(v, x)
+  b = model.apply(v, x[:1])
+  np.testing.assert_allclose(a[:1], b, rtol=1e-5, atol=1e-6)
