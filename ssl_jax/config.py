@@ -30,9 +30,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'builtin'      # 'builtin'
-  c.data.name = 'mnist5k'
-  c.data.path = ''
+  c.data.source = 'builtin'      # 'builtin' | 'tfds' | 'folder' (see data/sources.py)
+  c.data.name = 'mnist5k'        # builtin: 'mnist5k' | 'digits'; tfds: a TFDS name ('cifar10')
+  c.data.path = ''               # folder: ROOT with train/<class>/*.jpg (or flat), optional val/
+  c.data.data_dir = ''           # tfds: where it is prepared ('' = TFDS default)
+  c.data.image_key = 'image'     # tfds feature names
+  c.data.label_key = 'label'
+  c.data.max_bad_fraction = 0.01  # unreadable images above this fraction stop the run
+  c.data.max_upscale = 2.0       # crops may be at most this many times the images' shorter side
+  c.data.decode_min_side = 0     # folder: >0 lets JPEG decoding downscale to this side (speed)
   c.data.train_split = 'train'
   c.data.eval_train_split = 'train'   # kNN memory bank / linear-probe training split
   c.data.eval_split = 'test'
@@ -67,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.knn_every = 0          # online kNN every N steps (0: off)
   c.train.nan_policy = 'skip'    # 'skip' the update and count it | 'stop' the run
+  c.train.preemption_sync_every = 10  # multi-process: agree on a SIGTERM stop every N steps
   c.train.progress_bar = True
   c.train.final_eval = True      # kNN of the trained and of a random-init encoder at the end
 
@@ -74,10 +81,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.knn_k = 20
   c.eval.knn_temperature = 0.07
   c.eval.batch_size = 500
+  # --mode=eval (ssl_jax/eval/): kNN at every k below, then the linear probe on frozen features.
+  c.eval.knn_ks = (10, 20, 200)
+  c.eval.linear = True
+  c.eval.linear_epochs = 100
+  c.eval.linear_batch_size = 256
+  c.eval.linear_lr = 0.1         # per 256 examples; SGD-momentum (MoCo/DINO) or LARS (MAE)
+  c.eval.linear_optimizer = 'sgd'
+  c.eval.linear_weight_decay = 0.0
+  c.eval.linear_normalize = 'standardize'  # 'standardize' (MAE's BN) | 'l2' | 'none'
+  c.eval.linear_augment_steps = 0  # >0: MoCo/DINO probe on random crops for this many steps
+  c.eval.finetune_steps = 0      # >0: also fine-tune the whole encoder (eval/finetune.py)
+  c.eval.finetune_lr = 1e-3      # AdamW, per 256 examples (MAE: 5e-4 B/256 for ViT-B)
+  c.eval.finetune_layer_decay = 0.75
+  c.eval.finetune_drop_path = 0.1
+  c.eval.finetune_label_smoothing = 0.1
+  c.eval.finetune_mixup = 0.0    # mixup alpha (0: off)
+  c.eval.finetune_weight_decay = 0.05
+  c.eval.finetune_batch_size = 256
+  c.eval.plot = 'tsne'           # embedding PNG: 'tsne' | 'umap' | '' (off)
+  c.eval.online_linear = False   # BYOL-style stop-gradient linear head during pretraining
+  c.eval.online_lr = 0.1
+  c.eval.online_num_classes = 0  # 0: from the training source
+
+  c.export = ml_collections.ConfigDict()  # --mode=export (ssl_jax/export/run.py)
+  c.export.dir = ''              # '' = WORKDIR/export
+  c.export.timm = True           # also write timm-layout safetensors (ViT, width-64 ResNet)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1,)           # -1: all remaining devices
-  c.mesh.axes = ('data',)
+  c.mesh.axes = ('data',)        # ('data', 'fsdp') shards params/opt state over 'fsdp'
+  c.mesh.fsdp_min_size = 2**14   # leaves smaller than this stay replicated under FSDP
+  c.mesh.rules = ()              # (('regex on leaf path', 'replicate'|'fsdp'), ...)
   return c
 
 
@@ -93,9 +128,82 @@ def _choice(value, field: str, choices):
     raise ValueError(f'config.{field}={value!r} is not valid{hint}; choose one of {list(choices)}')
 
 
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Sections whose every field is defined in base_config(); 'method' and 'aug' hold per-method extras.
+_CHECKED_SECTIONS = ('model', 'data', 'optim', 'train', 'eval', 'mesh')
+
+
+def _check_field_names(config):
+  """A field that is not in base_config() but close to one that is, is a typo: name both."""
+  base = base_config()
+  def check(names, known, prefix):
+    for name in names:
+      if name in known:
+        continue
+      close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+      if close:
+        raise ValueError(f'config.{prefix}{name} is not a known field (did you mean '
+                         f'config.{prefix}{close[0]}?)')
+  check(config.keys(), base.keys(), '')
+  for section in _CHECKED_SECTIONS:
+    if section in config and hasattr(config[section], 'keys'):
+      check(config[section].keys(), base[section].keys(), f'{section}.')
+
+
+def _check_types(config):
+  """Wrong types caught before any comparison would raise a TypeError deep inside the trainer."""
+  _require(isinstance(config.seed, int) and not isinstance(config.seed, bool) and config.seed >= 0,
+           'seed', f'must be a non-negative integer, got {config.seed!r}')
+  for field in ('method.name', 'model.backbone', 'optim.name', 'data.source', 'data.name',
+                'train.nan_policy'):
+    section, key = field.split('.')
+    value = config[section][key]
+    _require(isinstance(value, str), field, f'must be a string, got {value!r}')
+  for field in ('optim.lr', 'optim.weight_decay', 'data.flip', 'data.eval_crop_frac'):
+    section, key = field.split('.')
+    _require(_is_number(config[section][key]), field,
+             f'must be a number, got {config[section][key]!r}')
+  for field in ('optim.warmup_steps', 'train.knn_every', 'data.num_workers', 'data.prefetch'):
+    section, key = field.split('.')
+    value = config[section].get(key, 0)
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
+             f'must be a non-negative integer, got {value!r}')
+  sync = config.train.get('preemption_sync_every', 10)
+  _require(isinstance(sync, int) and not isinstance(sync, bool) and sync > 0,
+           'train.preemption_sync_every', f'must be a positive integer, got {sync!r}')
+  _require(config.optim.weight_decay >= 0, 'optim.weight_decay',
+           f'must be >= 0, got {config.optim.weight_decay}')
+  scale = config.data.crop_scale
+  _require(isinstance(scale, (tuple, list)) and len(scale) == 2 and all(map(_is_number, scale)),
+           'data.crop_scale', f'must be a pair (min, max) of area fractions, got {scale!r}')
+  _require(scale[1] <= 1, 'data.crop_scale',
+           f'max={scale[1]} asks for crops larger than the image (area fraction must be <= 1)')
+  _require(0 <= config.data.flip <= 1, 'data.flip',
+           f'is a probability and must be in [0, 1], got {config.data.flip}')
+  _require(0 < config.data.eval_crop_frac <= 1, 'data.eval_crop_frac',
+           f'must be in (0, 1], got {config.data.eval_crop_frac}')
+  if config.model.backbone.startswith('vit'):
+    p = config.model.patch_size
+    _require(isinstance(p, int) and 0 < p <= config.data.image_size, 'model.patch_size',
+             f'must be a positive integer no larger than data.image_size='
+             f'{config.data.image_size}, got {p!r}')
+  shape, axes = config.mesh.shape, config.mesh.axes
+  _require(isinstance(shape, (tuple, list)) and all(isinstance(s, int) and (s > 0 or s == -1)
+                                                    for s in shape), 'mesh.shape',
+           f'must be a tuple of positive integers (one may be -1), got {shape!r}')
+  _require(isinstance(axes, (tuple, list)) and all(isinstance(a, str) for a in axes)
+           and len(set(axes)) == len(axes), 'mesh.axes',
+           f'must be a tuple of distinct axis names, got {axes!r}')
+
+
 def validate(config, num_devices: int | None = None):
   """Checks the fields the trainer relies on; raises ValueError naming the first bad field."""
   from ssl_jax import methods, models  # pylint: disable=g-import-not-at-top
+  _check_field_names(config)
+  _check_types(config)
   methods.method_class(config.method.name)
   _choice(config.model.backbone, 'model.backbone', models.BACKBONES)
   _choice(config.optim.name, 'optim.name', ('lars', 'adamw', 'sgd'))
@@ -113,6 +221,23 @@ def validate(config, num_devices: int | None = None):
   _require(config.optim.lr > 0, 'optim.lr', f'must be positive, got {config.optim.lr}')
   _require(config.optim.warmup_steps >= 0, 'optim.warmup_steps', 'must be >= 0')
   _require(config.train.knn_every >= 0, 'train.knn_every', 'must be >= 0')
+  _choice(config.eval.get('linear_optimizer', 'sgd'), 'eval.linear_optimizer', ('sgd', 'lars'))
+  _choice(config.eval.get('linear_normalize', 'standardize'), 'eval.linear_normalize',
+          ('standardize', 'l2', 'none'))
+  _choice(config.eval.get('plot', ''), 'eval.plot', ('tsne', 'umap', ''))
+  _require(all(isinstance(k, int) and k > 0 for k in config.eval.get('knn_ks', (20,))),
+           'eval.knn_ks', f"must be positive integers, got {config.eval.get('knn_ks')!r}")
+  _choice(config.data.source, 'data.source', ('builtin', 'tfds', 'folder'))
+  if config.data.source == 'folder':
+    _require(bool(config.data.get('path')), 'data.path',
+             "is empty; data.source='folder' needs the image folder, e.g. "
+             '--config.data.path=/data/my_images')
+  if config.data.source == 'tfds':
+    _require(bool(config.data.name), 'data.name', "is empty; data.source='tfds' needs a TFDS name")
+  bad = config.data.get('max_bad_fraction', 0.01)
+  _require(0 <= bad < 1, 'data.max_bad_fraction', f'must be in [0, 1), got {bad}')
+  _require(config.data.get('max_upscale', 2.0) > 0, 'data.max_upscale', 'must be positive')
+  _require(config.data.num_workers >= 0, 'data.num_workers', 'must be >= 0')
   lo, hi = config.data.crop_scale
   _require(0 < lo <= hi <= 1, 'data.crop_scale', f'must satisfy 0 < min <= max <= 1, got {(lo, hi)}')
   if config.model.backbone.startswith('vit'):

@@ -1,12 +1,14 @@
 """Command-line entry point.
 
     python -m ssl_jax.main --config=configs/simclr.py:builtin --workdir=/tmp/run \
-        [--config.train.steps=200 ...] [--mode=pretrain|eval]
+        [--config.train.steps=200 ...] [--mode=pretrain|eval|export]
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -14,36 +16,111 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file[:variant].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and summaries.')
-_MODE = flags.DEFINE_enum('mode', 'pretrain', ['pretrain', 'eval'],
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'Multi-process runs outside Cloud TPU/Slurm: host:port of process '
+    '0 (jax.distributed). On TPU pods and Slurm the cluster is detected automatically.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the job (explicit mode).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process, 0..num_processes-1.')
+_MODE = flags.DEFINE_enum('mode', 'pretrain', ['pretrain', 'eval', 'export'],
                           'pretrain: train (resuming from --workdir) then evaluate; '
-                          'eval: kNN of the latest checkpoint in --workdir.')
+                          'eval: kNN (k in config.eval.knn_ks) + linear probe of the latest '
+                          'checkpoint in --workdir -> WORKDIR/eval.json, TensorBoard, PNG; '
+                          'export: its encoder -> WORKDIR/export (Orbax + timm safetensors).')
 
 
 def run_eval(config, workdir: str) -> dict:
-  """kNN top-1 of the latest checkpoint in ``workdir``; writes ``workdir/eval.json``."""
+  """kNN at every k of ``config.eval.knn_ks`` and the linear probe of the latest checkpoint in
+  ``workdir`` (see ssl_jax/eval/run.py); writes ``workdir/eval.json``."""
+  from ssl_jax.eval import run  # pylint: disable=g-import-not-at-top
+  return run.evaluate(config, workdir)
+
+
+def run_export(config, workdir: str) -> dict:
+  """The latest checkpoint's encoder to ``workdir/export`` (see ssl_jax/export/run.py)."""
+  from ssl_jax.export import run  # pylint: disable=g-import-not-at-top
+  return run.export(config, workdir)
+
+
+def _parse_flags(argv):
+  """absl flag parsing; a bad ``--config.*`` override (unknown or misspelled field, wrong type)
+  becomes a one-line flags error instead of a traceback from inside ml_collections."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    msg = str(e)
+    if 'Traceback (most recent call last)' in msg:  # an exception inside get_config(): its last line
+      lines = [l.strip() for l in msg.splitlines() if l.strip()]
+      msg = f'{lines[0]} {lines[-1]}'
+    sys.stderr.write(f'FATAL Flags parsing error: {msg}\n'
+                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.exit(1)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = ' '.join(str(e).split())
+    guess = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', msg)
+    name = re.search(r"'(\w+)", msg)
+    wrong = guess.group(2) if guess else name.group(1) if name else None
+    if wrong and isinstance(e, (AttributeError, KeyError)):
+      culprit = [a.split('=')[0] for a in argv[1:]
+                 if re.match(rf'--config(\.\w+)*\.{re.escape(wrong)}(\.|=|$)', a)]
+      where = culprit[0] if culprit else '--config'
+      hint = f' (did you mean {guess.group(1)!r}?)' if guess else ''
+      msg = f'{where}: unknown config field {wrong!r}{hint}'
+    sys.stderr.write(f'FATAL Flags parsing error: {msg}\n')
+    sys.exit(1)
+
+
+def _is_user_error(e: BaseException) -> bool:
+  """Errors our own code raised on purpose (bad config/workdir/checkpoint/data, non-finite run):
+  they are printed as one line. Anything raised deeper (a bug) keeps its full traceback."""
+  from ssl_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
-  exp = loop.Experiment(config, workdir)
-  state, _ = exp.restore_or_init()
-  exp.checkpointer.close()
-  result = {'step': int(state.step), 'knn_top1': exp.knn_eval(state),
-            'knn_k': config.eval.knn_k, 'knn_temperature': config.eval.knn_temperature}
-  with open(os.path.join(exp.workdir, 'eval.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  return result
+  if isinstance(e, (ckpt_lib.CheckpointError, ckpt_lib.NonFiniteStateError, loop.NonFiniteError,
+                    ckpt_lib.CheckpointMismatchError)):
+    return True
+  tb = e.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  origin = tb.tb_frame.f_code.co_filename if tb is not None else ''
+  ours = os.sep + 'ssl_jax' + os.sep in origin or os.sep + 'configs' + os.sep in origin
+  return isinstance(e, (ValueError, TypeError, OSError, RuntimeError)) and ours
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_user_error(e):
+      raise
+    logging.debug('full traceback', exc_info=True)
+    print(f'ssl_jax: error: {type(e).__name__}: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/simclr.py:builtin')
+  try:
+    config.keys()  # a config file that failed to load raises here, not deep inside the trainer
+  except OSError as e:
+    raise ValueError(' '.join(str(e).split())) from None
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
+  from ssl_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
-  os.makedirs(_WORKDIR.value, exist_ok=True)
+  from ssl_jax.train import checkpoint as ckpt_lib, preemption  # pylint: disable=g-import-not-at-top
+  ckpt_lib.check_workdir(_WORKDIR.value)
   if _MODE.value == 'pretrain':
     result = loop.train_and_evaluate(config, _WORKDIR.value)
+    if result.get('preempted'):
+      print(f"ssl_jax: preempted: checkpoint saved at step {result['stopped_at_step']}; rerun the "
+            'same command to resume.', file=sys.stderr)
+      sys.exit(preemption.EXIT_PREEMPTED)
+  elif _MODE.value == 'export':
+    result = run_export(config, _WORKDIR.value)
   else:
     result = run_eval(config, _WORKDIR.value)
   logging.info('%s', result)
@@ -51,4 +128,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

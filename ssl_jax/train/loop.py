@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -20,8 +21,10 @@ from ssl_jax import methods
 from ssl_jax.data import pipeline, sources
 from ssl_jax.eval import features as features_lib
 from ssl_jax.eval import knn
+from ssl_jax.eval import online as online_lib
 from ssl_jax.train import checkpoint as ckpt_lib
-from ssl_jax.train import schedules, sharding, step as step_lib
+from ssl_jax.train import preemption
+from ssl_jax.train import sharding, step as step_lib
 from ssl_jax.train.state import TrainState
 
 
@@ -42,7 +45,10 @@ def _summary_writer(workdir):
 
 def create_train_state(method, tx, rng, sample_batch):
   params, buffers = method.init(rng, sample_batch)
-  return TrainState.create(params=params, tx=tx, buffers=buffers)
+  state = TrainState.create(params=params, tx=tx, buffers=buffers)
+  # A strongly typed step (flax's is a weak-typed Python 0): a state restored from a checkpoint
+  # then has the same signature, so fresh and resumed runs compile and run the same program.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 class Experiment:
@@ -52,31 +58,47 @@ class Experiment:
   abstract_state, state_sharding, init_fn (jitted), step_fn (jitted), checkpointer.
   """
 
-  def __init__(self, config, workdir: str, mesh=None):
+  def __init__(self, config, workdir: str, mesh=None, train_data=None):
     self.config = config
     self.workdir = os.path.abspath(workdir)
     if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
       raise ValueError(f'--workdir={workdir} exists and is not a directory')
+    ckpt_lib.check_workdir(self.workdir)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
     config_lib.validate(config, num_devices=self.mesh.size)
     self.method = methods.build_method(config)
+    if config.eval.get('online_linear', False):  # BYOL's stop-gradient linear head (eval/online.py)
+      self.method = online_lib.OnlineLinear(self.method, config)
 
     # -- input ----------------------------------------------------------------------------------
-    self.train_source = sources.get_source(config.data, config.data.train_split)
-    self.train_ds = pipeline.train_dataset(
-        self.train_source, self.method.crop_specs(), global_batch=config.data.batch_size,
-        seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    local_sample = self.train_ds[0]
+    # ``train_data``: any iterable of numpy batches (see pipeline.IterableInput) replaces the
+    # grain pipeline over config.data; evaluation still reads config.data.
+    if train_data is None:
+      self.train_source = sources.get_source(config.data, config.data.train_split)
+      self.train_ds = pipeline.train_dataset(
+          self.train_source, self.method.crop_specs(), global_batch=config.data.batch_size,
+          seed=config.seed, process_index=jax.process_index(),
+          process_count=jax.process_count())
+      local_sample = self.train_ds[0]
+      self.train_input = None
+    else:
+      self.train_source = self.train_ds = None
+      self.train_input = pipeline.IterableInput(
+          train_data, self.method.crop_specs(),
+          local_batch=config.data.batch_size // jax.process_count(), seed=config.seed,
+          process_index=jax.process_index())
+      local_sample = self.train_input.peek()
+    if config.train.final_eval or config.train.knn_every:
+      sources.check_eval_sources(config.data)  # a missing/unlabelled eval split stops here
     sample = jax.tree_util.tree_map(
         lambda x: np.zeros((config.data.batch_size,) + x.shape[1:], x.dtype), local_sample)
 
     # -- method & optimizer ---------------------------------------------------------------------
-    self.tx, self.lr_schedule = schedules.build_optimizer(config.optim, config.data.batch_size,
-                                                          config.train.steps)
+    self.tx, self.lr_schedule = self.method.build_optimizer(config.train.steps)
     init = lambda rng: create_train_state(self.method, self.tx, rng, sample)
     self.abstract_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    self.state_sharding = sharding.state_shardings(self.mesh, self.abstract_state)
+    self.state_sharding = sharding.state_shardings(self.mesh, self.abstract_state,
+                                                  config.mesh)
     self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
     self.meta = ckpt_lib.run_metadata(config, self.abstract_state)
 
@@ -89,6 +111,13 @@ class Experiment:
     self.feature_fn = features_lib.make_feature_fn(self.method, self.mesh)
     self.checkpointer = None
 
+  def train_iterator(self):
+    """The checkpointable (get_state/set_state) iterator of this process's training batches."""
+    if self.train_input is not None:
+      return self.train_input
+    return pipeline.make_iterator(self.train_ds, self.config.data.num_workers,
+                                  self.config.data.prefetch)
+
   # -- state --------------------------------------------------------------------------------------
   def initial_state(self):
     return self.init_fn(jax.random.PRNGKey(self.config.seed))
@@ -96,13 +125,14 @@ class Experiment:
   def restore_or_init(self):
     """(state, data_state or None): the latest checkpoint in the workdir, else a fresh state."""
     self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints)
-    latest = self.checkpointer.latest_step()
-    if latest is None:
-      return self.initial_state(), None
     abstract = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
         self.state_sharding)
-    state, data_state = self.checkpointer.restore(latest, abstract, self.meta)
+    # The newest readable checkpoint; corrupt ones are reported, moved aside and skipped.
+    restored = self.checkpointer.restore_latest(abstract, self.meta)
+    if restored is None:
+      return self.initial_state(), None
+    latest, state, data_state = restored
     logging.info('Resumed from %s at step %d', self.checkpointer.directory, latest)
     return state, data_state
 
@@ -133,13 +163,17 @@ def _progress(total, initial, enabled):
   return tqdm(total=total, initial=initial, dynamic_ncols=True, unit='step')
 
 
-def train_and_evaluate(config, workdir: str, mesh=None) -> dict:
+def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict:
   """Pretrains ``config.method`` for ``config.train.steps`` steps (resuming from ``workdir``),
-  then evaluates; returns (and writes to ``workdir/summary.json``) the run summary."""
-  exp = Experiment(config, workdir, mesh)
+  then evaluates; returns (and writes to ``workdir/summary.json``) the run summary.
+
+  ``train_data``: optionally any iterable of numpy batches (e.g. ``tfds.as_numpy`` of a tf.data
+  pipeline) to train on instead of ``config.data`` (see ``pipeline.IterableInput``).
+  """
+  exp = Experiment(config, workdir, mesh, train_data)
   c = config
   state, data_state = exp.restore_or_init()
-  iterator = pipeline.make_iterator(exp.train_ds, c.data.num_workers, c.data.prefetch)
+  iterator = exp.train_iterator()
   if data_state is not None:
     iterator.set_state(data_state)
   start = int(jax.device_get(state.step))
@@ -147,11 +181,36 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> dict:
   bar = _progress(c.train.steps, start, c.train.progress_bar)
   history, last_metrics = [], {}
   t_first, n_timed = None, 0
+  # Reliability: SIGTERM -> checkpoint + stop; non-finite steps checked at log/checkpoint times.
+  watcher = preemption.PreemptionWatcher(sync_every=c.train.get('preemption_sync_every', 10))
+  watcher.__enter__()
+  preempted_at, unchecked, skipped_seen = None, [], int(jax.device_get(state.skipped))
+
+  def check_nonfinite():
+    """Under nan_policy='stop', raises at the first skipped step since the last check (the
+    per-step flags are fetched only here, so there is no extra host sync per step)."""
+    nonlocal skipped_seen
+    flags = [(s, int(v)) for s, v in jax.device_get(unchecked)]
+    unchecked.clear()
+    bad = [s for s, v in flags if v]
+    if bad and c.train.nan_policy == 'stop':
+      exp.checkpointer.wait()
+      raise NonFiniteError(
+          f'non-finite loss or gradient at step {bad[0]} (update skipped; nan_policy=stop); last '
+          f'good checkpoint: {exp.checkpointer.last_good()}. Lower optim.lr, enable '
+          'optim.clip_grad_norm or set train.nan_policy=skip, then rerun the same command.')
+    skipped = int(jax.device_get(state.skipped))
+    if skipped > skipped_seen:
+      logging.warning('%d update(s) skipped because of a non-finite loss or gradient (%d in '
+                      'total) by step %d.', skipped - skipped_seen, skipped, done)
+      skipped_seen = skipped
+
   try:
     for step in range(start, c.train.steps):
       batch = sharding.global_batch(exp.mesh, next(iterator))
       state, metrics = exp.step_fn(state, batch)
       done = step + 1
+      unchecked.append((done, metrics['nonfinite']))
       if t_first is None:
         jax.block_until_ready(state.step)  # exclude compilation from images/s
         t_first = time.perf_counter()
@@ -163,10 +222,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> dict:
         ips = n_timed * c.data.batch_size / elapsed if n_timed and elapsed > 0 else 0.0
         last_metrics['images_per_sec'] = ips
         history.append({'step': done, **last_metrics})
-        if last_metrics['nonfinite'] and c.train.nan_policy == 'stop':
-          raise NonFiniteError(
-              f'non-finite loss or gradient at step {done} (update skipped); last good checkpoint: '
-              f'step {exp.checkpointer.latest_step()} in {exp.checkpointer.directory}')
+        check_nonfinite()
         if writer:
           for k, v in last_metrics.items():
             writer.add_scalar(f'train/{k}', v, done)
@@ -180,11 +236,25 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> dict:
         if writer:
           writer.add_scalar('eval/knn_top1', acc, done)
       if done % c.train.checkpoint_every == 0 or done == c.train.steps:
+        check_nonfinite()
         exp.save(state, iterator)
+      if watcher.should_stop(done):
+        check_nonfinite()
+        exp.save(state, iterator, force=True)
+        preempted_at = done
+        break
   finally:
+    watcher.__exit__(None, None, None)
     if bar is not None:
       bar.close()
-    exp.checkpointer.close()
+    # While another error propagates, a failing background save is logged, not raised over it.
+    exp.checkpointer.close(raise_errors=sys.exc_info()[0] is None)
+  if preempted_at is not None:
+    logging.warning('Stopped by %s after step %d; checkpoint saved in %s. Rerun the same command '
+                    'to resume.', watcher.received or 'a preemption notice', preempted_at,
+                    exp.checkpointer.directory)
+    return {'preempted': True, 'stopped_at_step': preempted_at, 'resumed_from_step': start,
+            'steps': c.train.steps, 'checkpoint': exp.checkpointer.last_good()}
   steps_run = c.train.steps - start
   summary = {
       'method': c.method.name, 'backbone': c.model.backbone, 'dataset': c.data.name,

@@ -5,9 +5,9 @@
     state = apply_gradients(...); state = method.after_update(state)
 
 The step is sharding-agnostic: the caller jits it with NamedShardings and the global batch makes
-every reduction (negatives, BatchNorm statistics, centers) global. A non-finite loss or gradient
-keeps the previous params/opt state/buffers (the step counter still advances so the data moves on)
-and increments ``state.skipped``; no host sync is needed for that.
+every reduction (negatives, BatchNorm statistics, centers) global. A non-finite loss, gradient or
+update keeps the previous params/opt state/buffers (the step counter still advances so the data
+moves on) and increments ``state.skipped``; no host sync is needed for that.
 """
 from __future__ import annotations
 
@@ -35,13 +35,16 @@ def make_train_step(method, seed: int, lr_schedule=None):
     finite = jnp.isfinite(loss) & _all_finite(grads)
     new_state = state.apply_gradients(grads=grads, buffers=buffers)
     new_state = method.after_update(new_state)
+    # A finite gradient can still give a non-finite update (optimizer moments, EMA teacher, BN
+    # statistics overflowing): such a step is skipped too, so the state stays finite.
+    finite = finite & _all_finite((new_state.params, new_state.buffers))
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = new_state.replace(
         params=keep(new_state.params, state.params),
         opt_state=keep(new_state.opt_state, state.opt_state),
         buffers=keep(new_state.buffers, state.buffers),
         skipped=state.skipped + (1 - finite.astype(jnp.int32)))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    nonfinite=1 - finite.astype(jnp.int32))
     if lr_schedule is not None:
       metrics['lr'] = lr_schedule(state.step)

@@ -1,0 +1,63 @@
+"""Shared test utilities: tiny configs, meshes, and running a few real train steps."""
+from __future__ import annotations
+
+import tempfile
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from ssl_jax.train import loop, sharding
+
+
+def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, steps: int = 4):
+  """Shrinks any method config to a seconds-to-compile model on the built-in set."""
+  c = config
+  c.data.source = 'builtin'
+  c.data.name = 'mnist5k'
+  c.data.image_size = image_size
+  c.data.batch_size = batch_size
+  c.data.num_workers = 0
+  c.model.width = 4
+  c.model.cifar_stem = True
+  c.model.patch_size = 4
+  c.model.img_size = image_size
+  c.model.embed_dim = 32
+  c.model.depth = 2
+  c.model.num_heads = 2
+  c.train.steps = steps
+  c.train.log_every = 1
+  c.train.checkpoint_every = steps
+  c.train.progress_bar = False
+  c.train.final_eval = False
+  c.optim.warmup_steps = 1
+  c.eval.batch_size = 64
+  return c
+
+
+def mesh(n_devices: int):
+  """A 1-D data mesh over the first ``n_devices`` devices."""
+  return sharding.make_mesh(ConfigDict({'shape': (-1,), 'axes': ('data',)}),
+                            devices=jax.devices()[:n_devices])
+
+
+def run_steps(config, n_devices: int, steps: int, workdir: str | None = None):
+  """Runs ``steps`` real train steps on ``n_devices``; returns (state, [metrics per step])."""
+  exp = loop.Experiment(config, workdir or tempfile.mkdtemp(), mesh(n_devices))
+  state = exp.initial_state()
+  history = []
+  for i in range(steps):
+    batch = sharding.global_batch(exp.mesh, exp.train_ds[i])
+    state, metrics = exp.step_fn(state, batch)
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return state, history
+
+
+def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
+  """Leaf-wise allclose of two pytrees (with the path of the first mismatch in the message)."""
+  la = jax.tree_util.tree_flatten_with_path(jax.device_get(a))[0]
+  lb = jax.tree_util.tree_leaves(jax.device_get(b))
+  assert len(la) == len(lb)
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
