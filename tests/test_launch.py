@@ -1,0 +1,41 @@
+"""Smoke tests of the launch scripts' --dry-run (what CI can check without a cluster)."""
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CMD = ['python', '-m', 'ssl_jax.main', '--config=configs/simclr.py:imagenet', '--workdir=gs://b/r']
+
+
+def run(*args):
+  return subprocess.run(['bash', *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                        timeout=60).stdout.strip().splitlines()
+
+
+def test_tpu_pod_dry_run_runs_same_command_on_all_workers():
+  lines = run('launch/tpu_pod.sh', '--tpu=pod1', '--zone=us-central2-b', '--project=p', '--dry-run',
+              '--', *CMD)
+  assert len(lines) == 3
+  assert lines[0].startswith('tar ')
+  assert 'tpu-vm scp' in lines[1] and '--worker=all' in lines[1]
+  assert 'tpu-vm ssh pod1' in lines[2] and '--worker=all' in lines[2] and '--project=p' in lines[2]
+  assert 'ssl_jax.main' in lines[2] and 'requirements.txt' in lines[2]
+
+
+def test_tpu_pod_requires_name_and_zone():
+  p = subprocess.run(['bash', 'launch/tpu_pod.sh', '--dry-run', '--', *CMD], cwd=ROOT,
+                     capture_output=True, text=True)
+  assert p.returncode == 2 and '--tpu and --zone are required' in p.stderr
+
+
+def test_local_dry_run_gives_each_process_its_id():
+  lines = run('launch/local.sh', '--dry-run', '-n', '3', '--port', '23456', '--', *CMD)
+  assert len(lines) == 3
+  for i, line in enumerate(lines):
+    assert f'--process_id={i}' in line and '--num_processes=3' in line
+    assert '--coordinator_address=127.0.0.1:23456' in line
+
+
+def test_slurm_dry_run():
+  lines = run('launch/slurm.sbatch', '--dry-run', *CMD)
+  assert lines[0].startswith('srun ') and '--gpus-per-task=1' in lines[0]
+  assert 'ssl_jax.main' in lines[0]
