@@ -28,6 +28,7 @@ Variants (``<variant>[,<backbone>]``, backbone one of vit_tiny, vit_small, vit_b
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main --config=configs/beit.py:imagenet \
           --workdir=gs://BUCKET/beit_in1k --config.method.tokenizer_workdir=gs://BUCKET/vqvae_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 from ssl_jax.methods.masked import vq_tokenizer
 
@@ -35,8 +36,7 @@ from ssl_jax.methods.masked import vq_tokenizer
 def get_config(arg: str = 'builtin'):
   variant, _, backbone = arg.partition(',')
   if variant not in ('builtin', 'cifar10', 'imagenet'):
-    raise ValueError(f"unknown variant {variant!r} of configs/beit.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet' (optionally ',vit_tiny|vit_small|vit_base')")
+    raise common.unknown_variant('beit', variant, hint=common.VIT_BACKBONES)
   c = config_lib.base_config()
   c.method.name = 'beit'
   c.method.mask_ratio = 0.4
@@ -56,53 +56,23 @@ def get_config(arg: str = 'builtin'):
   c.optim.clip_grad_norm = 3.0
 
   if variant == 'builtin':
-    c.model.backbone = backbone or 'vit_tiny'
-    if not backbone:
-      c.model.embed_dim, c.model.depth, c.model.num_heads = 96, 4, 3
-    c.model.patch_size = 4
-    c.model.img_size = 24
+    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=256)
+    common.vit(c, backbone, default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
     c.method.min_mask_patches = 4
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.5, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 256
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 20
-    c.train.steps = 300
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
   elif variant == 'cifar10':
-    c.model.backbone = backbone or 'vit_tiny'
-    c.model.patch_size = 4
-    c.model.img_size = 32
+    common.cifar10_data(c, crop_scale=(0.2, 1.0), batch_size=1024)
+    common.vit(c, backbone, default='vit_tiny', patch_size=4)
     c.method.min_mask_patches = 4
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.batch_size = 1024
-    c.optim.warmup_steps = 10 * 48
-    c.train.steps = 800 * 48
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=800 * 48, warmup_steps=10 * 48, checkpoint_every=5000,
+                    knn_every=10000)
   else:
-    c.model.backbone = backbone or 'vit_base'
-    c.model.patch_size = 16
-    c.model.img_size = 224
+    common.imagenet_data(c, crop_scale=(0.08, 1.0), batch_size=2048)
+    common.vit(c, backbone, default='vit_base', patch_size=16)
     c.model.drop_path_rate = 0.1
     c.aug.overrides = dict(color_jitter=dict(p=1.0, brightness=0.4, contrast=0.4,
                                              saturation=0.4, hue=0.0))
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.batch_size = 2048
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 10 * 625
-    c.train.steps = 800 * 625
-    c.train.checkpoint_every = 1000
-    c.train.knn_every = 10000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=800 * 625, warmup_steps=10 * 625, checkpoint_every=1000,
+                    knn_every=10000)
   return c

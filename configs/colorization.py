@@ -20,6 +20,7 @@ Variants (``--config=configs/colorization.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/colorization.py:imagenet --workdir=gs://BUCKET/color_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -40,48 +41,21 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 1e-3
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
+    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=128)
+    common.cifar_resnet18(c, width=16)
     c.method.decoder_dim = 32
     c.method.prior_images = 200
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.5, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 128
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 20
-    c.train.steps = 300
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.5, 1.0)
-    c.data.batch_size = 128
+    common.cifar10_data(c, crop_scale=(0.5, 1.0), batch_size=128)
+    common.cifar_resnet18(c)
     c.optim.lr = 3e-4
-    c.optim.warmup_steps = 500
-    c.train.steps = 100 * 390
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 5000
+    common.schedule(c, steps=100 * 390, warmup_steps=500, checkpoint_every=5000, knn_every=5000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, crop_scale=(0.08, 1.0), batch_size=320)
     c.model.backbone = 'resnet50'
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 320
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 2000
-    c.train.steps = 450_000
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=450_000, warmup_steps=2000, checkpoint_every=5000, knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/colorization.py; use 'builtin', "
-                     "'cifar10' or 'imagenet'")
+    raise common.unknown_variant('colorization', arg)
   return c

@@ -20,6 +20,7 @@ Variants (``--config=configs/cutpaste.py:<variant>``):
 
       python -m ssl_jax.main --config=configs/cutpaste.py:imagenet --workdir=gs://BUCKET/cp_mvtec
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -42,33 +43,18 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 3e-5
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
+    common.builtin_data(c, image_size=24, crop_scale=(0.8, 1.0), batch_size=64)
+    common.cifar_resnet18(c, width=16)
     c.method.head_hidden_dim = 128
     # at 24 px the paper's 256-px scar would be sub-pixel; keep it a visible 1-2 x 3-7 px
     c.method.scar_width = (0.04, 0.09)
     c.method.scar_length = (0.15, 0.3)
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.8, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 64
     c.optim.lr = 0.05
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.8, 1.0)
-    c.data.batch_size = 96
-    c.optim.warmup_steps = 0
-    c.train.steps = 256 * 52
-    c.train.checkpoint_every = 2000
+    common.cifar10_data(c, crop_scale=(0.8, 1.0), batch_size=96)
+    common.cifar_resnet18(c)
+    common.schedule(c, steps=256 * 52, warmup_steps=0, checkpoint_every=2000)
   elif arg == 'imagenet':
     c.model.backbone = 'resnet18'
     c.data.source = 'folder'
@@ -78,10 +64,7 @@ def get_config(arg: str = 'builtin'):
     c.data.flip = 0.0
     c.data.batch_size = 96
     c.data.num_workers = 8
-    c.optim.warmup_steps = 0
-    c.train.steps = 10_000
-    c.train.checkpoint_every = 1000
+    common.schedule(c, steps=10_000, warmup_steps=0, checkpoint_every=1000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/cutpaste.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet'")
+    raise common.unknown_variant('cutpaste', arg)
   return c

@@ -26,6 +26,7 @@ vit_small, vit_base):
 
   (Clipping here is by global norm, the shared optimiser's; fairseq's clip_norm is global too.)
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -56,48 +57,28 @@ def get_config(arg: str = 'builtin'):
   c.data.crop_scale = (0.08, 1.0)
 
   if variant == 'builtin':
-    c.model.backbone = backbone or 'vit_tiny'
-    if not backbone:
-      c.model.embed_dim, c.model.depth, c.model.num_heads = 64, 4, 4
-    c.model.patch_size = 4
-    c.model.img_size = 24
+    common.builtin_data(c, image_size=24, crop_scale=(0.4, 1.0), batch_size=128)
+    common.vit(c, backbone, default='vit_tiny', cpu_size=(64, 4, 4), patch_size=4)
     m.top_k = 2
     m.mask_ratio = 0.5
     m.mask_min_patches = 4
     m.momentum = 0.99
     m.momentum_final = 0.999
     m.momentum_anneal_steps = 300
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.4, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 128
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 30
-    c.train.steps = 300
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=30, checkpoint_every=100)
   elif variant == 'cifar10':
-    c.model.backbone = backbone or 'vit_small'
-    c.model.patch_size = 4
-    c.model.img_size = 32
+    common.cifar10_data(c, crop_scale=(0.2, 1.0), batch_size=512)
+    common.vit(c, backbone, default='vit_small', patch_size=4)
     c.model.drop_path_rate = 0.1
     m.mask_min_patches = 4
     m.momentum_anneal_steps = 100 * 97
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.batch_size = 512
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 10 * 97
-    c.train.steps = 800 * 97
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=800 * 97, warmup_steps=10 * 97, checkpoint_every=5000,
+                    knn_every=10000)
   elif variant == 'imagenet':
-    c.model.backbone = backbone or 'vit_base'
-    c.model.patch_size = 16
-    c.model.img_size = 224
+    common.imagenet_data(c, batch_size=2048)
+    common.vit(c, backbone, default='vit_base', patch_size=16)
     c.model.drop_path_rate = 0.25
     m.mask_ratio = 75 / 196
     m.loss_beta = 2.0
@@ -105,22 +86,12 @@ def get_config(arg: str = 'builtin'):
     m.momentum = 0.999
     m.momentum_final = 0.9998
     m.momentum_anneal_steps = 375_300
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 2048
-    c.data.num_workers = 16
     c.optim.lr = 5e-4
     c.optim.lr_scaling = 'none'
-    c.optim.warmup_steps = 12_510
-    c.train.steps = 375_300
-    c.train.checkpoint_every = 2000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=375_300, warmup_steps=12_510, checkpoint_every=2000,
+                    knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {variant!r} of configs/data2vec.py; use 'builtin', "
-                     "'cifar10' or 'imagenet' (optionally ',<backbone>')")
+    raise common.unknown_variant('data2vec', variant, hint="optionally ',<backbone>'")
   if c.model.backbone.startswith('resnet'):
     raise ValueError(f'config.model.backbone={c.model.backbone!r}: data2vec needs a ViT')
   return c

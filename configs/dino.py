@@ -29,6 +29,7 @@ vit_small, vit_base, resnet18, resnet50 to override the variant's default):
 """
 import ml_collections
 
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -70,11 +71,8 @@ def apply_scale(c, variant, backbone, name):
   """Backbone, data and schedule of the builtin / cifar10 / imagenet variants."""
   m = c.method
   if variant == 'builtin':
-    c.model.backbone = backbone or 'vit_tiny'
-    if not backbone:               # a 64-d, depth-4 ViT: CPU-sized
-      c.model.embed_dim, c.model.depth, c.model.num_heads = 64, 4, 4
-    c.model.patch_size = 4
-    c.model.img_size = 24
+    common.builtin_data(c, image_size=24, batch_size=64)
+    common.vit(c, backbone, default='vit_tiny', cpu_size=(64, 4, 4), patch_size=4)
     c.model.width = 16
     c.model.cifar_stem = True
     m.out_dim = 1024
@@ -95,21 +93,12 @@ def apply_scale(c, variant, backbone, name):
     m.warmup_teacher_temp = 0.04
     m.warmup_teacher_temp_steps = 0
     m.freeze_last_layer_steps = 20
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.flip = 0.0              # digits are not mirror-symmetric
-    c.data.batch_size = 64
     c.optim.lr = 2e-3              # x 64 / 256
     c.optim.min_lr_ratio = 0.01
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif variant == 'cifar10':
-    c.model.backbone = backbone or 'vit_small'
-    c.model.patch_size = 4
-    c.model.img_size = 32
+    common.cifar10_data(c, batch_size=512)
+    common.vit(c, backbone, default='vit_small', patch_size=4)
     c.model.drop_path_rate = 0.1
     c.model.cifar_stem = True
     m.out_dim = 8192
@@ -118,38 +107,21 @@ def apply_scale(c, variant, backbone, name):
     m.local_crop_scale = (0.05, 0.25)
     m.warmup_teacher_temp_steps = 30 * 97
     m.freeze_last_layer_steps = 97
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 512
-    c.optim.warmup_steps = 10 * 97
-    c.train.steps = 300 * 97
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=300 * 97, warmup_steps=10 * 97, checkpoint_every=5000,
+                    knn_every=10000)
   elif variant == 'imagenet':
-    c.model.backbone = backbone or 'vit_small'
-    c.model.patch_size = 16
-    c.model.img_size = 224
+    common.imagenet_data(c, batch_size=1024)
+    common.vit(c, backbone, default='vit_small', patch_size=16)
     c.model.drop_path_rate = 0.1
     m.num_local_crops = 10
     m.global_crop_scale = (0.25, 1.0)
     m.local_crop_scale = (0.05, 0.25)
     m.warmup_teacher_temp_steps = 30 * 1251
     m.freeze_last_layer_steps = 1251
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 1024
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 10 * 1251
-    c.train.steps = 300 * 1251
-    c.train.checkpoint_every = 2000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=300 * 1251, warmup_steps=10 * 1251, checkpoint_every=2000,
+                    knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {variant!r} of configs/{name}.py; use 'builtin', "
-                     "'cifar10' or 'imagenet' (optionally ',<backbone>')")
+    raise common.unknown_variant(name, variant, hint="optionally ',<backbone>'")
   return c
 
 

@@ -18,6 +18,7 @@ Variants (``--config=configs/jigsaw.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/jigsaw.py:imagenet --workdir=gs://BUCKET/jigsaw_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -37,51 +38,24 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 5e-4
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
+    common.builtin_data(c, image_size=30, crop_scale=(0.6, 1.0), batch_size=128)
+    common.cifar_resnet18(c, width=16)
     c.method.num_permutations = 100
     c.method.tile_size = 8
     c.method.tile_dim = 64
     c.method.head_hidden_dim = 256
-    c.data.name = 'mnist5k'
-    c.data.image_size = 30
-    c.data.crop_scale = (0.6, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 128
     c.optim.lr = 0.05
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
+    common.cifar10_data(c, image_size=48, crop_scale=(0.6, 1.0), batch_size=256)
+    common.cifar_resnet18(c)
     c.method.tile_size = 14
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 48
-    c.data.crop_scale = (0.6, 1.0)
-    c.data.batch_size = 256
-    c.optim.warmup_steps = 500
-    c.train.steps = 100 * 195
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 5000
+    common.schedule(c, steps=100 * 195, warmup_steps=500, checkpoint_every=5000, knn_every=5000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, image_size=225, crop_scale=(0.08, 1.0), batch_size=256)
     c.model.backbone = 'resnet50'
     c.method.tile_size = 64
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 225
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 256
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 2000
-    c.train.steps = 350_000
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=350_000, warmup_steps=2000, checkpoint_every=5000, knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/jigsaw.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet'")
+    raise common.unknown_variant('jigsaw', arg)
   return c

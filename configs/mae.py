@@ -23,6 +23,7 @@ vit_base to override the variant's default):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/mae.py:imagenet --workdir=gs://BUCKET/mae_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -47,56 +48,27 @@ def get_config(arg: str = 'builtin'):
   c.data.crop_scale = (0.2, 1.0)
 
   if variant == 'builtin':
-    c.model.backbone = backbone or 'vit_tiny'
-    if not backbone:               # a 96-d, depth-4 ViT: CPU-sized
-      c.model.embed_dim, c.model.depth, c.model.num_heads = 96, 4, 3
-    c.model.patch_size = 4
-    c.model.img_size = 24
+    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=256)
+    common.vit(c, backbone, default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
     c.method.decoder_dim = 64
     c.method.decoder_depth = 2
     c.method.decoder_heads = 4
     c.method.norm_pix_loss = False  # MNIST has many constant (black) patches
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.5, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 256
     c.optim.lr = 2e-3
-    c.optim.warmup_steps = 20
-    c.train.steps = 300
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
   elif variant == 'cifar10':
-    c.model.backbone = backbone or 'vit_tiny'
-    c.model.patch_size = 4
-    c.model.img_size = 32
+    common.cifar10_data(c, batch_size=1024)
+    common.vit(c, backbone, default='vit_tiny', patch_size=4)
     c.method.decoder_dim = 256
     c.method.decoder_depth = 4
     c.method.decoder_heads = 8
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 1024
-    c.optim.warmup_steps = 40 * 48
-    c.train.steps = 1600 * 48
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=1600 * 48, warmup_steps=40 * 48, checkpoint_every=5000,
+                    knn_every=10000)
   elif variant == 'imagenet':
-    c.model.backbone = backbone or 'vit_base'
-    c.model.patch_size = 16
-    c.model.img_size = 224
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 4096
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 40 * 312
-    c.train.steps = 800 * 312
-    c.train.checkpoint_every = 1000
-    c.train.knn_every = 10000
-    c.eval.batch_size = 1024
+    common.imagenet_data(c, batch_size=4096)
+    common.vit(c, backbone, default='vit_base', patch_size=16)
+    common.schedule(c, steps=800 * 312, warmup_steps=40 * 312, checkpoint_every=1000,
+                    knn_every=10000)
   else:
-    raise ValueError(f"unknown variant {variant!r} of configs/mae.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet' (optionally ',vit_tiny|vit_small|vit_base')")
+    raise common.unknown_variant('mae', variant, hint=common.VIT_BACKBONES)
   return c

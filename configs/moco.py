@@ -24,6 +24,7 @@ Variants (``--config=configs/moco.py:<variant>``); the plain names are MoCo v2, 
 * ``v1_imagenet`` — MoCo v1 (He et al. 2020, Sec. 4): linear 128-d head, tau 0.07, lr 0.03
   stepped x0.1 at epochs 120 and 160 of 200, the InstDis augmentation.
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 _IMAGENET_STEPS_PER_EPOCH_B256 = 5005
@@ -62,31 +63,17 @@ def get_config(arg: str = 'builtin'):
 
   variant = arg[3:] if arg.startswith('v1_') else arg
   if variant == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0            # digits are not mirror-symmetric
-    c.data.batch_size = 256
+    common.builtin_data(c, image_size=24, crop_scale=(0.3, 1.0), batch_size=256)
+    common.cifar_resnet18(c, width=16)
     c.method.queue_size = 4096
     c.method.momentum = c.method.momentum_final = 0.99
     c.method.proj_hidden_dim = 512
     c.optim.lr = 0.3
     c.optim.weight_decay = 5e-4
-    c.optim.warmup_steps = 10
-    c.train.steps = 300
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=10, checkpoint_every=100)
   elif variant == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 512
+    common.cifar10_data(c, batch_size=512)
+    common.cifar_resnet18(c)
     c.method.queue_size = 4096
     c.method.momentum = c.method.momentum_final = 0.99
     c.method.temperature = 0.1
@@ -94,25 +81,16 @@ def get_config(arg: str = 'builtin'):
     c.aug.overrides = {'blur': None}   # no blur at 32x32 (as the demo)
     c.optim.lr = 0.03                  # x 512/256 = the demo's 0.06 at batch 512
     c.optim.weight_decay = 5e-4
-    c.train.steps = 800 * 97
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=800 * 97, checkpoint_every=5000, knn_every=10000)
   elif variant == 'imagenet':
+    common.imagenet_data(c, batch_size=256)
     c.model.backbone = 'resnet50'
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 256
-    c.data.num_workers = 16
     c.optim.lr = 0.03
-    c.train.steps = 200 * _IMAGENET_STEPS_PER_EPOCH_B256
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 50000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=200 * _IMAGENET_STEPS_PER_EPOCH_B256, checkpoint_every=5000,
+                    knn_every=50000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/moco.py; use 'builtin', 'cifar10', "
-                     "'imagenet' (MoCo v2) or 'v1_builtin', 'v1_cifar10', 'v1_imagenet' (MoCo v1)")
+    raise common.unknown_variant('moco', arg, choices="'builtin', 'cifar10', 'imagenet' (MoCo v2) "
+                                 "or 'v1_builtin', 'v1_cifar10', 'v1_imagenet' (MoCo v1)")
   if arg.startswith('v1_'):
     _v1(c)
   return c

@@ -30,6 +30,7 @@ Variants (``--config=configs/mocov3.py:<variant>``):
 """
 import ml_collections
 
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -55,57 +56,34 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 1e-6
 
   if arg in ('builtin', 'builtin_vit'):
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 16       # 16 px and 200 steps: a few minutes even on a loaded CPU
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 256
+    # 16 px and 200 steps: a few minutes even on a loaded CPU
+    common.builtin_data(c, image_size=16, crop_scale=(0.3, 1.0), batch_size=256)
+    common.cifar_resnet18(c, width=16)
     c.method.temperature = 0.2
     c.method.proj_hidden_dim = 512
     c.method.proj_dim = 128
     c.method.pred_hidden_dim = 512
     c.method.pred_dim = 128
     c.optim.lr = 1.0
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
     if arg == 'builtin_vit':
       _vit(c, 'vit_tiny', patch=4)
       c.model.embed_dim, c.model.depth, c.model.num_heads = 96, 4, 3
       c.optim.lr = 1e-3
       c.optim.weight_decay = 0.05
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 512
+    common.cifar10_data(c, batch_size=512)
+    common.cifar_resnet18(c)
     c.method.temperature = 0.2
     c.optim.lr = 0.3
-    c.optim.warmup_steps = 10 * 97
-    c.train.steps = 800 * 97
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=800 * 97, warmup_steps=10 * 97, checkpoint_every=5000,
+                    knn_every=10000)
   elif arg in ('imagenet', 'imagenet_vit'):
+    common.imagenet_data(c, batch_size=4096)
     c.model.backbone = 'resnet50'
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 4096
-    c.data.num_workers = 16
     c.optim.lr = 0.6
-    c.optim.warmup_steps = 10 * 312
-    c.train.steps = 100 * 312
-    c.train.checkpoint_every = 1000
-    c.train.knn_every = 5000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=100 * 312, warmup_steps=10 * 312, checkpoint_every=1000,
+                    knn_every=5000)
     if arg == 'imagenet_vit':
       _vit(c, 'vit_small', patch=16)
       c.data.batch_size = 1024
@@ -115,17 +93,15 @@ def get_config(arg: str = 'builtin'):
       c.optim.warmup_steps = 40 * 1251
       c.train.steps = 300 * 1251
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/mocov3.py; use 'builtin', "
-                     "'builtin_vit', 'cifar10', 'imagenet' or 'imagenet_vit'")
+    raise common.unknown_variant('mocov3', arg, choices="'builtin', 'builtin_vit', 'cifar10', "
+                                 "'imagenet' or 'imagenet_vit'")
   return c
 
 
 def _vit(c, backbone: str, patch: int):
   """MoCo v3's ViT settings: AdamW, frozen random patch projection, sin-cos positions, 3-layer
   projector."""
-  c.model.backbone = backbone
-  c.model.patch_size = patch
-  c.model.img_size = c.data.image_size
+  common.vit(c, backbone, patch_size=patch)
   c.method.frozen_patch_embed = True
   c.method.sincos_pos_embed = True
   c.method.proj_layers = 3

@@ -18,6 +18,7 @@ Variants (``--config=configs/pirl.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/pirl.py:imagenet --workdir=gs://BUCKET/pirl_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -39,51 +40,28 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 1e-4
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
+    common.builtin_data(c, image_size=30, crop_scale=(0.3, 1.0), batch_size=128)
+    common.cifar_resnet18(c, width=16)
     c.method.tile_size = 8
     c.method.num_negatives = 1024
     c.method.temperature = 0.1
     c.aug.recipe = 'none'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 30
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 128
     c.optim.lr = 0.1
     c.optim.lr_scaling = 'none'
-    c.optim.warmup_steps = 20
-    c.train.steps = 300
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
+    common.cifar10_data(c, image_size=48, batch_size=256)
+    common.cifar_resnet18(c)
     c.method.tile_size = 14
     c.method.num_negatives = 4096
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 48
-    c.data.batch_size = 256
-    c.optim.warmup_steps = 500
-    c.train.steps = 400 * 195
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=400 * 195, warmup_steps=500, checkpoint_every=5000,
+                    knn_every=10000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, image_size=255, batch_size=1024)
     c.model.backbone = 'resnet50'
     c.method.tile_size = 64
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 255
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 1024
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 5 * 1251
-    c.train.steps = 800 * 1251
-    c.train.checkpoint_every = 2000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=800 * 1251, warmup_steps=5 * 1251, checkpoint_every=2000,
+                    knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/pirl.py; use 'builtin', 'cifar10' or "
-                     "'imagenet'")
+    raise common.unknown_variant('pirl', arg)
   return c

@@ -18,6 +18,7 @@ Variants (``--config=configs/rotation.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/rotation.py:imagenet --workdir=gs://BUCKET/rotnet_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -34,45 +35,20 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 5e-4
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.5, 1.0)
-    c.data.flip = 0.0            # a mirrored digit would make some rotations ambiguous
-    c.data.batch_size = 128
+    # no flips: a mirrored digit would make some rotations ambiguous
+    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=128)
+    common.cifar_resnet18(c, width=16)
     c.optim.lr = 0.05
-    c.optim.warmup_steps = 20
-    c.train.steps = 300
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.5, 1.0)
-    c.data.batch_size = 128
-    c.optim.warmup_steps = 390
-    c.train.steps = 100 * 390
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 5000
+    common.cifar10_data(c, crop_scale=(0.5, 1.0), batch_size=128)
+    common.cifar_resnet18(c)
+    common.schedule(c, steps=100 * 390, warmup_steps=390, checkpoint_every=5000, knn_every=5000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, crop_scale=(0.08, 1.0), batch_size=192)
     c.model.backbone = 'resnet50'
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 192
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 6672
-    c.train.steps = 30 * 6672
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 20000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=30 * 6672, warmup_steps=6672, checkpoint_every=5000,
+                    knn_every=20000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/rotation.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet'")
+    raise common.unknown_variant('rotation', arg)
   return c

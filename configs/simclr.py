@@ -16,6 +16,7 @@ Variants (``--config=configs/simclr.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/simclr.py:imagenet --workdir=gs://BUCKET/simclr_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -30,54 +31,29 @@ def get_config(arg: str = 'builtin'):
   c.optim.name = 'lars'
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0            # digits are not mirror-symmetric
-    c.data.batch_size = 256
+    common.builtin_data(c, image_size=24, crop_scale=(0.3, 1.0), batch_size=256)
+    common.cifar_resnet18(c, width=16)
     c.optim.lr = 1.0
-    c.optim.warmup_steps = 20
-    c.train.steps = 300
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
+    common.cifar10_data(c, batch_size=512)
+    common.cifar_resnet18(c)
     c.method.temperature = 0.5
     c.method.proj_hidden_dim = 2048
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 512
     c.optim.lr = 1.0
     c.optim.weight_decay = 1e-6
-    c.optim.warmup_steps = 10 * 97
-    c.train.steps = 800 * 97
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=800 * 97, warmup_steps=10 * 97, checkpoint_every=5000,
+                    knn_every=10000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, batch_size=4096)
     c.model.backbone = 'resnet50'
     c.method.temperature = 0.1
     c.method.proj_hidden_dim = 2048
     c.method.proj_layers = 3
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 4096
-    c.data.num_workers = 16
     c.optim.lr = 0.3
     c.optim.weight_decay = 1e-6
-    c.optim.warmup_steps = 10 * 312
-    c.train.steps = 100 * 312
-    c.train.checkpoint_every = 1000
-    c.train.knn_every = 5000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=100 * 312, warmup_steps=10 * 312, checkpoint_every=1000,
+                    knn_every=5000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/simclr.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet'")
+    raise common.unknown_variant('simclr', arg)
   return c

@@ -19,6 +19,7 @@ Variants (``--config=configs/simsiam.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/simsiam.py:imagenet --workdir=gs://BUCKET/simsiam_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -42,15 +43,9 @@ def get_config(arg: str = 'builtin'):
   c.optim.warmup_steps = 0
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 16
-    c.model.cifar_stem = True
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 16       # 16 px and 200 steps: a few minutes even on a loaded CPU
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 256
+    # 16 px and 200 steps: a few minutes even on a loaded CPU
+    common.builtin_data(c, image_size=16, crop_scale=(0.3, 1.0), batch_size=256)
+    common.cifar_resnet18(c, width=16)
     c.method.proj_layers = 2
     c.method.proj_hidden_dim = 512
     c.method.proj_dim = 512
@@ -58,39 +53,21 @@ def get_config(arg: str = 'builtin'):
     c.method.pred_dim = 512
     c.optim.lr = 0.5             # 0.1 reached only err ratio 0.78 in 200 steps; 0.5: 0.33
     c.optim.weight_decay = 5e-4
-    c.optim.warmup_steps = 10
-    c.train.steps = 200
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=10, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
+    common.cifar10_data(c, batch_size=512)
+    common.cifar_resnet18(c)
     c.method.proj_layers = 2
     c.method.fix_pred_lr = False
     c.aug.overrides = {'blur': None}
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 512
     c.optim.lr = 0.03
     c.optim.weight_decay = 5e-4
-    c.train.steps = 800 * 97
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=800 * 97, checkpoint_every=5000, knn_every=10000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, batch_size=512)
     c.model.backbone = 'resnet50'
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 512
-    c.data.num_workers = 16
     c.optim.lr = 0.05
-    c.train.steps = 100 * 2502
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=100 * 2502, checkpoint_every=5000, knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/simsiam.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet'")
+    raise common.unknown_variant('simsiam', arg)
   return c

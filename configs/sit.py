@@ -18,6 +18,7 @@ Variants (``--config=configs/sit.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/sit.py:imagenet --workdir=gs://BUCKET/sit_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -39,52 +40,23 @@ def get_config(arg: str = 'builtin'):
   c.optim.clip_grad_norm = 3.0
 
   if arg == 'builtin':
-    c.model.backbone = 'vit_tiny'
-    c.model.embed_dim = 96
-    c.model.depth = 4
-    c.model.num_heads = 3
-    c.model.patch_size = 4
-    c.model.img_size = 24
+    common.builtin_data(c, image_size=24, crop_scale=(0.3, 1.0), batch_size=128)
+    common.vit(c, '', default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
     c.method.proj_hidden_dim = 256
     c.method.proj_dim = 64
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0
-    c.data.batch_size = 128
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'vit_small'
-    c.model.patch_size = 4
-    c.model.img_size = 32
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 256
-    c.optim.warmup_steps = 10 * 195
-    c.train.steps = 800 * 195
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.cifar10_data(c, batch_size=256)
+    common.vit(c, 'vit_small', patch_size=4)
+    common.schedule(c, steps=800 * 195, warmup_steps=10 * 195, checkpoint_every=5000,
+                    knn_every=10000)
   elif arg == 'imagenet':
-    c.model.backbone = 'vit_small'
-    c.model.patch_size = 16
-    c.model.img_size = 224
+    common.imagenet_data(c, batch_size=1024)
+    common.vit(c, 'vit_small', patch_size=16)
     c.model.drop_path_rate = 0.1
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 1024
-    c.data.num_workers = 16
-    c.optim.warmup_steps = 10 * 1251
-    c.train.steps = 300 * 1251
-    c.train.checkpoint_every = 2000
-    c.train.knn_every = 25000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=300 * 1251, warmup_steps=10 * 1251, checkpoint_every=2000,
+                    knn_every=25000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/sit.py; use 'builtin', 'cifar10' or "
-                     "'imagenet'")
+    raise common.unknown_variant('sit', arg)
   return c

@@ -21,6 +21,7 @@ Variants (``--config=configs/vicreg.py:<variant>``):
 """
 import ml_collections
 
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
@@ -38,55 +39,30 @@ def get_config(arg: str = 'builtin'):
   c.optim.name = 'lars'
 
   if arg == 'builtin':
-    c.model.backbone = 'resnet18'
-    c.model.width = 8
-    c.model.cifar_stem = True
+    common.builtin_data(c, image_size=16, crop_scale=(0.3, 1.0), batch_size=256)
+    common.cifar_resnet18(c, width=8)
     c.method.proj_hidden_dim = 512
     c.method.proj_dim = 512
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 16
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = 0.0            # digits are not mirror-symmetric
-    c.data.batch_size = 256
     c.optim.lr = 0.3
     c.optim.weight_decay = 1e-5
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.model.backbone = 'resnet18'
-    c.model.cifar_stem = True
+    common.cifar10_data(c, batch_size=256)
+    common.cifar_resnet18(c)
     c.method.proj_hidden_dim = 2048
     c.method.proj_dim = 2048
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 256
     c.optim.lr = 0.3
     c.optim.weight_decay = 1e-4
-    c.optim.warmup_steps = 10 * 195
-    c.train.steps = 1000 * 195
-    c.train.checkpoint_every = 5000
-    c.train.knn_every = 10000
+    common.schedule(c, steps=1000 * 195, warmup_steps=10 * 195, checkpoint_every=5000,
+                    knn_every=10000)
   elif arg == 'imagenet':
+    common.imagenet_data(c, batch_size=2048)
     c.model.backbone = 'resnet50'
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.batch_size = 2048
-    c.data.num_workers = 16
     c.optim.lr = 0.2
     c.optim.weight_decay = 1e-6
     c.optim.min_lr_ratio = 0.001
-    c.optim.warmup_steps = 10 * 625
-    c.train.steps = 1000 * 625
-    c.train.checkpoint_every = 2000
-    c.train.knn_every = 10000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=1000 * 625, warmup_steps=10 * 625, checkpoint_every=2000,
+                    knn_every=10000)
   else:
-    raise ValueError(f"unknown variant {arg!r} of configs/vicreg.py; use 'builtin', 'cifar10' "
-                     "or 'imagenet'")
+    raise common.unknown_variant('vicreg', arg)
   return c

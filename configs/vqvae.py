@@ -11,14 +11,14 @@ patch, 8192 codes as BEiT's vocabulary)::
     launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
         --config=configs/vqvae.py:imagenet --workdir=gs://BUCKET/vqvae_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 from ssl_jax.methods.masked import vq_tokenizer
 
 
 def get_config(arg: str = 'builtin'):
   if arg not in ('builtin', 'cifar10', 'imagenet'):
-    raise ValueError(f"unknown variant {arg!r} of configs/vqvae.py; use 'builtin', 'cifar10' or "
-                     "'imagenet'")
+    raise common.unknown_variant('vqvae', arg)
   c = config_lib.base_config()
   c.method = vq_tokenizer.tokenizer_config(arg)
   c.method.name = 'vqvae'
@@ -32,34 +32,14 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 0.0
   c.data.crop_scale = (0.5, 1.0)
   if arg == 'builtin':
-    c.data.source = 'builtin'
-    c.data.name = 'mnist5k'
-    c.data.image_size = 24
-    c.data.flip = 0.0
-    c.data.batch_size = 128
+    common.builtin_data(c, image_size=24, batch_size=128)
     c.optim.lr = 2e-3
-    c.optim.warmup_steps = 20
-    c.train.steps = 200
-    c.train.checkpoint_every = 100
+    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':
-    c.data.source = 'tfds'
-    c.data.name = 'cifar10'
-    c.data.image_size = 32
-    c.data.batch_size = 256
-    c.optim.warmup_steps = 500
-    c.train.steps = 100_000
-    c.train.checkpoint_every = 5000
+    common.cifar10_data(c, batch_size=256)
+    common.schedule(c, steps=100_000, warmup_steps=500, checkpoint_every=5000)
   else:
-    c.data.source = 'tfds'
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.eval_crop_frac = 0.875
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.batch_size = 1024
-    c.data.num_workers = 16
+    common.imagenet_data(c, crop_scale=(0.08, 1.0), batch_size=1024)
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 5000
-    c.train.steps = 200_000
-    c.train.checkpoint_every = 5000
-    c.eval.batch_size = 1024
+    common.schedule(c, steps=200_000, warmup_steps=5000, checkpoint_every=5000)
   return c

@@ -1,0 +1,96 @@
+"""Settings shared by the method configs' ``builtin`` / ``cifar10`` / ``imagenet`` variants.
+
+Only the plumbing lives here (which data set and how it is read, the backbone's shape for the
+variant, run length and checkpoint / online-kNN cadence, the error for an unknown variant); every
+method's own hyper-parameters stay in its ``configs/<name>.py``. The leading underscore keeps this
+module out of the sweeps over ``configs/*.py`` that expect a ``get_config``. Config files import it
+as ``from configs import _common as common``: ``configs`` is a package of the installed project and
+the repository root is on ``sys.path`` when running from it.
+"""
+
+VARIANTS = "'builtin', 'cifar10' or 'imagenet'"
+VIT_BACKBONES = "optionally ',vit_tiny|vit_small|vit_base'"
+
+
+def unknown_variant(name: str, variant: str, choices: str = VARIANTS, hint: str = ''):
+  """The ValueError for a variant that ``configs/<name>.py`` does not define (raise it)."""
+  message = f'unknown variant {variant!r} of configs/{name}.py; use {choices}'
+  return ValueError(f'{message} ({hint})' if hint else message)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def builtin_data(c, *, image_size: int, batch_size: int, crop_scale=None):
+  """The built-in MNIST-5k set (CPU-sized runs): no flips, digits are not mirror-symmetric.
+
+  crop_scale None keeps the value set so far.
+  """
+  _data(c, 'builtin', 'mnist5k', image_size, batch_size, crop_scale)
+  c.data.flip = 0.0
+  return c
+
+
+def cifar10_data(c, *, batch_size: int, image_size: int = 32, crop_scale=None):
+  """CIFAR-10 from TFDS (crop_scale None keeps the value set so far)."""
+  return _data(c, 'tfds', 'cifar10', image_size, batch_size, crop_scale)
+
+
+def imagenet_data(c, *, batch_size: int, image_size: int = 224, crop_scale=None):
+  """ImageNet-1k from TFDS: centre-crop evaluation (0.875), 16 input workers, eval batch 1024.
+
+  crop_scale None keeps the value set so far.
+  """
+  _data(c, 'tfds', 'imagenet2012', image_size, batch_size, crop_scale)
+  c.data.eval_crop_frac = 0.875
+  c.data.num_workers = 16
+  c.eval.batch_size = 1024
+  return c
+
+
+def _data(c, source, name, image_size, batch_size, crop_scale):
+  c.data.source = source
+  c.data.name = name
+  c.data.image_size = image_size
+  c.data.batch_size = batch_size
+  if crop_scale is not None:
+    c.data.crop_scale = crop_scale
+  return c
+
+
+# -- backbones -----------------------------------------------------------------------------------
+def cifar_resnet18(c, width: int = 64):
+  """ResNet-18 with the CIFAR stem (3x3/1 conv, no max-pool) for small images.
+
+  width: first-stage channels (64 = the paper's; the CPU-sized builtin runs use 8 or 16).
+  """
+  c.model.backbone = 'resnet18'
+  c.model.width = width
+  c.model.cifar_stem = True
+  return c
+
+
+def vit(c, backbone: str, *, patch_size: int, default: str = '', cpu_size=None):
+  """A ViT with `patch_size` px patches whose position embedding is built for c.data.image_size
+  (so call this after the data helper).
+
+  backbone: the ``,<backbone>`` part of the variant string; '' picks `default`, shrunk to
+  cpu_size = (embed_dim, depth, num_heads) when that is given (a CPU-sized model).
+  """
+  c.model.backbone = backbone or default
+  if cpu_size and not backbone:
+    c.model.embed_dim, c.model.depth, c.model.num_heads = cpu_size
+  c.model.patch_size = patch_size
+  c.model.img_size = c.data.image_size
+  return c
+
+
+# -- run length ----------------------------------------------------------------------------------
+def schedule(c, *, steps: int, checkpoint_every: int, warmup_steps=None, knn_every=None):
+  """Training steps, checkpoint cadence and, where given, lr warm-up steps and online-kNN cadence
+  (None keeps the value set so far)."""
+  c.train.steps = steps
+  c.train.checkpoint_every = checkpoint_every
+  if warmup_steps is not None:
+    c.optim.warmup_steps = warmup_steps
+  if knn_every is not None:
+    c.train.knn_every = knn_every
+  return c
