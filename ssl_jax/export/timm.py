@@ -145,7 +145,10 @@ def timm_model_args(backbone) -> tuple[str, dict]:
               global_pool='token' if p >= 1 else 'avg', fc_norm=False)
     return _VIT_ARCH.get(backbone.embed_dim, 'vit_base_patch16_224'), kw
   if isinstance(backbone, resnet_lib.ResNet):
-    arch = {(2, 2, 2, 2): 'resnet18', (3, 4, 6, 3): 'resnet50'}[tuple(backbone.stage_sizes)]
+    arch = {(2, 2, 2, 2): 'resnet18', (3, 4, 6, 3): 'resnet50'}.get(tuple(backbone.stage_sizes))
+    if arch is None:
+      raise ValueError(f'timm has no ResNet with stage sizes {tuple(backbone.stage_sizes)}; only '
+                       'ResNet-18 (2, 2, 2, 2) and ResNet-50 (3, 4, 6, 3) export to a timm model')
     if backbone.width != 64:  # timm's ResNet fixes the stem at 64 channels
       raise ValueError(f'timm has no ResNet of width {backbone.width}; only width 64 exports to '
                        'a timm model (to_timm_state_dict still gives the renamed tensors)')

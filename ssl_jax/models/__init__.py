@@ -15,7 +15,8 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 def build_backbone(model_cfg):
   """Builds the backbone named by ``model_cfg.backbone`` (a flax module with ``feature_dim``).
 
-  ResNets read ``width``, ``cifar_stem``; ViTs read ``patch_size``, ``img_size``,
+  ResNets read ``width``, ``cifar_stem`` and optional ``stage_sizes`` (blocks per stage, for
+  tiny test models); ViTs read ``patch_size``, ``img_size``,
   ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos') and optional overrides
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models). Unknown names raise ValueError
   naming the field.
@@ -23,8 +24,11 @@ def build_backbone(model_cfg):
   name = model_cfg.backbone
   dtype = _DTYPES[model_cfg.get('dtype', 'float32')]
   if name in RESNETS:
+    kw = {}
+    if model_cfg.get('stage_sizes', ()):
+      kw['stage_sizes'] = tuple(int(n) for n in model_cfg.stage_sizes)
     return RESNETS[name](width=model_cfg.get('width', 64),
-                         cifar_stem=model_cfg.get('cifar_stem', False), dtype=dtype)
+                         cifar_stem=model_cfg.get('cifar_stem', False), dtype=dtype, **kw)
   if name in VITS:
     from ssl_jax.models import vit  # pylint: disable=g-import-not-at-top
     kw = dict(vit.VIT_PRESETS[name])

@@ -110,9 +110,9 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
-def resnet18(**kw) -> ResNet:
-  return ResNet(stage_sizes=(2, 2, 2, 2), block=BasicBlock, **kw)
+def resnet18(stage_sizes=(2, 2, 2, 2), **kw) -> ResNet:
+  return ResNet(stage_sizes=stage_sizes, block=BasicBlock, **kw)
 
 
-def resnet50(**kw) -> ResNet:
-  return ResNet(stage_sizes=(3, 4, 6, 3), block=Bottleneck, **kw)
+def resnet50(stage_sizes=(3, 4, 6, 3), **kw) -> ResNet:
+  return ResNet(stage_sizes=stage_sizes, block=Bottleneck, **kw)

@@ -21,15 +21,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file[:variant].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory with checkpoints.')
-_IMAGES = flags.DEFINE_list('images', [], 'Image files; default: images of the eval split.')
-_NUM = flags.DEFINE_integer('num_images', 4, 'How many eval-split images without --images.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory for the PNGs.')
-_SIZE = flags.DEFINE_integer('size', 0, 'Input side in pixels (0: config.data.image_size).')
-_SCALE = flags.DEFINE_integer('scale', 8, 'Upsampling factor of the written PNGs.')
-_ALLOW_INIT = flags.DEFINE_bool('allow_init', False,
-                                'Use a random-init encoder when the workdir has no checkpoint.')
+def _define_flags():
+  """Command-line flags, defined only when this module is the program (so importing it
+  next to another absl program never redefines --config)."""
+  global _CONFIG, _WORKDIR, _IMAGES, _NUM, _OUT, _SIZE, _SCALE, _ALLOW_INIT  # pylint: disable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file[:variant].')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory with checkpoints.')
+  _IMAGES = flags.DEFINE_list('images', [], 'Image files; default: images of the eval split.')
+  _NUM = flags.DEFINE_integer('num_images', 4, 'How many eval-split images without --images.')
+  _OUT = flags.DEFINE_string('out', None, 'Output directory for the PNGs.')
+  _SIZE = flags.DEFINE_integer('size', 0, 'Input side in pixels (0: config.data.image_size).')
+  _SCALE = flags.DEFINE_integer('scale', 8, 'Upsampling factor of the written PNGs.')
+  _ALLOW_INIT = flags.DEFINE_bool('allow_init', False,
+                                  'Use a random-init encoder when the workdir has no checkpoint.')
 
 
 def cls_attention(method, params, buffers, images_uint8) -> np.ndarray:
@@ -132,5 +136,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main)

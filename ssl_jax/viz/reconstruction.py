@@ -18,12 +18,16 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file[:variant].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
-_OUT = flags.DEFINE_string('out', 'reconstruction.png', 'PNG file to write.')
-_NUM = flags.DEFINE_integer('num_images', 8, 'Images (columns) in the grid.')
-_SCALE = flags.DEFINE_integer('scale', 4, 'Nearest-neighbour upscaling of every image.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the mask.')
+def _define_flags():
+  """Command-line flags, defined only when this module is the program (so importing it
+  next to another absl program never redefines --config)."""
+  global _CONFIG, _WORKDIR, _OUT, _NUM, _SCALE, _SEED  # pylint: disable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file[:variant].')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
+  _OUT = flags.DEFINE_string('out', 'reconstruction.png', 'PNG file to write.')
+  _NUM = flags.DEFINE_integer('num_images', 8, 'Images (columns) in the grid.')
+  _SCALE = flags.DEFINE_integer('scale', 4, 'Nearest-neighbour upscaling of every image.')
+  _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the mask.')
 
 
 def grid_image(rows, scale: int = 1, pad: int = 1) -> np.ndarray:
@@ -79,4 +83,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -14,7 +14,8 @@ from tests import helpers
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 3
 OVERRIDES = [
-    '--config.model.width=4', '--config.data.image_size=16', '--config.data.batch_size=16',
+    '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
+    '--config.data.image_size=16', '--config.data.batch_size=16',
     f'--config.train.steps={STEPS}', '--config.train.log_every=1',
     f'--config.train.checkpoint_every={STEPS}', '--config.train.final_eval=False',
     '--config.train.progress_bar=False', '--config.method.proj_hidden_dim=16',

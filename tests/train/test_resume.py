@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 16
+STEPS = 20
 OVERRIDES = [
     f'--config.train.steps={STEPS}', '--config.train.checkpoint_every=2',
     '--config.train.keep_checkpoints=2', '--config.train.log_every=1',
     '--config.train.final_eval=False', '--config.train.progress_bar=False',
-    '--config.model.width=4', '--config.data.image_size=16', '--config.data.batch_size=16',
+    '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
+    '--config.data.image_size=16', '--config.data.batch_size=16',
     '--config.method.proj_hidden_dim=16', '--config.method.proj_dim=8',
     '--config.optim.warmup_steps=2', '--config.data.name=digits',
 ]
@@ -129,7 +130,8 @@ def test_killed_run_resumes_bitwise(tmp_path):
   with open(tmp_path / 'final.log', 'wb') as log:
     assert _start(run, cache, log).wait(timeout=300) == 0, open(tmp_path / 'final.log').read()
   summary = json.load(open(os.path.join(run, 'summary.json')))
-  assert 0 < summary['resumed_from_step'] < STEPS, (seed, events, summary)
+  # (A SIGTERM that lands during the last steps can leave nothing for the final run to do.)
+  assert 0 < summary['resumed_from_step'] <= STEPS, (seed, events, summary)
 
   step_a, hash_a, n = _state_hash(ref)
   step_b, hash_b, _ = _state_hash(run)
