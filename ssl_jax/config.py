@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embed_dim = 0          # ViT overrides (0 = preset), for tiny models in tests
   c.model.depth = 0
   c.model.num_heads = 0
+  c.model.stage_sizes = ()       # ResNet override of blocks per stage (() = preset), e.g. (1, 1, 1, 1)
   c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.remat = False
 
@@ -65,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.trust_coefficient = 0.001  # lars
   c.optim.clip_grad_norm = 0.0   # 0: off
+  c.optim.grad_accum_steps = 1   # micro-batches per update (batch statistics are per micro-batch)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 100
@@ -80,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.knn_k = 20
   c.eval.knn_temperature = 0.07
-  c.eval.batch_size = 500
+  c.eval.batch_size = 512
   # --mode=eval (ssl_jax/eval/): kNN at every k below, then the linear probe on frozen features.
   c.eval.knn_ks = (10, 20, 200)
   c.eval.linear = True
@@ -212,7 +214,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config.model.dtype, 'model.dtype', ('float32', 'bfloat16'))
   for field in ('data.batch_size', 'data.image_size', 'train.steps', 'train.log_every',
                 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.knn_k',
-                'eval.batch_size', 'model.width'):
+                'eval.batch_size', 'model.width', 'optim.grad_accum_steps'):
     section, key = field.split('.')
     value = config[section][key]
     _require(isinstance(value, int) and not isinstance(value, bool), field,
@@ -244,10 +246,18 @@ def validate(config, num_devices: int | None = None):
     _require(config.data.image_size % config.model.patch_size == 0, 'data.image_size',
              f'{config.data.image_size} is not a multiple of model.patch_size='
              f'{config.model.patch_size}')
+  accum = config.optim.get('grad_accum_steps', 1)
+  _require(config.data.batch_size % accum == 0, 'optim.grad_accum_steps',
+           f'data.batch_size={config.data.batch_size} is not divisible into {accum} micro-batches')
+  _require(all(isinstance(n, int) and n > 0 for n in config.model.get('stage_sizes', ())),
+           'model.stage_sizes', f"must be positive integers, got {config.model.get('stage_sizes')!r}")
   if num_devices is not None:
     data_par = num_devices
     _require(config.data.batch_size % data_par == 0, 'data.batch_size',
              f'{config.data.batch_size} is not divisible by the number of devices ({data_par})')
+    _require((config.data.batch_size // accum) % data_par == 0, 'optim.grad_accum_steps',
+             f'micro-batches of {config.data.batch_size // accum} (data.batch_size / '
+             f'{accum}) are not divisible by the number of devices ({data_par})')
     _require(config.eval.batch_size % data_par == 0, 'eval.batch_size',
              f'{config.eval.batch_size} is not divisible by the number of devices ({data_par})')
   return config

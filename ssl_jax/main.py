@@ -1,7 +1,7 @@
 """Command-line entry point.
 
     python -m ssl_jax.main --config=configs/simclr.py:builtin --workdir=/tmp/run \
-        [--config.train.steps=200 ...] [--mode=pretrain|eval|export]
+        [--config.train.steps=200 ...] [--mode=pretrain|eval|export|memory]
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ _COORDINATOR = flags.DEFINE_string(
     '0 (jax.distributed). On TPU pods and Slurm the cluster is detected automatically.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the job (explicit mode).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process, 0..num_processes-1.')
-_MODE = flags.DEFINE_enum('mode', 'pretrain', ['pretrain', 'eval', 'export'],
+_MODE = flags.DEFINE_enum('mode', 'pretrain', ['pretrain', 'eval', 'export', 'memory'],
                           'pretrain: train (resuming from --workdir) then evaluate; '
                           'eval: kNN (k in config.eval.knn_ks) + linear probe of the latest '
                           'checkpoint in --workdir -> WORKDIR/eval.json, TensorBoard, PNG; '
-                          'export: its encoder -> WORKDIR/export (Orbax + timm safetensors).')
+                          'export: its encoder -> WORKDIR/export (Orbax + timm safetensors); '
+                          'memory: compile the train step ahead of time on abstract inputs and '
+                          'report the per-device memory it needs (no data, no training).')
 
 
 def run_eval(config, workdir: str) -> dict:
@@ -121,6 +123,10 @@ def _main(argv):
       sys.exit(preemption.EXIT_PREEMPTED)
   elif _MODE.value == 'export':
     result = run_export(config, _WORKDIR.value)
+  elif _MODE.value == 'memory':
+    from ssl_jax.train import memory  # pylint: disable=g-import-not-at-top
+    result = memory.memory_report(config)
+    print(memory.format_report(result), file=sys.stderr)
   else:
     result = run_eval(config, _WORKDIR.value)
   logging.info('%s', result)

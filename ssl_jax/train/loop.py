@@ -51,6 +51,15 @@ def create_train_state(method, tx, rng, sample_batch):
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def jit_train_step(method, config, mesh, state_sharding, lr_schedule=None):
+  """The method's generic train step, jitted over ``mesh``: state in ``state_sharding`` (donated),
+  batch split over the data axes, metrics replicated."""
+  train_step = step_lib.make_train_step(method, config.seed, lr_schedule,
+                                        accum_steps=config.optim.get('grad_accum_steps', 1))
+  return jax.jit(train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
 class Experiment:
   """Everything a run needs, built from (config, workdir): usable from Python and tests.
 
@@ -103,11 +112,8 @@ class Experiment:
     self.meta = ckpt_lib.run_metadata(config, self.abstract_state)
 
     # -- compiled step ----------------------------------------------------------------------------
-    train_step = step_lib.make_train_step(self.method, config.seed, self.lr_schedule)
-    self.step_fn = jax.jit(train_step,
-                           in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh)),
-                           out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
-                           donate_argnums=(0,))
+    self.step_fn = jit_train_step(self.method, config, self.mesh, self.state_sharding,
+                                  self.lr_schedule)
     self.feature_fn = features_lib.make_feature_fn(self.method, self.mesh)
     self.checkpointer = None
 

@@ -8,6 +8,13 @@ The step is sharding-agnostic: the caller jits it with NamedShardings and the gl
 every reduction (negatives, BatchNorm statistics, centers) global. A non-finite loss, gradient or
 update keeps the previous params/opt state/buffers (the step counter still advances so the data
 moves on) and increments ``state.skipped``; no host sync is needed for that.
+
+Gradient accumulation (``accum_steps > 1``): the batch is split into ``accum_steps`` strided
+micro-batches (rows i, i+k, i+2k, ...: each micro-batch stays evenly spread over the data axis),
+``lax.scan`` runs forward/backward on each with the method buffers threaded through (a queue or
+center sees every micro-batch in order), and one optimizer update applies the mean gradient.
+Batch statistics (negatives, BatchNorm, centers) are those of a micro-batch, as in PyTorch
+accumulation: it trades the memory of a large batch for its compute, not for its statistics.
 """
 from __future__ import annotations
 
@@ -22,16 +29,45 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(method, seed: int, lr_schedule=None):
+def _micro_batches(batch, k: int):
+  """(B, ...) leaves -> (k, B/k, ...): micro-batch i holds rows i, i+k, i+2k, ..."""
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def make_train_step(method, seed: int, lr_schedule=None, accum_steps: int = 1):
   """Returns ``train_step(state, batch) -> (state, metrics)`` for ``method``."""
   base_key = jax.random.PRNGKey(seed)
+  grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+
+  def loss_and_grads(state, batch, rng):
+    k_views, k_loss = jax.random.split(rng)
+    views = method.views(batch, k_views)
+    return grad_fn(state.params, state, views, k_loss)
+
+  def accumulated(state, batch, rng):
+    def body(carry, xs):
+      buffers, grad_sum = carry
+      micro, i = xs
+      (loss, (metrics, buffers)), grads = loss_and_grads(
+          state.replace(buffers=buffers), micro, jax.random.fold_in(rng, i))
+      grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
+      return (buffers, grad_sum), (loss, metrics)
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    (buffers, grad_sum), (losses, metrics) = jax.lax.scan(
+        body, (state.buffers, zeros), (_micro_batches(batch, accum_steps),
+                                       jnp.arange(accum_steps)))
+    grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grad_sum)
+    metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), metrics)
+    return (jnp.mean(losses), (metrics, buffers)), grads
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base_key, state.step)
-    k_views, k_loss = jax.random.split(rng)
-    views = method.views(batch, k_views)
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    (loss, (metrics, buffers)), grads = grad_fn(state.params, state, views, k_loss)
+    if accum_steps > 1:
+      (loss, (metrics, buffers)), grads = accumulated(state, batch, rng)
+    else:
+      (loss, (metrics, buffers)), grads = loss_and_grads(state, batch, rng)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     new_state = state.apply_gradients(grads=grads, buffers=buffers)
     new_state = method.after_update(new_state)
