@@ -2,8 +2,8 @@
 
 Variants (``--config=configs/instdis.py:<variant>``):
 
-* ``builtin`` — width-8 CIFAR-stem ResNet-18 on the built-in MNIST-5k set (a 4000-row bank),
-  16x16 crops, batch 256. A few minutes on a 2-core CPU::
+* ``builtin`` — width-16 CIFAR-stem ResNet-18 on the built-in MNIST-5k set (a 4000-row bank),
+  16x16 crops, batch 128, 500 steps, temperature 0.2. A few minutes on a 2-core CPU::
 
       python -m ssl_jax.main --config=configs/instdis.py:builtin --workdir=/tmp/instdis_builtin
 
@@ -43,17 +43,20 @@ def get_config(arg: str = 'builtin'):
 
   if arg == 'builtin':
     c.model.backbone = 'resnet18'
-    c.model.width = 8
+    c.model.width = 16
     c.model.cifar_stem = True
     c.data.source = 'builtin'
     c.data.name = 'mnist5k'
     c.data.image_size = 16
     c.data.crop_scale = (0.3, 1.0)
     c.data.flip = 0.0                # digits are not mirror-symmetric
-    c.data.batch_size = 256
-    c.optim.lr = 0.1
+    c.data.batch_size = 128          # one view per image: cheap steps, so more of them
+    # tau 0.07 over ~13 epochs of near-identical digits barely learns (err ratio 0.73-0.77); tau 0.2
+    # (SimCLR's builtin value) reached kNN 0.80 by step 400 of a 1000-step run.
+    c.method.temperature = 0.2
+    c.optim.lr = 0.3                 # per 256 (linear scaling): 0.15 at batch 128
     c.optim.warmup_steps = 20
-    c.train.steps = 200
+    c.train.steps = 500
     c.train.log_every = 10
     c.train.checkpoint_every = 100
   elif arg == 'cifar10':

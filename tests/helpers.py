@@ -10,6 +10,11 @@ from ml_collections import ConfigDict
 from ssl_jax.train import loop, sharding
 
 
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test subprocess: ``devices`` simulated CPU devices, fast compiles."""
+  return f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0'
+
+
 def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, steps: int = 4):
   """Shrinks any method config to a seconds-to-compile model on the built-in set."""
   c = config

@@ -264,7 +264,7 @@ def test_every_shipped_config_is_valid():
 # -- the command line: one line, no traceback --------------------------------------------------
 def _cli(args, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+             XLA_FLAGS=helpers.xla_flags(8))
   out = subprocess.run([sys.executable, '-m', 'ssl_jax.main'] + args, cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   lines = [l for l in (out.stdout + out.stderr).splitlines()

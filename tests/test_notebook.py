@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+from tests import helpers
+
 nbclient = pytest.importorskip('nbclient')
 nbformat = pytest.importorskip('nbformat')
 pytest.importorskip('ipykernel')
@@ -12,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_quickstart_notebook_executes(monkeypatch):
   monkeypatch.setenv('SSL_JAX_NOTEBOOK_SMOKE', '1')
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
+  monkeypatch.setenv('XLA_FLAGS', helpers.xla_flags(1))
   monkeypatch.setenv('PYTHONPATH', ROOT)
   nb = nbformat.read(os.path.join(ROOT, 'notebooks', 'quickstart.ipynb'), as_version=4)
   client = nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',

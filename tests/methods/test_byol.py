@@ -73,7 +73,8 @@ def test_target_is_ema_with_the_cosine_schedule(runs):
   helpers.assert_trees_close(states[0].buffers['target']['params'],
                              {k: states[0].params[k] for k in ('backbone', 'projector')}, 0, 0)
   for t in range(STEPS):
-    tau = 1 - (1 - 0.99) * (math.cos(math.pi * t / 4) + 1) / 2   # tau of the update at step t
+    base = runs['config'].method.momentum
+    tau = 1 - (1 - base) * (math.cos(math.pi * t / 4) + 1) / 2   # tau of the update at step t
     np.testing.assert_allclose(exp.method.momentum_at(t), tau, rtol=1e-7)
     online = {k: states[t + 1].params[k] for k in ('backbone', 'projector')}
     expected = jax.tree_util.tree_map(lambda a, b: tau * a + (1 - tau) * b,

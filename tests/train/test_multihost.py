@@ -31,7 +31,7 @@ def _free_port():
 
 def test_two_processes_match_one(tmp_path):
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(4),
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'ssl_jax.main', '--config=configs/simclr.py:builtin',

@@ -22,6 +22,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 20
 OVERRIDES = [
@@ -37,7 +39,7 @@ OVERRIDES = [
 
 def _env(cache_dir):
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=helpers.xla_flags(1),
              JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', PYTHONPATH=ROOT)
   return env
