@@ -11,9 +11,10 @@ def ema_update(target, online, momentum):
   """target <- m * target + (1 - m) * online, leaf-wise (BYOL Eq. 1, MoCo Eq. 2, DINO Sec. 3.1).
 
   ``momentum`` may be a traced scalar (a schedule of the step), so the update runs inside the
-  compiled step.
+  compiled step. Written as ``t + (1 - m) (o - t)``: the same value, but exact where online equals
+  target (frozen parameters stay bit-identical in the target) and at m = 1.
   """
-  return jax.tree_util.tree_map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+  return jax.tree_util.tree_map(lambda t, o: t + (1.0 - momentum) * (o - t), target, online)
 
 
 def momentum_schedule(method_cfg, total_steps: int):

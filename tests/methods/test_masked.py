@@ -157,7 +157,11 @@ def mae_run():
 def test_mae_one_vs_eight_devices(mae_run):
   _, _, state1, hist1, state8, hist8 = mae_run
   np.testing.assert_allclose([h['loss'] for h in hist1], [h['loss'] for h in hist8], rtol=1e-4)
-  helpers.assert_trees_close(state1.params, state8.params, rtol=1e-3, atol=1e-5)
+  # AdamW normalises each update by sqrt(v): a parameter whose gradient is ~0 (float32 noise of
+  # the reduction order) moves by up to ~lr per step in either direction, so the absolute
+  # tolerance is a small fraction of lr * steps, not of the gradient.
+  lr = float(build_method(mae_run[0]).build_optimizer(4)[1](1))
+  helpers.assert_trees_close(state1.params, state8.params, rtol=1e-3, atol=max(1e-5, 0.5 * lr))
   assert np.isfinite(hist1[-1]['loss']) and hist1[-1]['loss'] != hist1[0]['loss']
 
 
