@@ -1,3 +1,5 @@
+"""Writes notebooks/quickstart.ipynb from the cells below (edit here, then run from the repo root:
+``python notebooks/make_quickstart.py``), so the notebook's source stays reviewable as code."""
 import nbformat as nbf
 nb = nbf.v4.new_notebook()
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
