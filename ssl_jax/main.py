@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import re
 import sys
@@ -87,7 +88,19 @@ def _is_user_error(e: BaseException) -> bool:
   return isinstance(e, (ValueError, TypeError, OSError, RuntimeError)) and ours
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of Orbax and grain (dozens of lines per checkpoint) around the
+  progress bar; their warnings and errors, and all of ssl_jax's own logging, still show."""
+
+  _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}grain{os.sep}')
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(n in record.pathname
+                                                             for n in self._NOISY)
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     _main(argv)
   except Exception as e:  # pylint: disable=broad-except
