@@ -130,6 +130,7 @@ def swav_config(**kw):
   config.method.proj_dim = 16
   config.method.num_local = 2
   config.method.local_size = 8
+  config.method.local_scale = (0.1, 0.3)
   config.method.queue_length = 32       # full after two batches of 16 -> used at the third step
   config.method.queue_start_step = 0
   config.method.freeze_prototypes_steps = FREEZE
