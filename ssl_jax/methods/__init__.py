@@ -30,6 +30,7 @@ METHODS = {
     'rotation': 'ssl_jax.methods.pretext.rotation:RotNet',
     'jigsaw': 'ssl_jax.methods.pretext.jigsaw:Jigsaw',
     'sit': 'ssl_jax.methods.hybrid.sit:SiT',
+    'cmae': 'ssl_jax.methods.hybrid.cmae:CMAE',
     'cutpaste': 'ssl_jax.methods.pretext.cutpaste:CutPaste',
     'colorization': 'ssl_jax.methods.pretext.colorization:Colorization',
     'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
