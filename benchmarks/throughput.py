@@ -1,0 +1,327 @@
+"""Training-step throughput of SimCLR, BYOL, DINO and MAE on ResNet-18 and ViT-Tiny, optionally side
+by side with lightly (PyTorch) on the same machine.
+
+    python benchmarks/throughput.py [--rows all|simclr_resnet18,...] [--batch_size 256]
+        [--steps 10] [--warmup 2] [--augment on|off] [--vs_lightly [--lightly_python PY]]
+
+Rows (32x32 inputs): SimCLR, BYOL, DINO (2 global 32 px + 6 local 16 px crops, head out_dim 65536)
+and MAE (mask 0.75, decoder 4 blocks x 192 wide, 3 heads; ViT only), each on a CIFAR-stem
+ResNet-18 (width 64) and on ViT-Tiny (embed 192, depth 12, heads 3, patch 4). Each config is
+``configs/<method>.py:cifar10`` (DINO/MAE: ``cifar10,<backbone>``) with the row's overrides (see
+``make_config``); the data source is switched to the built-in set (only the batch's shapes
+matter: one fixed batch is used).
+
+What is timed: the real jitted train step of ``loop.Experiment`` (on-device augmentation with the
+config's recipes, forward, backward, optimizer update, EMA teacher / DINO center updates, the
+non-finite guard), compiled once with ``.lower().compile()`` and called on one batch already on
+device; compilation and ``--warmup`` steps are excluded, then every one of ``--steps`` steps is
+timed to completion (``block_until_ready``) and the median is reported. FLOPs per step come from
+XLA's cost analysis of that compiled step; GFLOP/s = FLOPs / median step time; the ceiling is
+the median GFLOP/s of a jitted 2048x2048 float32 ``jnp.dot`` on the same machine.
+
+``--vs_lightly``: for each row, ``benchmarks/lightly_step.py`` runs the equivalent lightly step
+in the separate virtualenv made by ``benchmarks/lightly_env.sh`` (a subprocess, right after ours,
+with the same batch size, crops, head sizes and step count; sizes passed from our configs), and
+the table gets lightly's images/s, its FLOPs per step as torch's FlopCounterMode counts them
+(matmuls, convolutions, attention), and the ratio ours / lightly. Both sides use every core
+(XLA's default CPU thread pool; ``torch.set_num_threads(--threads)``), the process's default
+allocator (glibc malloc unless LD_PRELOAD says otherwise: it is printed) and float32.
+``--augment off`` replaces our on-device colour augmentation by normalisation only (lightly's
+step takes already-augmented tensors; its augmentation runs in DataLoader workers).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+
+from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
+
+METHODS = ('simclr', 'byol', 'dino', 'mae')
+BACKBONES = ('resnet18', 'vit_tiny')
+ALL_ROWS = tuple(f'{m}_{b}' for m in METHODS for b in BACKBONES)
+NOT_APPLICABLE = {'mae_resnet18': 'MAE masks ViT patches; no ResNet variant'}
+LABELS = {'simclr': 'SimCLR', 'byol': 'BYOL', 'dino': 'DINO', 'mae': 'MAE',
+          'resnet18': 'ResNet-18 (CIFAR stem)', 'vit_tiny': 'ViT-Tiny/4'}
+DEFAULT_LIGHTLY_PYTHON = os.path.join(ROOT, 'benchmarks', '.lightly_venv', 'bin', 'python')
+
+# DINO / MAE benchmark shapes (the issue's): 6 local crops of 16 px, head 65536; MAE decoder.
+DINO_LOCAL_CROPS, DINO_LOCAL_SIZE, DINO_OUT_DIM = 6, 16, 65536
+MAE_DECODER = dict(decoder_dim=192, decoder_depth=4, decoder_heads=3)
+
+
+def load_config(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(f'cfg_{name}', os.path.join(ROOT, 'configs',
+                                                                            f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def make_config(row: str, batch_size: int, augment: bool = True):
+  """``configs/<method>.py:cifar10[,<backbone>]`` with the benchmark's shapes."""
+  from configs import _common as common  # pylint: disable=g-import-not-at-top
+  method, _, bb = row.partition('_')
+  if method in ('dino', 'mae'):
+    c = load_config(method, f'cifar10,{bb}')
+  else:
+    c = load_config(method, 'cifar10')
+  if bb == 'vit_tiny':
+    common.vit(c, 'vit_tiny', patch_size=4)
+    for key in ('embed_dim', 'depth', 'num_heads'):
+      c.model[key] = 0  # the vit_tiny preset: 192, 12, 3
+  else:
+    common.cifar_resnet18(c, width=64)
+  if method == 'dino':
+    c.method.out_dim = DINO_OUT_DIM
+    c.method.num_local_crops = DINO_LOCAL_CROPS
+    c.method.local_crop_size = DINO_LOCAL_SIZE
+  if method == 'mae':
+    c.method.mask_ratio = 0.75
+    c.method.update(MAE_DECODER)
+  # One fixed batch of the right shapes; the data set is irrelevant (no TFDS download needed).
+  c.data.source, c.data.name, c.data.num_workers = 'builtin', 'mnist5k', 0
+  c.data.image_size = 32
+  c.data.batch_size = batch_size
+  c.train.progress_bar = False
+  c.train.final_eval = False
+  c.train.knn_every = 0
+  if not augment:
+    recipe = c.aug.recipe
+    c.aug.recipe = 'none' if isinstance(recipe, str) else ('none',) * len(recipe)
+  return c
+
+
+def lightly_spec(row: str, c) -> dict:
+  """The sizes and hyper-parameters lightly_step.py needs, read from our config."""
+  method, _, bb = row.partition('_')
+  m, o = c.method, c.optim
+  spec = {'image_size': c.data.image_size}
+  if bb == 'vit_tiny':
+    from ssl_jax.models.vit import VIT_PRESETS  # pylint: disable=g-import-not-at-top
+    spec.update(VIT_PRESETS['vit_tiny'], patch_size=c.model.patch_size)
+  else:
+    spec.update(width=c.model.width)
+  if method == 'simclr':
+    assert m.proj_layers == 2, m.proj_layers
+    spec.update(temperature=m.temperature, proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim,
+                lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                trust_coefficient=o.trust_coefficient)
+  elif method == 'byol':
+    assert m.proj_layers == 2 and m.pred_layers == 2
+    spec.update(proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim,
+                pred_hidden_dim=m.pred_hidden_dim, pred_dim=m.pred_dim, ema_momentum=m.momentum,
+                lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                trust_coefficient=o.trust_coefficient)
+  elif method == 'dino':
+    assert m.num_layers == 3, m.num_layers
+    spec.update(out_dim=m.out_dim, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim,
+                norm_last_layer=m.norm_last_layer, num_local_crops=m.num_local_crops,
+                local_crop_size=m.local_crop_size, student_temp=m.student_temp,
+                teacher_temp=m.warmup_teacher_temp, center_momentum=m.center_momentum,
+                ema_momentum=m.momentum, lr=o.lr, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
+                clip_grad=o.clip_grad_norm, drop_path_rate=c.model.drop_path_rate)
+  elif method == 'mae':
+    spec.update(mask_ratio=m.mask_ratio, decoder_dim=m.decoder_dim,
+                decoder_depth=m.decoder_depth, decoder_heads=m.decoder_heads,
+                norm_pix_loss=m.norm_pix_loss, lr=o.lr, weight_decay=o.weight_decay, b1=o.b1,
+                b2=o.b2)
+  return spec
+
+
+def step_flops(compiled) -> float | None:
+  """FLOPs of one compiled step from XLA's cost analysis (a dict; older jax: a list of dicts)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool) -> dict:
+  c = make_config(row, batch_size, augment)
+  exp = loop.Experiment(c, tempfile.mkdtemp())
+  state = exp.initial_state()
+  batch = sharding.global_batch(exp.mesh, exp.train_ds[0])
+  t0 = time.perf_counter()
+  compiled = exp.step_fn.lower(state, batch).compile()  # the jitted step's own program
+  compile_s = time.perf_counter() - t0
+  flops = step_flops(compiled)
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  out = {'row': row, 'batch': batch_size, 'ms_step': 1000 * med, 'img_s': batch_size / med,
+         'flops': flops, 'gflops_s': flops / med / 1e9 if flops else None,
+         'compile_s': compile_s, 'ms_steps': [round(1000 * t, 2) for t in times],
+         'loss': float(metrics['loss']), 'spec': lightly_spec(row, c)}
+  del state, metrics, compiled, exp
+  return out
+
+
+def jax_matmul_gflops(n: int = 2048, reps: int = 20) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  for _ in range(3):
+    dot(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    dot(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def run_lightly(python: str, row: str, spec: dict, args, matmul: bool) -> list[dict]:
+  cmd = [python, os.path.join(ROOT, 'benchmarks', 'lightly_step.py'), '--rows', row,
+         '--batch_size', str(args.batch_size), '--steps', str(args.steps),
+         '--warmup', str(args.warmup), '--threads', str(args.threads),
+         '--spec', json.dumps({row: spec})]
+  if matmul:
+    cmd.append('--matmul')
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
+  if proc.returncode:
+    raise RuntimeError(f'lightly_step.py failed for {row} (exit {proc.returncode}):\n'
+                       f'{proc.stderr[-3000:]}')
+  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+
+
+def _fmt(x, spec='.0f', none='-'):
+  return none if x is None else format(x, spec)
+
+
+def print_table(rows, args, peak_jax, lightly_env):
+  vs = args.vs_lightly
+  head = ['method', 'backbone', 'batch', 'ms/step', 'img/s', 'GFLOP/step (XLA)', 'GFLOP/s',
+          '% of matmul ceiling']
+  if vs:
+    head += ['lightly img/s', 'lightly GFLOP/step (torch)', 'lightly GFLOP/s', 'ours / lightly']
+  print('| ' + ' | '.join(head) + ' |')
+  print('|' + '---|' * len(head))
+  for r in rows:
+    method, _, bb = r['row'].partition('_')
+    cells = [LABELS[method], LABELS[bb]]
+    if 'na' in r:
+      cells += ['n/a'] * (len(head) - 2)
+      cells[-1] = f"n/a ({r['na']})"
+    else:
+      cells += [str(r['batch']), _fmt(r['ms_step'], '.1f'), _fmt(r['img_s'], '.1f'),
+                _fmt(r['flops'] and r['flops'] / 1e9, '.1f'), _fmt(r['gflops_s'], '.1f'),
+                _fmt(r['gflops_s'] and 100 * r['gflops_s'] / peak_jax, '.0f')]
+      if vs:
+        t = r['lightly']
+        t_gflops_s = t['flops'] / (t['ms_step'] / 1000) / 1e9 if t['flops'] else None
+        cells += [_fmt(t['img_s'], '.1f'), _fmt(t['flops'] / 1e9, '.1f'), _fmt(t_gflops_s, '.1f'),
+                  f"{r['img_s'] / t['img_s']:.2f}x"]
+    print('| ' + ' | '.join(cells) + ' |')
+  print()
+  cpu = _cpu_name()
+  preload = os.environ.get('LD_PRELOAD', '')
+  print(f'Machine: {cpu}, {os.cpu_count()} cores; {platform.platform()}. '
+        f'JAX {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)).')
+  print(f'Float32 matmul ceiling (2048x2048, median of 20): JAX {peak_jax:.0f} GFLOP/s'
+        + (f", torch {lightly_env['matmul_gflops']:.0f} GFLOP/s" if lightly_env else '') + '.')
+  print(f'Median of {args.steps} timed steps after {args.warmup} warm-up step(s); compile '
+        f'excluded; batch already on device. Ours: the jitted train step of loop.Experiment '
+        f"({'with' if args.augment == 'on' else 'without'} on-device colour augmentation), "
+        f'XLA CPU default threads ({os.cpu_count()}).')
+  if lightly_env:
+    print(f"lightly {lightly_env['lightly']}, torch {lightly_env['torch']}, torchvision "
+          f"{lightly_env['torchvision']}, timm {lightly_env['timm']}: eager, "
+          f"torch.set_num_threads({lightly_env['threads']}), float32, pre-augmented input "
+          f"tensors. lightly FLOPs: torch FlopCounterMode (matmul/conv/attention only).")
+  alloc = f'LD_PRELOAD={preload}' if preload else 'glibc malloc (no LD_PRELOAD)'
+  print(f'Allocator: {alloc} for both sides (the lightly subprocess inherits this environment).')
+  print(f'1-min load average before / after the run: {args.load[0]:.1f} / {args.load[1]:.1f} '
+        '(should be ~0: eager PyTorch threads are very sensitive to other load).')
+  print(f"Command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}")
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--rows', default='all', help=f"'all' or a comma list of {', '.join(ALL_ROWS)}")
+  p.add_argument('--batch_size', type=int, default=256)
+  p.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
+  p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
+  p.add_argument('--augment', choices=('on', 'off'), default='on',
+                 help='our on-device colour augmentation inside the step (the real train step)')
+  p.add_argument('--vs_lightly', action='store_true',
+                 help='also time lightly (PyTorch) in the venv of benchmarks/lightly_env.sh')
+  p.add_argument('--lightly_python', default=os.environ.get('LIGHTLY_PYTHON',
+                                                            DEFAULT_LIGHTLY_PYTHON))
+  p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads (lightly)')
+  p.add_argument('--json', default='', help='also write the raw results here')
+  args = p.parse_args()
+  rows = ALL_ROWS if args.rows == 'all' else tuple(args.rows.split(','))
+  for row in rows:
+    if row not in ALL_ROWS:
+      p.error(f'unknown row {row!r}; choose from {", ".join(ALL_ROWS)}')
+  if args.vs_lightly and not os.path.exists(args.lightly_python):
+    p.error(f'--vs_lightly: {args.lightly_python} not found; run bash benchmarks/lightly_env.sh')
+
+  load_start = os.getloadavg()[0]
+  if load_start > 0.5:
+    print(f'WARNING: 1-min load average {load_start:.1f} before the run: other processes are '
+          'using the CPU. Eager PyTorch with several threads slows down far more than XLA under '
+          'such contention (seen here: a lightly step 10-100x slower), which would inflate the '
+          'ratios; rerun on a quiet machine.', file=sys.stderr, flush=True)
+  peak_jax = jax_matmul_gflops()
+  results, lightly_env = [], None
+  for row in rows:
+    if row in NOT_APPLICABLE:
+      results.append({'row': row, 'na': NOT_APPLICABLE[row]})
+      continue
+    r = time_ours(row, args.batch_size, args.steps, args.warmup, args.augment == 'on')
+    print(f"[ours] {row}: {r['img_s']:.1f} img/s (compile {r['compile_s']:.0f} s)",
+          file=sys.stderr, flush=True)
+    if args.vs_lightly:
+      out = run_lightly(args.lightly_python, row, r['spec'], args, matmul=lightly_env is None)
+      for o in out:
+        if 'matmul_gflops' in o:
+          lightly_env = o
+        else:
+          r['lightly'] = o
+      print(f"[lightly] {row}: {r['lightly']['img_s']:.1f} img/s", file=sys.stderr, flush=True)
+    results.append(r)
+  args.load = (load_start, os.getloadavg()[0])
+  print_table(results, args, peak_jax, lightly_env)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'rows': results, 'matmul_gflops_jax': peak_jax, 'lightly_env': lightly_env,
+                 'load_avg': args.load, 'argv': sys.argv[1:]}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
