@@ -23,10 +23,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import losses
 from ssl_jax.data import augment
-from ssl_jax.methods.base import Method, apply_module, init_module
-from ssl_jax.methods.pretext.rotation import classifier_head
+from ssl_jax.methods.pretext.rotation import PretextClassifier
 
 NUM_CLASSES = 3   # normal, CutPaste, CutPaste-scar
 
@@ -85,14 +83,11 @@ def cutpaste_scar(key, img, width=(0.03, 0.08), length=(0.15, 0.3), max_angle=45
                      _centers(k_dst, side, (2 * reach, 2 * reach)), (h, w), angle)
 
 
-class CutPaste(Method):
+class CutPaste(PretextClassifier):
   """3-way classification: normal / CutPaste / CutPaste-scar."""
 
-  num_views = 1
-
-  def __init__(self, config):
-    super().__init__(config)
-    self.head = classifier_head(config.method, NUM_CLASSES)
+  num_classes = NUM_CLASSES
+  acc_metric = 'cutpaste_acc'
 
   def view_recipes(self):
     # Augment in [0, 1], paste, then normalise as ``Method.normalize`` does.
@@ -112,20 +107,3 @@ class CutPaste(Method):
     images = augment.normalize(images, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
     labels = jnp.repeat(jnp.arange(NUM_CLASSES, dtype=jnp.int32), b)
     return {'images': images, 'labels': labels}
-
-  def init(self, rng, batch):
-    k1, k2 = jax.random.split(rng)
-    x = jnp.zeros((2,) + batch['view0'].shape[1:], jnp.float32)
-    bb_params, bb_stats = init_module(self.backbone, k1, x)
-    hd_params, hd_stats = init_module(self.head, k2, jnp.zeros((2, self.feature_dim)))
-    return ({'backbone': bb_params, 'head': hd_params},
-            {'batch_stats': {'backbone': bb_stats, 'head': hd_stats}})
-
-  def loss(self, params, state, views, rng):
-    stats = state.buffers['batch_stats']
-    h, bb_stats = apply_module(self.backbone, params['backbone'], stats['backbone'],
-                               views['images'], train=True, rngs={'dropout': rng})
-    logits, hd_stats = apply_module(self.head, params['head'], stats['head'], h, train=True)
-    loss, acc = losses.pretext_cross_entropy(logits, views['labels'])
-    buffers = dict(state.buffers, batch_stats={'backbone': bb_stats, 'head': hd_stats})
-    return loss, ({'cutpaste_acc': acc}, buffers)

@@ -58,19 +58,20 @@ def classifier_head(method_cfg, num_classes: int) -> MLP:
   return MLP(hidden_dims=(hidden,) * (layers - 1), out_dim=num_classes, use_bn=True)
 
 
-class RotNet(Method):
-  """Rotation prediction on the four rotated copies of every image."""
+class PretextClassifier(Method):
+  """Backbone + :func:`classifier_head` trained with cross-entropy on pretext labels.
+
+  Subclasses set ``num_classes`` and ``acc_metric`` and give ``views`` that return
+  ``{'images': (N, H, W, C), 'labels': (N,)}`` (RotNet, CutPaste).
+  """
 
   num_views = 1
+  num_classes: int = 0
+  acc_metric: str = 'pretext_acc'
 
   def __init__(self, config):
     super().__init__(config)
-    self.head = classifier_head(config.method, NUM_ROTATIONS)
-
-  def views(self, batch, rng):
-    x = super().views(batch, rng)['view0']
-    images, labels = all_rotations(x)
-    return {'images': images, 'labels': labels}
+    self.head = classifier_head(config.method, self.num_classes)
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
@@ -87,4 +88,16 @@ class RotNet(Method):
     logits, hd_stats = apply_module(self.head, params['head'], stats['head'], h, train=True)
     loss, acc = losses.pretext_cross_entropy(logits, views['labels'])
     buffers = dict(state.buffers, batch_stats={'backbone': bb_stats, 'head': hd_stats})
-    return loss, ({'rotation_acc': acc}, buffers)
+    return loss, ({self.acc_metric: acc}, buffers)
+
+
+class RotNet(PretextClassifier):
+  """Rotation prediction on the four rotated copies of every image."""
+
+  num_classes = NUM_ROTATIONS
+  acc_metric = 'rotation_acc'
+
+  def views(self, batch, rng):
+    x = super().views(batch, rng)['view0']
+    images, labels = all_rotations(x)
+    return {'images': images, 'labels': labels}
