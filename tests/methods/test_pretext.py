@@ -339,6 +339,38 @@ def test_colorization_one_vs_eight_devices(colorization_run):
   assert np.isfinite(history[-1]['loss']) and history[-1]['loss'] > 0
 
 
+def test_colorization_features_see_only_lightness(colorization_run):
+  """Evaluation features of a colour image equal those of its grey (luma) version."""
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
+  state, _ = colorization_run
+  c = helpers.tiny(load_config('colorization'))
+  c.method.decoder_dim = 8
+  c.method.prior_images = 20
+  method = methods.build_method(c)
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+  luma = np.round(rgb @ np.array([0.299, 0.587, 0.114]))
+  grey = np.repeat(luma[..., None], 3, -1).astype(np.uint8)
+  f = lambda x: np.asarray(method.features(state.params, state.buffers, jnp.asarray(x)))
+  np.testing.assert_allclose(f(rgb), f(grey), atol=0.05 * np.abs(f(grey)).max())
+  assert not np.allclose(f(rgb), f(rgb[:, ::-1]), atol=1e-3)  # and they do depend on the image
+
+
+def test_mnist5k_color_hue_follows_the_class():
+  import colorsys  # pylint: disable=g-import-not-at-top
+  from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  src = sources.builtin_source('mnist5k_color', 'test')
+  grey = sources.builtin_source('mnist5k', 'test')
+  assert src.images.shape == grey.images.shape and (src.labels == grey.labels).all()
+  for i in range(0, len(src), 97):
+    img, label = src.images[i].astype(float) / 255, src.labels[i]
+    y, x = np.unravel_index(np.argmax(grey.images[i][..., 0]), img.shape[:2])
+    h, s, v = colorsys.rgb_to_hsv(*img[y, x])
+    d = abs(h - label / 10.0)
+    assert min(d, 1 - d) < 0.035, (i, label, h)
+    assert s >= 0.69 and abs(v - grey.images[i][y, x, 0] / 255) < 0.01
+
+
 # -- PIRL -------------------------------------------------------------------------------------------
 
 def test_memory_bank_info_nce_hand_and_numpy():

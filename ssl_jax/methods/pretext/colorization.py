@@ -15,8 +15,9 @@ to Q logits) at a quarter of the input resolution (the paper's output stride is 
 the paper's fully convolutional VGG head. The prior is estimated at construction from
 ``prior_images`` images of the training split.
 
-Note: on grey data (the built-in digits) every pixel has a = b = 0, so there is no colour to learn
-from; use colour images.
+Evaluation (``features``) sees the lightness too, the network's only input. On grey data every
+pixel has a = b = 0 and there is no colour to learn: the built-in run uses ``mnist5k_color``
+(digits drawn in a class-dependent colour, ``ssl_jax.data.sources``).
 
 Config (``config.method``): decoder_dim, rebalance_lambda, soft_neighbours, soft_sigma,
 prior_images.
@@ -107,6 +108,13 @@ def pool_ab(lab, stride: int):
   return ab.mean(axis=(2, 4))
 
 
+def lightness_input(rgb):
+  """[0, 1] RGB (B, H, W, 3) -> the network input: grey (luma) replicated to 3 channels, then
+  ImageNet-normalised, so checkpoints keep the RGB input format."""
+  gray = jnp.broadcast_to(augment.rgb_to_grayscale(rgb, keep_channels=False), rgb.shape)
+  return augment.normalize(gray, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+
+
 class ColorDecoder(nn.Module):
   """Pooled feature -> (B, h, w, Q) ab-bin logits at 1/OUTPUT_STRIDE of the input resolution."""
   grid: int
@@ -153,10 +161,16 @@ class Colorization(Method):
     flat = ab.reshape(-1, 2)
     target = soft_encode(flat, centres, m.get('soft_neighbours', 5), m.get('soft_sigma', 5.0))
     weight = jnp.asarray(self.class_weights)[jnp.argmax(target, axis=-1)]
-    gray = jnp.broadcast_to(augment.rgb_to_grayscale(rgb, keep_channels=False), rgb.shape)
-    x = augment.normalize(gray, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
-    return {'gray': x, 'target': target.reshape(ab.shape[:3] + (-1,)),
+    return {'gray': lightness_input(rgb), 'target': target.reshape(ab.shape[:3] + (-1,)),
             'weight': weight.reshape(ab.shape[:3])}
+
+  def features(self, params, buffers, images_uint8):
+    """Pooled features of the *lightness* of the images: the network only ever sees grey input
+    (as the paper's, whose features are evaluated on the L channel)."""
+    x = lightness_input(images_uint8.astype(jnp.float32) / 255.0)
+    out, _ = apply_module(self.backbone, params['backbone'],
+                          buffers['batch_stats']['backbone'], x, train=False)
+    return out.astype(jnp.float32)
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
