@@ -10,6 +10,7 @@ acceptance bar is <= 0.667), plus wall time and images/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,17 +45,33 @@ def apply_overrides(config, overrides):
   return config
 
 
+@contextlib.contextmanager
+def _workdir(keep: str, spec: str, n: int):
+  if not keep:
+    with tempfile.TemporaryDirectory() as d:
+      yield d
+    return
+  name = os.path.basename(spec).replace('.py', '').replace(':', '_').replace(',', '_')
+  d = os.path.join(keep, f'{name}_{n}')
+  if os.path.exists(d):
+    raise FileExistsError(f'--keep: {d} exists; pick another directory')
+  os.makedirs(d)
+  yield d
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('configs', nargs='+', help='path.py[:variant]')
   parser.add_argument('--set', action='append', default=[], help='field=value override')
   parser.add_argument('--out', default='', help='also write the rows as JSON here')
+  parser.add_argument('--keep', default='', help='keep each run (checkpoints, history.json) in '
+                      'KEEP/<config>_<n> instead of a temporary directory')
   args = parser.parse_args()
   rows = []
-  for spec in args.configs:
+  for n, spec in enumerate(args.configs):
     config = apply_overrides(load_config(spec), args.set)
     config.train.progress_bar = False
-    with tempfile.TemporaryDirectory() as workdir:
+    with _workdir(args.keep, spec, n) as workdir:
       t0 = time.time()
       summary = loop.train_and_evaluate(config, workdir)
       with open(os.path.join(workdir, 'history.json')) as f:

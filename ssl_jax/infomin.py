@@ -147,8 +147,9 @@ def sweep(train_images, train_labels, test_images, test_labels, distances, **kw)
           for d in distances]
 
 
-def plot(rows, path: str):
-  """Writes the accuracy-vs-I_NCE plot (points annotated with the patch distance) to ``path``."""
+def plot(rows, path: str, random_knn: float | None = None):
+  """Writes the accuracy-vs-I_NCE plot (points annotated with the patch distance) to ``path``;
+  ``random_knn``: the kNN top-1 of the untrained encoder, drawn as a dashed reference line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -158,6 +159,9 @@ def plot(rows, path: str):
   ax.plot(x, y, 'o-')
   for r, xi, yi in zip(rows, x, y):
     ax.annotate(f"d={r['distance']:g}", (xi, yi), textcoords='offset points', xytext=(4, 4))
+  if random_knn is not None:
+    ax.axhline(100 * random_knn, ls='--', c='gray', label='untrained encoder')
+    ax.legend(loc='lower right')
   ax.set_xlabel('I_NCE(v1; v2) estimate [nats]')
   ax.set_ylabel('kNN top-1 [%]')
   ax.set_title('InfoMin: views at different patch distances')
