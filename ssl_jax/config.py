@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'builtin'      # 'builtin' | 'tfds' | 'folder' (see data/sources.py)
-  c.data.name = 'mnist5k'        # builtin: 'mnist5k' | 'mnist5k_color' | 'digits'; tfds: a TFDS name ('cifar10')
+  # builtin: 'mnist5k' | 'mnist5k_color' | 'digits'; tfds: a TFDS name ('cifar10')
+  c.data.name = 'mnist5k'
   c.data.path = ''               # folder: ROOT with train/<class>/*.jpg (or flat), optional val/
   c.data.data_dir = ''           # tfds: where it is prepared ('' = TFDS default)
   c.data.image_key = 'image'     # tfds feature names

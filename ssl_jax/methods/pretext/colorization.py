@@ -15,9 +15,9 @@ to Q logits) at a quarter of the input resolution (the paper's output stride is 
 the paper's fully convolutional VGG head. The prior is estimated at construction from
 ``prior_images`` images of the training split.
 
-Evaluation (``features``) sees the lightness too, the network's only input. On grey data every
-pixel has a = b = 0 and there is no colour to learn: the built-in run uses ``mnist5k_color``
-(digits drawn in a class-dependent colour, ``ssl_jax.data.sources``).
+Evaluation (``normalize``, so ``features`` and fine-tuning) sees the lightness too, the network's
+only input. On grey data every pixel has a = b = 0 and there is no colour to learn: the built-in
+run uses ``mnist5k_color`` (digits drawn in a class-dependent colour, ``ssl_jax.data.sources``).
 
 Config (``config.method``): decoder_dim, rebalance_lambda, soft_neighbours, soft_sigma,
 prior_images.
@@ -164,13 +164,10 @@ class Colorization(Method):
     return {'gray': lightness_input(rgb), 'target': target.reshape(ab.shape[:3] + (-1,)),
             'weight': weight.reshape(ab.shape[:3])}
 
-  def features(self, params, buffers, images_uint8):
-    """Pooled features of the *lightness* of the images: the network only ever sees grey input
-    (as the paper's, whose features are evaluated on the L channel)."""
-    x = lightness_input(images_uint8.astype(jnp.float32) / 255.0)
-    out, _ = apply_module(self.backbone, params['backbone'],
-                          buffers['batch_stats']['backbone'], x, train=False)
-    return out.astype(jnp.float32)
+  def normalize(self, images_uint8):
+    """Eval-time input (features, fine-tuning): the *lightness* of the images, as in training —
+    the network only ever sees grey input (the paper evaluates its features on the L channel)."""
+    return lightness_input(images_uint8.astype(jnp.float32) / 255.0)
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
