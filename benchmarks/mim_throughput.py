@@ -14,7 +14,6 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -24,17 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=wrong-import-position
 
+from benchmarks import quality  # pylint: disable=wrong-import-position
 from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(f'cfg_{name}', os.path.join(ROOT, 'configs',
-                                                                            f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  """``configs/<name>.py:<arg>`` (``quality.load_config`` of the repository's config file)."""
+  return quality.load_config(f"{os.path.join(ROOT, 'configs', name + '.py')}:{arg}")
 
 
 def make_config(method: str, preset: str, batch_size: int):

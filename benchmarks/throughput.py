@@ -32,7 +32,6 @@ step takes already-augmented tensors; its augmentation runs in DataLoader worker
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -48,6 +47,7 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
+from benchmarks import quality  # pylint: disable=wrong-import-position
 from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
 
 METHODS = ('simclr', 'byol', 'dino', 'mae')
@@ -64,11 +64,8 @@ MAE_DECODER = dict(decoder_dim=192, decoder_depth=4, decoder_heads=3)
 
 
 def load_config(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(f'cfg_{name}', os.path.join(ROOT, 'configs',
-                                                                            f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  """``configs/<name>.py:<arg>`` (``quality.load_config`` of the repository's config file)."""
+  return quality.load_config(f"{os.path.join(ROOT, 'configs', name + '.py')}:{arg}")
 
 
 def make_config(row: str, batch_size: int, augment: bool = True):
