@@ -3,6 +3,9 @@
 Variants (``--config=configs/cmae.py:<variant>[,<backbone>]``, backbone one of vit_tiny, vit_small,
 vit_base to override the variant's default):
 
+Every variant is configs/mae.py's of the same name plus CMAE's fields below (and, for
+``imagenet``, the official 1600-epoch schedule).
+
 * ``builtin`` — configs/mae.py's builtin run (96-d, depth-4 ViT with 4 px patches on the built-in
   MNIST-5k set at 24 px, per-patch masking 75 %, raw-pixel targets, batch 256, 300 steps) plus
   CMAE's branch: 2-block feature decoder, pixel shift up to 3 px (31/224 of the side), momentum
@@ -32,82 +35,54 @@ vit_base to override the variant's default):
 import ml_collections
 
 from configs import _common as common
-from ssl_jax import config as config_lib
+from configs import mae as mae_config
+
+VARIANTS = ('builtin', 'cifar10', 'imagenet')
 
 
 def get_config(arg: str = 'builtin'):
-  variant, _, backbone = arg.partition(',')
-  c = config_lib.base_config()
+  variant, _, _ = arg.partition(',')
+  if variant not in VARIANTS:
+    raise common.unknown_variant('cmae', variant, hint=common.VIT_BACKBONES)
+  c = mae_config.get_config(arg)  # MAE's encoder, pixel decoder, optimiser, data and schedule
   c.method.name = 'cmae'
-  c.method.mask_ratio = 0.65
-  c.method.mask_unit = 2            # mask whole 2x2 groups of patches (official code)
-  c.method.norm_pix_loss = True
-  c.method.decoder_dim = 512        # pixel decoder
-  c.method.decoder_depth = 8
-  c.method.decoder_heads = 16
-  c.method.feature_decoder_dim = 512
-  c.method.feature_decoder_depth = 2
-  c.method.feature_decoder_heads = 16
-  c.method.proj_layers = 2
-  c.method.proj_hidden_dim = 1536
-  c.method.proj_dim = 256
-  c.method.pred_layers = 2
-  c.method.pred_hidden_dim = 1536
-  c.method.pred_dim = 256
-  c.method.temperature = 0.07
-  c.method.contrastive_weight = 1.0
-  c.method.momentum = 0.996
-  c.method.momentum_final = 0.996
-  c.method.max_shift = 31           # pixels, at 224 px
-  c.method.feature_pool = 'mean'
-  c.model.pos_embed = 'sincos'
+  m = c.method
+  m.mask_ratio = 0.65
+  m.mask_unit = 2                  # mask whole 2x2 groups of patches (official code)
+  m.feature_decoder_dim = 512
+  m.feature_decoder_depth = 2
+  m.feature_decoder_heads = 16
+  m.proj_layers = 2
+  m.proj_hidden_dim = 1536
+  m.proj_dim = 256
+  m.pred_layers = 2
+  m.pred_hidden_dim = 1536
+  m.pred_dim = 256
+  m.temperature = 0.07
+  m.contrastive_weight = 1.0
+  m.momentum = 0.996
+  m.momentum_final = 0.996
+  m.max_shift = 31                 # pixels, at 224 px
   # (source, target) recipes: colour augmentation on the target view only (official CMAEDataset).
   c.aug = ml_collections.ConfigDict({'recipe': ('none', 'mocov2')})
-  c.optim.name = 'adamw'
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.95
-  c.optim.weight_decay = 0.05
-  c.optim.lr = 1.5e-4
-  c.optim.lr_scaling = 'linear'
-  c.data.crop_scale = (0.2, 1.0)
 
   if variant == 'builtin':
-    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=256)
-    common.vit(c, backbone, default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
-    c.method.mask_ratio = 0.75      # as configs/mae.py:builtin, so the two compare directly
-    c.method.mask_unit = 1
-    c.method.norm_pix_loss = False  # MNIST has many constant (black) patches
-    c.method.decoder_dim = 64
-    c.method.decoder_depth = 2
-    c.method.decoder_heads = 4
-    c.method.feature_decoder_dim = 64
-    c.method.feature_decoder_depth = 2
-    c.method.feature_decoder_heads = 4
-    c.method.proj_hidden_dim = 256
-    c.method.proj_dim = 64
-    c.method.pred_hidden_dim = 256
-    c.method.pred_dim = 64
-    c.method.max_shift = 3
-    c.method.momentum = 0.99
-    c.method.momentum_final = 1.0
-    c.optim.lr = 2e-3
-    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
+    m.mask_ratio = 0.75            # as configs/mae.py:builtin, so the two compare directly
+    m.mask_unit = 1
+    m.feature_decoder_dim = 64
+    m.feature_decoder_heads = 4
+    m.proj_hidden_dim = 256
+    m.proj_dim = 64
+    m.pred_hidden_dim = 256
+    m.pred_dim = 64
+    m.max_shift = 3
+    m.momentum = 0.99
+    m.momentum_final = 1.0
   elif variant == 'cifar10':
-    common.cifar10_data(c, batch_size=1024)
-    common.vit(c, backbone, default='vit_tiny', patch_size=4)
-    c.method.decoder_dim = 256
-    c.method.decoder_depth = 4
-    c.method.decoder_heads = 8
-    c.method.feature_decoder_dim = 256
-    c.method.feature_decoder_heads = 8
-    c.method.max_shift = 4
-    common.schedule(c, steps=1600 * 48, warmup_steps=40 * 48, checkpoint_every=5000,
-                    knn_every=10000)
-  elif variant == 'imagenet':
-    common.imagenet_data(c, batch_size=4096)
-    common.vit(c, backbone, default='vit_base', patch_size=16)
+    m.feature_decoder_dim = 256
+    m.feature_decoder_heads = 8
+    m.max_shift = 4
+  else:  # imagenet: 1600 epochs (MAE's config has 800)
     common.schedule(c, steps=1600 * 312, warmup_steps=40 * 312, checkpoint_every=1000,
                     knn_every=10000)
-  else:
-    raise common.unknown_variant('cmae', variant, hint=common.VIT_BACKBONES)
   return c
