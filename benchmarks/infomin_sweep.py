@@ -41,18 +41,18 @@ def main():
                        [float(d) for d in args.distances.split(',')], size=args.size,
                        steps=args.steps, batch=args.batch)
   # The same encoder untrained (0 steps): the reference the trained ones must beat.
-  random = infomin.run_setting(tr.images, tr.labels, te.images, te.labels, distance=0.0,
-                               size=args.size, steps=0, batch=args.batch)
+  untrained = infomin.run_setting(tr.images, tr.labels, te.images, te.labels, distance=0.0,
+                                  size=args.size, steps=0, batch=args.batch)
   print('| patch distance (px) | I_NCE estimate (nats) | kNN top-1 |')
   print('|---|---|---|')
   for r in rows:
     print(f"| {r['distance']:g} | {r['info_nce']:.3f} | {r['knn_top1']:.3f} |")
-  print(f"| untrained encoder | - | {random['knn_top1']:.3f} |")
+  print(f"| untrained encoder | - | {untrained['knn_top1']:.3f} |")
   print(f'wall {time.time() - t0:.0f} s; plot -> {args.png}')
-  infomin.plot(rows, args.png, random_knn=random['knn_top1'])
+  infomin.plot(rows, args.png, random_knn=untrained['knn_top1'])
   if args.out:
     with open(args.out, 'w') as f:
-      json.dump({'rows': rows, 'untrained': random}, f, indent=2)
+      json.dump({'rows': rows, 'untrained': untrained}, f, indent=2)
 
 
 if __name__ == '__main__':
