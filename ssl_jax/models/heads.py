@@ -59,6 +59,9 @@ class DINOHead(nn.Module):
   the MLP is shared, token 0 ([CLS]) goes through ``last_layer`` and tokens 1: through a
   separate ``last_layer2`` of width ``patch_out_dim``; otherwise one last layer serves every
   input (the shared head). Returns float32 logits.
+
+  ``use_bn`` (the official ``use_bn_in_head``): BatchNorm after each hidden Dense, before the
+  GELU (momentum 0.9 = PyTorch's 0.1, eps 1e-5); statistics over the batch (and tokens).
   """
   out_dim: int
   hidden_dim: int = 2048
@@ -66,6 +69,7 @@ class DINOHead(nn.Module):
   num_layers: int = 3
   norm_last_layer: bool = True
   patch_out_dim: int = 0
+  use_bn: bool = False
   dtype: Any = jnp.float32
 
   def _last_layer(self, x, out_dim, name):
@@ -77,12 +81,15 @@ class DINOHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    del train  # no BatchNorm / dropout in the head
     dense = lambda width, name: nn.Dense(
         width, kernel_init=nn.initializers.truncated_normal(0.02),
         bias_init=nn.initializers.zeros, dtype=self.dtype, name=name)
     for i in range(self.num_layers - 1):
-      x = nn.gelu(dense(self.hidden_dim, f'fc{i}')(x), approximate=False)
+      x = dense(self.hidden_dim, f'fc{i}')(x)
+      if self.use_bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype, name=f'bn{i}')(x)
+      x = nn.gelu(x, approximate=False)
     x = dense(self.bottleneck_dim, f'fc{self.num_layers - 1}')(x).astype(jnp.float32)
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     if self.patch_out_dim and x.ndim == 3:

@@ -1,6 +1,7 @@
 """DINO method: center order inside the method, EMA teacher, 1 vs 8 devices, checkpoint restore,
 attention maps. A tiny ViT (D=32, depth 2, 16 px globals, 8 px locals)."""
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -191,3 +192,45 @@ def test_resnet_backbone_runs_with_batchnorm_teacher():
   moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()),
                                  stats['backbone'], stats['teacher_backbone'])
   assert max(jax.tree_util.tree_leaves(moved)) > 0   # two different sets of running stats
+
+
+def test_batchnorm_head_uses_batch_statistics_of_all_crops():
+  """``use_bn_in_head``: BatchNorm after each hidden layer of the head. The student head
+  normalises over all crops of the batch together (the official MultiCropWrapper concatenates
+  every crop before the head), the teacher head over its two global crops, each in train mode
+  with its own running statistics; the loss is DINO's on those logits."""
+  c = tiny_config()
+  c.method.use_bn_in_head = True
+  exp = loop.Experiment(c, tempfile.mkdtemp(), helpers.mesh(1))
+  method = exp.method
+  state = exp.initial_state()
+  state, _ = exp.step_fn(state, sharding.global_batch(exp.mesh, exp.train_ds[0]))
+  state = jax.device_get(state)
+  stats = state.buffers['batch_stats']
+  assert set(stats) == {'head', 'teacher_head'} and 'bn0' in stats['head']
+  views = jax.jit(method.views)(exp.train_ds[1], jax.random.PRNGKey(1))
+  loss, (metrics, new_buffers) = jax.jit(method.loss)(state.params, state, views,
+                                                       jax.random.PRNGKey(2))
+
+  def head(params, head_stats, feats):
+    out, upd = method.head.apply({'params': params, 'batch_stats': head_stats}, feats,
+                                 train=True, mutable=['batch_stats'])
+    return np.asarray(out, np.float64), upd['batch_stats']
+
+  b = views['global0'].shape[0]
+  crops = [views[k] for k in ('global0', 'global1', 'local0', 'local1')]
+  feats = jnp.concatenate([method.backbone.apply({'params': state.params['backbone']}, x)
+                           for x in crops])
+  s, s_stats = head(state.params['head'], stats['head'], feats)
+  t_feats = jnp.concatenate([method.backbone.apply(
+      {'params': state.buffers['teacher']['backbone']}, x) for x in crops[:2]])
+  t, t_stats = head(state.buffers['teacher']['head'], stats['teacher_head'], t_feats)
+  center = np.asarray(state.buffers['center'], np.float64)
+  np.testing.assert_allclose(
+      loss, np_dino_loss(s.reshape(4, b, -1), t.reshape(2, b, -1), center, 0.1,
+                         float(metrics['teacher_temp'])), rtol=1e-4)
+  helpers.assert_trees_close(new_buffers['batch_stats']['head'], s_stats)
+  helpers.assert_trees_close(new_buffers['batch_stats']['teacher_head'], t_stats)
+  # Each BatchNorm normalises over its own batch: per-crop statistics would give other logits.
+  s_g, _ = head(state.params['head'], stats['head'], feats[:2 * b])
+  assert np.abs(s_g - s[:2 * b]).max() > 1e-4

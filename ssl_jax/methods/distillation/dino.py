@@ -32,7 +32,7 @@ collapse sends it to 0 or to log K), ``teacher_marginal_entropy`` (entropy of it
 Config (``config.method``): out_dim, hidden_dim, bottleneck_dim, num_layers, norm_last_layer,
 student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps, center_momentum,
 momentum, momentum_final, num_local_crops, local_crop_size, global_crop_scale, local_crop_scale,
-weight_decay_end, freeze_last_layer_steps. ``config.aug.recipe``: a 3-tuple of recipe names
+weight_decay_end, freeze_last_layer_steps, use_bn_in_head (optional, default False). ``config.aug.recipe``: a 3-tuple of recipe names
 (global crop 1, global crop 2, local crops).
 """
 from __future__ import annotations
@@ -105,7 +105,8 @@ class DINO(Method):
   def _make_head(self):
     m = self.config.method
     return DINOHead(out_dim=m.out_dim, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim,
-                    num_layers=m.num_layers, norm_last_layer=m.norm_last_layer)
+                    num_layers=m.num_layers, norm_last_layer=m.norm_last_layer,
+                    use_bn=m.get('use_bn_in_head', False))
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self):
@@ -139,16 +140,23 @@ class DINO(Method):
     k1, k2 = jax.random.split(rng)
     x = jnp.zeros((2,) + batch['global0'].shape[1:], jnp.float32)
     bb_params, bb_stats = init_module(self.backbone, k1, x)
-    hd_params, _ = init_module(self.head, k2, jnp.zeros((2, self.feature_dim), jnp.float32))
+    hd_params, hd_stats = init_module(self.head, k2,
+                                      jnp.zeros((2, self.feature_dim), jnp.float32))
     params = {'backbone': bb_params, 'head': hd_params}
-    return params, self._buffers(params, bb_stats)
+    return params, self._buffers(params, bb_stats, hd_stats)
 
-  def _buffers(self, params, bb_stats):
-    """Teacher = a copy of the student; centers start at 0 (as the official code)."""
+  def _buffers(self, params, bb_stats, hd_stats=None):
+    """Teacher = a copy of the student; centers start at 0 (as the official code). BatchNorm
+    statistics (ResNet backbone, ``use_bn_in_head``) are kept apart for student and teacher."""
     buffers = {'teacher': {k: params[k] for k in self.teacher_keys},
                'center': jnp.zeros((1, self.config.method.out_dim), jnp.float32)}
+    stats = {}
     if bb_stats:
-      buffers['batch_stats'] = {'backbone': bb_stats, 'teacher_backbone': bb_stats}
+      stats.update(backbone=bb_stats, teacher_backbone=bb_stats)
+    if hd_stats:
+      stats.update(head=hd_stats, teacher_head=hd_stats)
+    if stats:
+      buffers['batch_stats'] = stats
     return buffers
 
   # -- forward pieces ---------------------------------------------------------------------------
@@ -169,6 +177,11 @@ class DINO(Method):
       feats.append(f)
     return jnp.concatenate(feats), stats
 
+  def _head_apply(self, head_params, buffers, name, x):
+    """The head in train mode, threading its BatchNorm statistics ``name`` when it has any
+    (the teacher's head too runs in train mode, as DINO's teacher). Returns (logits, stats)."""
+    return apply_module(self.head, head_params, self._stats(buffers, name), x, train=True)
+
   def _teacher_apply(self, buffers, x, **kw):
     """Teacher backbone forward, no gradient. A BatchNorm teacher (ResNet) runs in train mode
     with its own running statistics, as DINO's teacher (SyncBN, train mode); a ViT teacher runs
@@ -178,10 +191,17 @@ class DINO(Method):
     out, stats = apply_module(self.backbone, teacher['backbone'], stats, x, train=bool(stats), **kw)
     return jax.lax.stop_gradient(out), stats
 
-  def _new_stats(self, buffers, student_stats, teacher_stats):
+  def _new_stats(self, buffers, student_stats, teacher_stats, head_stats=None):
+    """The ``batch_stats`` buffer with the new statistics; ``head_stats`` is the (student,
+    teacher) pair of head statistics."""
     if 'batch_stats' not in buffers:
       return {}
-    return {'batch_stats': {'backbone': student_stats, 'teacher_backbone': teacher_stats}}
+    new = dict(buffers['batch_stats'])
+    if student_stats:
+      new.update(backbone=student_stats, teacher_backbone=teacher_stats)
+    if head_stats is not None and 'head' in new:
+      new.update(head=head_stats[0], teacher_head=head_stats[1])
+    return {'batch_stats': new}
 
   # -- training ---------------------------------------------------------------------------------
   def loss(self, params, state, views, rng):
@@ -190,20 +210,21 @@ class DINO(Method):
     b = views['global0'].shape[0]
     n_crops = 2 + self.num_local
     feats, s_stats = self._student_features(params, buffers, views, rng)
-    student = self.head.apply({'params': params['head']}, feats).reshape(n_crops, b, -1)
+    student, sh_stats = self._head_apply(params['head'], buffers, 'head', feats)
+    student = student.reshape(n_crops, b, -1)
 
     t_feats, t_stats = self._teacher_apply(
         buffers, jnp.concatenate([views['global0'], views['global1']]))
-    teacher = self.head.apply({'params': jax.lax.stop_gradient(buffers['teacher']['head'])},
-                              t_feats).reshape(2, b, -1)
-    teacher = jax.lax.stop_gradient(teacher)
+    teacher, th_stats = self._head_apply(jax.lax.stop_gradient(buffers['teacher']['head']),
+                                         buffers, 'teacher_head', t_feats)
+    teacher = jax.lax.stop_gradient(teacher.reshape(2, b, -1))
 
     temp = self.teacher_temp_fn(state.step)
     center = buffers['center']
     loss = losses.dino_loss(student, teacher, center, m.student_temp, temp)
     ent, marginal = losses.softmax_entropy(teacher, temp, center)
     new_buffers = dict(buffers, center=losses.ema_center(center, teacher, m.center_momentum),
-                       **self._new_stats(buffers, s_stats, t_stats))
+                       **self._new_stats(buffers, s_stats, t_stats, (sh_stats, th_stats)))
     metrics = {'teacher_entropy': ent, 'teacher_marginal_entropy': marginal, 'teacher_temp': temp}
     return loss, (metrics, new_buffers)
 

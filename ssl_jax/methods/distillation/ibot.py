@@ -67,14 +67,17 @@ class IBOT(DINO):
     m = self.config.method
     return DINOHead(out_dim=m.out_dim, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim,
                     num_layers=m.num_layers, norm_last_layer=m.norm_last_layer,
-                    patch_out_dim=0 if m.shared_head else m.patch_out_dim)
+                    patch_out_dim=0 if m.shared_head else m.patch_out_dim,
+                    use_bn=m.get('use_bn_in_head', False))
 
-  def _head_tokens(self, head_params, tokens):
-    """(B, 1 + N, D) tokens -> ([CLS] logits (B, K), patch logits (B, N, K'))."""
-    out = self.head.apply({'params': head_params}, tokens)
+  def _head_tokens(self, head_params, stats, tokens):
+    """(B, 1 + N, D) tokens -> ([CLS] logits (B, K), patch logits (B, N, K'), new head BN
+    stats). With ``use_bn_in_head`` the BatchNorm statistics run over batch and tokens (the
+    official CustomSequential)."""
+    out, stats = apply_module(self.head, head_params, stats, tokens, train=True)
     if isinstance(out, tuple):
-      return out[0][:, 0], out[1]
-    return out[:, 0], out[:, 1:]
+      return out[0][:, 0], out[1], stats
+    return out[:, 0], out[:, 1:], stats
 
   # -- data ---------------------------------------------------------------------------------------
   def views(self, batch, rng):
@@ -90,10 +93,10 @@ class IBOT(DINO):
     x = jnp.zeros((2,) + batch['global0'].shape[1:], jnp.float32)
     bb_params, bb_stats = init_module(self.backbone, k1, x)
     tokens = jnp.zeros((2, 1 + self.grid * self.grid, self.feature_dim), jnp.float32)
-    hd_params, _ = init_module(self.head, k2, tokens)
+    hd_params, hd_stats = init_module(self.head, k2, tokens)
     params = {'backbone': bb_params, 'head': hd_params,
               'mask_token': jnp.zeros((self.feature_dim,), jnp.float32)}
-    buffers = self._buffers(params, bb_stats)
+    buffers = self._buffers(params, bb_stats, hd_stats)
     buffers['patch_center'] = jnp.zeros((1, self.config.method.patch_out_dim), jnp.float32)
     return params, buffers
 
@@ -110,13 +113,15 @@ class IBOT(DINO):
     enc = self.backbone.apply({'params': params['backbone']}, globals_, train=True,
                               mask=masks.reshape(2 * b, -1), mask_token=params['mask_token'],
                               method=ViT.encode, rngs={'dropout': k_g})
-    s_cls_g, s_patch = self._head_tokens(params['head'], enc['tokens'])
+    s_cls_g, s_patch, s_stats = self._head_tokens(params['head'], self._stats(buffers, 'head'),
+                                                  enc['tokens'])
     s_cls = [s_cls_g]
     if self.num_local:
       locals_ = jnp.concatenate([views[f'local{i}'] for i in range(self.num_local)])
       f_loc, _ = apply_module(self.backbone, params['backbone'], {}, locals_, train=True,
                               rngs={'dropout': k_l})
-      s_cls.append(self.head.apply({'params': params['head']}, f_loc))  # 2-D: [CLS] layer
+      out, s_stats = apply_module(self.head, params['head'], s_stats, f_loc, train=True)
+      s_cls.append(out)  # 2-D input: the [CLS] last layer
     student_cls = jnp.concatenate(s_cls).reshape(2 + self.num_local, b, -1)
     student_patch = s_patch.reshape(2, b, *s_patch.shape[1:])
 
@@ -124,7 +129,9 @@ class IBOT(DINO):
     teacher = jax.lax.stop_gradient(buffers['teacher'])
     t_enc = self.backbone.apply({'params': teacher['backbone']}, globals_, train=False,
                                 method=ViT.encode)
-    t_cls, t_patch = self._head_tokens(teacher['head'], t_enc['tokens'])
+    t_cls, t_patch, t_stats = self._head_tokens(teacher['head'],
+                                                self._stats(buffers, 'teacher_head'),
+                                                t_enc['tokens'])
     t_cls = jax.lax.stop_gradient(t_cls).reshape(2, b, -1)
     t_patch = jax.lax.stop_gradient(t_patch).reshape(2, b, *t_patch.shape[1:])
 
@@ -140,7 +147,8 @@ class IBOT(DINO):
     p_ent, _ = losses.softmax_entropy(t_patch, ptemp, pcenter)
     new_buffers = dict(buffers,
                        center=losses.ema_center(center, t_cls, m.center_momentum),
-                       patch_center=losses.ema_center(pcenter, t_patch, m.center_momentum))
+                       patch_center=losses.ema_center(pcenter, t_patch, m.center_momentum),
+                       **self._new_stats(buffers, {}, {}, (s_stats, t_stats)))
     metrics = {'cls_loss': cls_loss, 'patch_loss': patch_loss,
                'mask_ratio': jnp.mean(masks.astype(jnp.float32)),
                'teacher_entropy': ent, 'teacher_marginal_entropy': marginal,
