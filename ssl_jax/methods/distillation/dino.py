@@ -32,8 +32,8 @@ collapse sends it to 0 or to log K), ``teacher_marginal_entropy`` (entropy of it
 Config (``config.method``): out_dim, hidden_dim, bottleneck_dim, num_layers, norm_last_layer,
 student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps, center_momentum,
 momentum, momentum_final, num_local_crops, local_crop_size, global_crop_scale, local_crop_scale,
-weight_decay_end, freeze_last_layer_steps, use_bn_in_head (optional, default False). ``config.aug.recipe``: a 3-tuple of recipe names
-(global crop 1, global crop 2, local crops).
+weight_decay_end, freeze_last_layer_steps, use_bn_in_head (optional, default False).
+``config.aug.recipe``: a 3-tuple of recipe names (global crop 1, global crop 2, local crops).
 """
 from __future__ import annotations
 
