@@ -19,7 +19,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # pylint: disable=wrong-import-position
 
 from ssl_jax import infomin  # pylint: disable=wrong-import-position
 from ssl_jax.data import sources  # pylint: disable=wrong-import-position

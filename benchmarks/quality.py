@@ -5,13 +5,15 @@
 
 Prints one table row per config: method, backbone, steps, first and last logged loss, kNN top-1 of
 the trained and of the randomly initialised encoder, and the ratio of their kNN errors (the
-acceptance bar is <= 0.667), plus wall time and images/s.
+acceptance bar is <= 0.667), plus wall time and images/s; for DINO and iBOT also the collapse
+check (teacher entropy strictly between 0 and log K, batch-marginal entropy high).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -41,8 +43,34 @@ def apply_overrides(config, overrides):
     for p in parents:
       node = node[p]
     old = node[leaf]
-    node[leaf] = type(old)(value) if not isinstance(old, (tuple, list)) else eval(value)  # pylint: disable=eval-used
+    if isinstance(old, bool):
+      if value not in ('True', 'False'):
+        raise ValueError(f'--set {item}: {key} is a bool, give True or False')
+      node[leaf] = value == 'True'
+    elif isinstance(old, (tuple, list)):
+      node[leaf] = eval(value)  # pylint: disable=eval-used
+    else:
+      node[leaf] = type(old)(value)
   return config
+
+
+def collapse_check(metrics, out_dim, low=0.1, high=0.95):
+  """Self-distillation health from the last step's teacher metrics (DINO, iBOT): the mean
+  per-image teacher entropy must lie strictly between 0 (one-hot collapse) and log K (uniform
+  collapse), and the entropy of the batch-mean distribution must stay high (all images on one
+  prototype is the other collapse). Returns None for methods without these metrics."""
+  if 'teacher_entropy' not in metrics or not out_dim:
+    return None
+  log_k = math.log(out_dim)
+  h = metrics['teacher_entropy']
+  marginal = metrics.get('teacher_marginal_entropy', log_k)
+  if h >= high * log_k:
+    verdict = 'uniform collapse'
+  elif h <= low * log_k or marginal <= low * log_k:
+    verdict = 'one-hot collapse'
+  else:
+    verdict = 'no collapse'
+  return {'entropy': h, 'marginal_entropy': marginal, 'log_k': log_k, 'verdict': verdict}
 
 
 @contextlib.contextmanager
@@ -81,6 +109,9 @@ def main():
     # Method-specific health metrics of the last logged step (e.g. DINO's teacher entropy).
     summary['last_metrics'] = {k: v for k, v in history[-1].items()
                                if k not in ('step', 'loss', 'lr', 'images_per_sec')}
+    check = collapse_check(summary['last_metrics'], config.method.get('out_dim'))
+    if check:
+      summary['collapse_check'] = check
     rows.append(summary)
     print(f"{spec}: {json.dumps(summary)}", flush=True)
   header = ('config', 'method', 'backbone', 'steps', 'loss first->last', 'kNN top-1',
@@ -93,6 +124,14 @@ def main():
           f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | {r['knn_top1']:.3f} | "
           f"{r['knn_top1_random_init']:.3f} | {ratio:.2f} | {r['images_per_sec']:.0f} | "
           f"{r['wall_s']:.0f} |")
+  checks = [r for r in rows if 'collapse_check' in r]
+  if checks:
+    print('\n| config | teacher entropy | marginal entropy | log K | verdict |')
+    print('|---|---|---|---|---|')
+    for r in checks:
+      c = r['collapse_check']
+      print(f"| {r['config']} | {c['entropy']:.2f} | {c['marginal_entropy']:.2f} | "
+            f"{c['log_k']:.2f} | {c['verdict']} |")
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(rows, f, indent=2)

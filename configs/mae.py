@@ -3,8 +3,8 @@
 Variants (``--config=configs/mae.py:<variant>[,<backbone>]``, backbone one of vit_tiny, vit_small,
 vit_base to override the variant's default):
 
-* ``builtin`` — a 96-d, depth-4 ViT (patch 4) on the built-in MNIST-5k set at 24 px, batch 256,
-  300 steps; a few minutes on a laptop CPU::
+* ``builtin`` — a 96-d, depth-4 ViT (patch 4) on the built-in MNIST-5k set at 16 px, batch 256,
+  1500 steps; ~7 minutes on a 2-core CPU::
 
       python -m ssl_jax.main --config=configs/mae.py:builtin --workdir=/tmp/mae_builtin
       python -m ssl_jax.viz.reconstruction --config=configs/mae.py:builtin \
@@ -48,14 +48,16 @@ def get_config(arg: str = 'builtin'):
   c.data.crop_scale = (0.2, 1.0)
 
   if variant == 'builtin':
-    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=256)
+    # 16 px (4x4 patches, 4 visible): at 24 px / 300 steps the kNN error ratio was 0.87; at
+    # 16 px / 1500 steps it is 0.54 (kNN 0.806 vs 0.639 random), ~7 min on 2 CPU cores.
+    common.builtin_data(c, image_size=16, crop_scale=(0.5, 1.0), batch_size=256)
     common.vit(c, backbone, default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
     c.method.decoder_dim = 64
     c.method.decoder_depth = 2
     c.method.decoder_heads = 4
     c.method.norm_pix_loss = False  # MNIST has many constant (black) patches
     c.optim.lr = 2e-3
-    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
+    common.schedule(c, steps=1500, warmup_steps=20, checkpoint_every=250)
   elif variant == 'cifar10':
     common.cifar10_data(c, batch_size=1024)
     common.vit(c, backbone, default='vit_tiny', patch_size=4)

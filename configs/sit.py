@@ -2,8 +2,9 @@
 
 Variants (``--config=configs/sit.py:<variant>``):
 
-* ``builtin`` — a ViT with D=96, depth 4, 3 heads, patch 4 on 24 px crops of the built-in
-  MNIST-5k set, batch 128 x 2 views, 200 steps, AdamW. A few minutes on a 2-core CPU::
+* ``builtin`` — a ViT with D=96, depth 4, 3 heads, patch 4 on 16 px crops of the built-in
+  MNIST-5k set, batch 128 x 2 views, BatchNorm in the projector, 1000 steps, AdamW. ~8 minutes
+  on a 2-core CPU::
 
       python -m ssl_jax.main --config=configs/sit.py:builtin --workdir=/tmp/sit_builtin
 
@@ -27,6 +28,7 @@ def get_config(arg: str = 'builtin'):
   c.method.name = 'sit'
   c.method.temperature = 0.5
   c.method.proj_hidden_dim = 2048
+  c.method.proj_bn = False
   c.method.proj_dim = 256
   c.method.corrupt_blocks = 3
   c.method.corrupt_max_frac = 0.5
@@ -40,12 +42,17 @@ def get_config(arg: str = 'builtin'):
   c.optim.clip_grad_norm = 3.0
 
   if arg == 'builtin':
-    common.builtin_data(c, image_size=24, crop_scale=(0.3, 1.0), batch_size=128)
+    # 16 px and BatchNorm in the projector: at 24 px / 200 steps with the paper's BN-free head
+    # the kNN error ratio was 0.94 (the contrastive task stayed at chance: a random ViT's token
+    # barely varies between images, the same cause as DINO's collapse on this data); with both
+    # changes and 1000 steps it is 0.62 (kNN 0.754 vs 0.604 random), ~8 min on 2 CPU cores.
+    common.builtin_data(c, image_size=16, crop_scale=(0.3, 1.0), batch_size=128)
     common.vit(c, '', default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
     c.method.proj_hidden_dim = 256
     c.method.proj_dim = 64
+    c.method.proj_bn = True
     c.optim.lr = 1e-3
-    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
+    common.schedule(c, steps=1000, warmup_steps=20, checkpoint_every=250)
   elif arg == 'cifar10':
     common.cifar10_data(c, batch_size=256)
     common.vit(c, 'vit_small', patch_size=4)

@@ -84,30 +84,44 @@ def pretext_cross_entropy(logits, labels, weights=None):
   return jnp.sum(w * nll) / denom, jnp.sum(w * hit) / denom
 
 
-def uncertainty_weighted_sum(task_losses, log_vars):
+def uncertainty_weighted_sum(task_losses, log_vars, classification=None):
   r"""Multi-task loss with learned homoscedastic-uncertainty weights.
 
   Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
-  Geometry and Semantics", CVPR 2018, Eq. 7 (as used by SiT, Atito et al. 2021, Sec. 3.4), with
-  the numerically stable parametrisation :math:`s_i = \log \sigma_i^2`:
+  Geometry and Semantics", CVPR 2018, Eqs. 7 and 10 (as used by SiT, Atito et al. 2021,
+  Sec. 3.4), with the numerically stable parametrisation :math:`s_i = \log \sigma_i^2`. A
+  regression task (Gaussian likelihood, Eq. 7) enters as
+  :math:`\frac{1}{2\sigma_i^2}\mathcal{L}_i + \log\sigma_i`, a classification task
+  (softmax likelihood, Eq. 10) as :math:`\frac{1}{\sigma_i^2}\mathcal{L}_i + \log\sigma_i`:
 
   .. math::
-     \mathcal{L} = \sum_i \frac{1}{2\sigma_i^2} \mathcal{L}_i + \log \sigma_i
-                 = \sum_i \tfrac12 e^{-s_i} \mathcal{L}_i + \tfrac12 s_i .
+     \mathcal{L} = \sum_i c_i e^{-s_i} \mathcal{L}_i + \tfrac12 s_i ,\qquad
+     c_i = \tfrac12 \text{ (regression)},\; 1 \text{ (classification)}.
 
-  For fixed :math:`\mathcal{L}_i` the minimiser is :math:`s_i = \log \mathcal{L}_i`: a task with a
-  larger loss gets a smaller weight :math:`\tfrac12 e^{-s_i}`.
+  For fixed :math:`\mathcal{L}_i` the minimiser is :math:`s_i = \log (2 c_i \mathcal{L}_i)`: a
+  task with a larger loss gets a smaller weight :math:`c_i e^{-s_i}` (SiT's official code uses
+  the classification form for its rotation and contrastive losses, the regression form for L1).
 
   Args:
     task_losses: (T,) the task losses.
     log_vars: (T,) the learned :math:`s_i`.
+    classification: optional (T,) bools, True where task i is a classification (cross-entropy)
+      loss; default all regression.
 
   Returns:
-    (total, weights) with weights :math:`\tfrac12 e^{-s_i}` (T,), for logging.
+    (total, weights) with weights :math:`c_i e^{-s_i}` (T,), for logging.
   """
   task_losses = jnp.asarray(task_losses, jnp.float32)
   log_vars = jnp.asarray(log_vars, jnp.float32)
-  weights = 0.5 * jnp.exp(-log_vars)
+  if classification is None:
+    coeff = jnp.full(task_losses.shape, 0.5, jnp.float32)
+  else:
+    classification = tuple(bool(x) for x in classification)
+    if len(classification) != task_losses.shape[0]:
+      raise ValueError(f'classification has {len(classification)} entries for '
+                       f'{task_losses.shape[0]} task losses')
+    coeff = jnp.asarray([1.0 if c else 0.5 for c in classification], jnp.float32)
+  weights = coeff * jnp.exp(-log_vars)
   return jnp.sum(weights * task_losses + 0.5 * log_vars), weights
 
 

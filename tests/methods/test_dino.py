@@ -24,6 +24,7 @@ def tiny_config():
   m = c.method
   m.local_crop_size, m.num_local_crops = 8, 2
   m.out_dim, m.hidden_dim, m.bottleneck_dim = 64, 32, 16
+  m.use_bn_in_head = False   # the hand computations use the plain head
   m.freeze_last_layer_steps = 1
   m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_steps = 0.04, 0.07, 4
   # SGD: linear in the gradients, so 1 vs 8 devices agree to float tolerance (Adam would turn

@@ -12,10 +12,13 @@ from tests import helpers
 from tests.methods.test_pretext import load_config, parity
 
 
-def np_uncertainty(task_losses, log_vars):
-  """Kendall et al. (2018) Eq. 7 with sigma^2 = exp(s): sum L / (2 sigma^2) + log sigma."""
+def np_uncertainty(task_losses, log_vars, classification=None):
+  """Kendall et al. (2018) with sigma^2 = exp(s): L / (2 sigma^2) + log sigma for a regression
+  task (Eq. 7), L / sigma^2 + log sigma for a classification task (Eq. 10)."""
   sigma2 = np.exp(np.asarray(log_vars, np.float64))
-  return float(np.sum(np.asarray(task_losses) / (2 * sigma2) + np.log(np.sqrt(sigma2))))
+  cls = np.zeros(len(sigma2), bool) if classification is None else np.asarray(classification)
+  denom = np.where(cls, sigma2, 2 * sigma2)
+  return float(np.sum(np.asarray(task_losses) / denom + np.log(np.sqrt(sigma2))))
 
 
 def test_uncertainty_weighted_sum_hand_value():
@@ -29,6 +32,12 @@ def test_uncertainty_weighted_sum_hand_value():
   l, s = rng.uniform(0.1, 5, 4), rng.normal(size=4)
   np.testing.assert_allclose(losses.uncertainty_weighted_sum(jnp.asarray(l), jnp.asarray(s))[0],
                              np_uncertainty(l, s), rtol=1e-5)
+  cls = (True, False, True, False)
+  total, w = losses.uncertainty_weighted_sum(jnp.asarray(l), jnp.asarray(s), classification=cls)
+  np.testing.assert_allclose(total, np_uncertainty(l, s, cls), rtol=1e-5)
+  np.testing.assert_allclose(w, np.exp(-s) * np.array([1.0, 0.5, 1.0, 0.5]), rtol=1e-5)
+  with pytest.raises(ValueError, match='3 entries for 4 task losses'):
+    losses.uncertainty_weighted_sum(jnp.asarray(l), jnp.asarray(s), classification=cls[:3])
 
 
 def test_uncertainty_minimiser_is_log_loss():
@@ -40,6 +49,12 @@ def test_uncertainty_minimiser_is_log_loss():
   for _ in range(500):
     s = s - 0.5 * grad(s)
   np.testing.assert_allclose(s, np.log([3.0, 0.3]), atol=1e-3)
+  # classification form: the minimiser is s = log(2 L)
+  grad = jax.grad(lambda s: losses.uncertainty_weighted_sum(task, s, (True, True))[0])
+  s = jnp.zeros(2)
+  for _ in range(1000):
+    s = s - 0.25 * grad(s)
+  np.testing.assert_allclose(s, np.log([6.0, 0.6]), atol=1e-3)
 
 
 def test_corruption_touches_only_the_mask():
@@ -62,7 +77,7 @@ def sit_config(task_scale=(1.0, 1.0, 1.0)):
   c.method.proj_dim = 8
   c.method.task_scale = task_scale
   # SGD (not the config's AdamW, whose first steps move every parameter by ~lr whatever the
-  # gradient's size), so the log-variance step is proportional to 0.5 (1 - exp(-s) L).
+  # gradient's size), so the log-variance step is proportional to 1/2 - c exp(-s) L.
   c.optim.name = 'sgd'
   c.optim.lr = 0.05
   c.optim.lr_scaling = 'none'
@@ -81,10 +96,11 @@ def test_sit_one_vs_eight_devices(sit_run):
   assert state.params['backbone']['reg_token'].shape == (1, 1, 32)   # the contrastive token
   assert state.params['backbone']['pos_embed'].shape == (1, 2 + 16, 32)
   h = history[0]
-  for name in sit.TASKS:   # logged weights start at 0.5 exp(0)
-    np.testing.assert_allclose(h[f'weight_{name}'], 0.5, rtol=1e-6)
-  np.testing.assert_allclose(h['loss'], 0.5 * (h['loss_recon'] + h['loss_rotation']
-                                               + h['loss_contrastive']), rtol=1e-5)
+  # logged weights start at exp(0) = 1 for the cross-entropies, 0.5 for the L1 reconstruction
+  np.testing.assert_allclose([h[f'weight_{name}'] for name in sit.TASKS], [0.5, 1.0, 1.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(h['loss'], 0.5 * h['loss_recon'] + h['loss_rotation']
+                             + h['loss_contrastive'], rtol=1e-5)
   assert abs(h['loss_rotation'] - np.log(4)) < 0.7
 
 

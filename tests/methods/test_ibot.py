@@ -20,6 +20,7 @@ def tiny_config(shared_head=True):
   m = c.method
   m.local_crop_size, m.num_local_crops = 8, 2
   m.out_dim, m.hidden_dim, m.bottleneck_dim = 64, 32, 16
+  m.use_bn_in_head = False   # the hand computations use the plain head
   m.shared_head = shared_head
   m.patch_out_dim = 64 if shared_head else 48
   m.freeze_last_layer_steps = 1

@@ -2,7 +2,6 @@
 bank is updated by scatter at the batch's indices; 1 vs 8 devices; exact checkpoint restore."""
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -89,7 +89,7 @@ def test_frozen_random_patch_projection(runs):
 
 
 def test_momentum_encoder_ema(runs):
-  states, exp = runs['states'], runs['exp']
+  states = runs['states']
   for t in range(STEPS):
     # The reference updates the key encoder at the start of iteration t + 1 with m(t + 1).
     m = 1 - (1 - 0.99) * (math.cos(math.pi * (t + 1) / 4) + 1) / 2

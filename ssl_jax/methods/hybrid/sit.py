@@ -14,13 +14,16 @@ token (both with position embeddings; ``ViT(num_prefix_tokens=2)`` lays them out
    NT-Xent with temperature 0.5 (``losses.nt_xent``) pulls them together.
 
 The three losses are combined with learned homoscedastic-uncertainty weights (Kendall et al. 2018,
-``losses.uncertainty_weighted_sum``); the weights ``0.5 exp(-s_i)`` are logged every step as
-``weight_recon``, ``weight_rotation``, ``weight_contrastive``.
+``losses.uncertainty_weighted_sum``): ``0.5 exp(-s) L + s / 2`` for the L1 reconstruction
+(regression form) and ``exp(-s) L + s / 2`` for the two cross-entropies (classification form), as
+in the official code's ``LearnedLoss``; the weights are logged every step as ``weight_recon``,
+``weight_rotation``, ``weight_contrastive``.
 
 The frozen-encoder feature (kNN, export) is the contrastive token's final-normed output.
 
-Config (``config.method``): temperature, proj_hidden_dim, proj_dim, corrupt_blocks,
-corrupt_max_frac, task_scale (3 loss multipliers, 1.0 = off; for tests and ablations).
+Config (``config.method``): temperature, proj_hidden_dim, proj_dim, proj_bn (BatchNorm in the
+projector's hidden layer; the paper's head has none), corrupt_blocks, corrupt_max_frac, task_scale
+(3 loss multipliers, 1.0 = off; for tests and ablations).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from ssl_jax.models.heads import MLP
 from ssl_jax.models.vit import ViT, unpatchify
 
 TASKS = ('recon', 'rotation', 'contrastive')
+CLASSIFICATION = (False, True, True)   # L1 regression; rotation and NT-Xent are cross-entropies
 CORRUPTIONS = ('drop', 'replace', 'blur', 'grayscale', 'recolour')
 
 
@@ -105,7 +109,8 @@ class SiT(Method):
     self.temperature = m.get('temperature', 0.5)
     self.patch = self.backbone.patch_size
     self.rot_head = nn.Dense(NUM_ROTATIONS, name='rotation_head')
-    self.projector = MLP(hidden_dims=(m.proj_hidden_dim,), out_dim=m.proj_dim, use_bn=False)
+    self.projector = MLP(hidden_dims=(m.proj_hidden_dim,), out_dim=m.proj_dim,
+                         use_bn=m.get('proj_bn', False))
     self.decoder = LinearDecoder(self.patch * self.patch * 3)
     self.task_scale = tuple(m.get('task_scale', (1.0, 1.0, 1.0)))
     # The eval-time normalisation of ``Method.normalize``.
@@ -139,14 +144,15 @@ class SiT(Method):
     x = jnp.zeros((2,) + batch['view0'].shape[1:], jnp.float32)
     d = self.backbone.embed_dim
     bb, _ = init_module(self.backbone, ks[0], x)
+    proj_params, proj_stats = init_module(self.projector, ks[2], jnp.zeros((2, d)))
     params = {
         'backbone': bb,
         'rotation_head': self.rot_head.init(ks[1], jnp.zeros((2, d)))['params'],
-        'projector': init_module(self.projector, ks[2], jnp.zeros((2, d)))[0],
+        'projector': proj_params,
         'decoder': init_module(self.decoder, ks[3], jnp.zeros((2, 1, d)))[0],
         'log_vars': jnp.zeros((len(TASKS),), jnp.float32),
     }
-    return params, {}
+    return params, ({'batch_stats': {'projector': proj_stats}} if proj_stats else {})
 
   def _encode(self, params, x, rng):
     return self.backbone.apply({'params': params['backbone']}, x, train=True,
@@ -166,16 +172,20 @@ class SiT(Method):
     logits = self.rot_head.apply({'params': params['rotation_head']}, out['prefix'][:, 0])
     l_rot, rot_acc = losses.pretext_cross_entropy(logits, rot)
     # 3. NT-Xent on token 1 between the two views.
-    z = self.projector.apply({'params': params['projector']}, out['prefix'][:, 1])
+    stats = state.buffers.get('batch_stats', {}).get('projector', {})
+    z, stats = apply_module(self.projector, params['projector'], stats, out['prefix'][:, 1],
+                            train=True)
     z1, z2 = jnp.split(z, 2, axis=0)
     l_con, con_acc = losses.nt_xent(z1, z2, self.temperature)
     task_losses = jnp.stack([l_recon, l_rot, l_con]) * jnp.asarray(self.task_scale, jnp.float32)
-    total, weights = losses.uncertainty_weighted_sum(task_losses, params['log_vars'])
+    total, weights = losses.uncertainty_weighted_sum(task_losses, params['log_vars'],
+                                                     classification=CLASSIFICATION)
     metrics = {'rotation_acc': rot_acc, 'contrastive_acc': con_acc}
     for i, name in enumerate(TASKS):
       metrics[f'loss_{name}'] = task_losses[i]
       metrics[f'weight_{name}'] = weights[i]
-    return total, (metrics, state.buffers)
+    buffers = dict(state.buffers, batch_stats={'projector': stats}) if stats else state.buffers
+    return total, (metrics, buffers)
 
   def features(self, params, buffers, images_uint8):
     """The contrastive token's final-normed output (B, D)."""
