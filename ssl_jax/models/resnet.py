@@ -8,6 +8,7 @@ so BatchNorm is synchronised across devices without any hand-written collective.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -71,6 +72,14 @@ def _is_nhwc(dimension_numbers) -> bool:
     return False
 
 
+def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+  """A bias-free k x k convolution with torchvision's padding k // 2 and Kaiming fan-out init,
+  through :func:`conv_general_dilated` (every convolution of the ResNet goes through here)."""
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2,) * 2] * 2,
+                 use_bias=False, kernel_init=conv_init, dtype=dtype,
+                 conv_general_dilated=conv_general_dilated, name=name)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Expansion 1."""
   features: int
@@ -81,9 +90,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-                                         use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                                         conv_general_dilated=conv_general_dilated, name=name)
+    conv = functools.partial(_conv, dtype=self.dtype)
     residual = x
     y = conv(self.features, 3, self.strides, 'conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
@@ -105,9 +112,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-                                         use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                                         conv_general_dilated=conv_general_dilated, name=name)
+    conv = functools.partial(_conv, dtype=self.dtype)
     residual = x
     y = nn.relu(self.norm(name='bn1')(conv(self.features, 1, 1, 'conv1')(x)))
     y = nn.relu(self.norm(name='bn2')(conv(self.features, 3, self.strides, 'conv2')(y)))
@@ -146,14 +151,10 @@ class ResNet(nn.Module):
                                      epsilon=1e-5, dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:
-      x = nn.Conv(self.width, (3, 3), (1, 1), padding=[(1, 1), (1, 1)], use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype,
-                  conv_general_dilated=conv_general_dilated, name='conv1')(x)
+      x = _conv(self.width, 3, 1, 'conv1', self.dtype)(x)
       x = nn.relu(norm(name='bn1')(x))
     else:
-      x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype,
-                  conv_general_dilated=conv_general_dilated, name='conv1')(x)
+      x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
       x = nn.relu(norm(name='bn1')(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
     for i, blocks in enumerate(self.stage_sizes):
