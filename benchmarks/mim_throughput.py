@@ -37,6 +37,8 @@ def load_config(name: str, arg: str):
 def make_config(method: str, preset: str, batch_size: int):
   if preset == 'builtin':
     c = load_config(method, 'builtin')
+    # The same 24 px input for every method, whatever image size its builtin run trains at.
+    c.data.image_size = c.model.img_size = 24
   elif preset == 'vit_b16':
     c = load_config(method, 'imagenet,vit_base')
     c.data.source, c.data.name, c.data.num_workers = 'builtin', 'mnist5k', 0  # images resized

@@ -12,9 +12,9 @@ table configs/vqvae.py uses, so the checkpoint always fits.
 
 Variants (``<variant>[,<backbone>]``, backbone one of vit_tiny, vit_small, vit_base):
 
-* ``builtin`` — the 96-d, depth-4 ViT (patch 4, 24 px, 6x6 = 36 patches) of the other masked
-  configs, block-wise masking of 14 patches (40 %) with blocks of at least 4 patches, batch 256,
-  300 steps.
+* ``builtin`` — the 96-d, depth-4 ViT (patch 4) of the other masked configs at 16 px (4x4 = 16
+  patches), block-wise masking of 6 patches (40 %) with blocks of at least 4 patches, batch 256,
+  2500 steps (~11 min on 2 CPU cores; the tokenizer run ~1 min).
 * ``cifar10`` — ViT-T, 4 px patches at 32 px, 26 of 64 patches masked, 800 epochs::
 
       python -m ssl_jax.main --config=configs/beit.py:cifar10 --workdir=gs://BUCKET/beit_c10 \
@@ -56,11 +56,13 @@ def get_config(arg: str = 'builtin'):
   c.optim.clip_grad_norm = 3.0
 
   if variant == 'builtin':
-    common.builtin_data(c, image_size=24, crop_scale=(0.5, 1.0), batch_size=256)
+    # 16 px (4x4 patches) and 2500 steps: kNN error ratio 0.49 (kNN 0.820 vs 0.633 random);
+    # 1500 steps gave 0.69, 24 px / 300 steps 0.95.
+    common.builtin_data(c, image_size=16, crop_scale=(0.5, 1.0), batch_size=256)
     common.vit(c, backbone, default='vit_tiny', cpu_size=(96, 4, 3), patch_size=4)
     c.method.min_mask_patches = 4
     c.optim.lr = 1e-3
-    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
+    common.schedule(c, steps=2500, warmup_steps=20, checkpoint_every=500)
   elif variant == 'cifar10':
     common.cifar10_data(c, crop_scale=(0.2, 1.0), batch_size=1024)
     common.vit(c, backbone, default='vit_tiny', patch_size=4)

@@ -7,10 +7,10 @@ Every variant is configs/mae.py's of the same name plus CMAE's fields below (and
 ``imagenet``, the official 1600-epoch schedule).
 
 * ``builtin`` — configs/mae.py's builtin run (96-d, depth-4 ViT with 4 px patches on the built-in
-  MNIST-5k set at 24 px, per-patch masking 75 %, raw-pixel targets, batch 256, 300 steps) plus
-  CMAE's branch: 2-block feature decoder, pixel shift up to 3 px (31/224 of the side), momentum
-  0.99 -> 1 (the official constant 0.996 barely moves the target in 300 steps). A few minutes on a
-  laptop CPU::
+  MNIST-5k set at 16 px, per-patch masking 75 %, raw-pixel targets, batch 256, 1500 steps) plus
+  CMAE's branch: 2-block feature decoder, pixel shift up to 3 px, momentum 0.99 -> 1 (the official
+  constant 0.996 barely moves the target in a short run). kNN error ratio 0.48 (kNN 0.830 vs
+  0.646 random; MAE alone 0.54), ~13 min on a 2-core CPU::
 
       python -m ssl_jax.main --config=configs/cmae.py:builtin --workdir=/tmp/cmae_builtin
 

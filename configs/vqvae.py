@@ -2,7 +2,7 @@
 
 Its checkpoint is what configs/beit.py loads (``config.method.tokenizer_workdir``); the codebook and
 network sizes of each variant come from ``ssl_jax.methods.masked.vq_tokenizer.TOKENIZERS`` so the
-two configs always agree. Variants: ``builtin`` (MNIST-5k at 24 px, one code per 4 px patch, 128
+two configs always agree. Variants: ``builtin`` (MNIST-5k at 16 px, one code per 4 px patch, 128
 codes), ``cifar10`` (32 px, 4 px patches, 1024 codes), ``imagenet`` (224 px, one code per 16 px
 patch, 8192 codes as BEiT's vocabulary)::
 
@@ -32,7 +32,7 @@ def get_config(arg: str = 'builtin'):
   c.optim.weight_decay = 0.0
   c.data.crop_scale = (0.5, 1.0)
   if arg == 'builtin':
-    common.builtin_data(c, image_size=24, batch_size=128)
+    common.builtin_data(c, image_size=16, batch_size=128)   # the size configs/beit.py:builtin uses
     c.optim.lr = 2e-3
     common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
   elif arg == 'cifar10':

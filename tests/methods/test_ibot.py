@@ -78,7 +78,9 @@ def test_losses_inside_the_method_match_numpy(one_device):
   patch_ref = np_ibot_patch_loss(s_patch, t_patch, masks, pc[0], 0.1, 0.05)
   np.testing.assert_allclose(metrics['cls_loss'], cls_ref, rtol=1e-4)
   np.testing.assert_allclose(metrics['patch_loss'], patch_ref, rtol=1e-4)
-  np.testing.assert_allclose(loss, cls_ref + patch_ref, rtol=1e-4)
+  lam1, lam2 = method.config.method.lambda1, method.config.method.lambda2
+  assert (lam1, lam2) == (1.0, 0.5)   # the builtin's weights: both terms must enter as weighted
+  np.testing.assert_allclose(loss, lam1 * cls_ref + lam2 * patch_ref, rtol=1e-4)
   np.testing.assert_allclose(new_buffers['center'], np_center(c, t_cls, 0.9), rtol=1e-4,
                              atol=1e-6)
   np.testing.assert_allclose(new_buffers['patch_center'], np_center(pc, t_patch, 0.9),
