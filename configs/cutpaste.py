@@ -4,7 +4,7 @@ Gaussian density estimator on the features for image-level anomaly detection.
 Variants (``--config=configs/cutpaste.py:<variant>``):
 
 * ``builtin`` — width-16 CIFAR-stem ResNet-18 on the built-in MNIST-5k digits (all normal), 24 px,
-  batch 64 x 3 versions, 200 steps, SGD. Evaluate the anomaly AUROC on the built-in anomaly set (test digits
+  batch 64 x 3 versions, 1000 steps, SGD. Evaluate the anomaly AUROC on the built-in anomaly set (test digits
   with synthetic scratches / holes / blobs / noise) against a random encoder with::
 
       python benchmarks/anomaly.py configs/cutpaste.py:builtin
@@ -50,7 +50,8 @@ def get_config(arg: str = 'builtin'):
     c.method.scar_width = (0.04, 0.09)
     c.method.scar_length = (0.15, 0.3)
     c.optim.lr = 0.05
-    common.schedule(c, steps=200, warmup_steps=20, checkpoint_every=100)
+    # 1000 steps: image AUROC 0.884 vs 0.579 for a random encoder (200 steps: 0.651).
+    common.schedule(c, steps=1000, warmup_steps=20, checkpoint_every=250)
   elif arg == 'cifar10':
     common.cifar10_data(c, crop_scale=(0.8, 1.0), batch_size=96)
     common.cifar_resnet18(c)

@@ -57,6 +57,12 @@ def get_config(arg: str = 'builtin'):
   c.data.crop_scale = (0.08, 1.0)
 
   if variant == 'builtin':
+    # NOTE: not yet a passing recipe: kNN error ratio 1.05 here. Measured at 16 px (where MAE,
+    # BEiT, DINO and iBOT pass), 1000-1500 steps, all >= 1.0: as below 1.08; top-4 layers with a
+    # near-frozen teacher (EMA 0.999 -> 0.9999) 1.04; layer-norm (not instance-norm) targets
+    # 1.23 (the loss falls to 3.9 but the features get worse); mask ratio 0.75 1.11. The loss
+    # plateaus within ~100 steps at ~70 % of the predict-zero loss, and no block's mean-pooled
+    # output is better than the random encoder's.
     common.builtin_data(c, image_size=24, crop_scale=(0.4, 1.0), batch_size=128)
     common.vit(c, backbone, default='vit_tiny', cpu_size=(64, 4, 4), patch_size=4)
     m.top_k = 2
