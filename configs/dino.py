@@ -91,7 +91,7 @@ def apply_scale(c, variant, backbone, name):
     # teacher temp 0.02; lr / 4; teacher momentum 0.99 / 0.996; no local crops; a ResNet-18;
     # crops-only augmentation. With BN: ratio 0.86 (24 px, 300 steps), 0.80 (24 px, 600),
     # 0.67 (16 px, 600), 0.60 (16 px, 1000 steps: kNN 0.779 vs 0.631 random; teacher entropy
-    # ~5.0 of log 1024 = 6.93, no collapse).
+    # 4.6 of log 1024 = 6.93, no collapse).
     m.use_bn_in_head = True
     # MNIST digits fill only the centre of a black image: local crops of 10-40 % are often
     # background only, so larger crops and fewer locals here.

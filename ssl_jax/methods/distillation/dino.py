@@ -102,11 +102,12 @@ class DINO(Method):
     self.teacher_temp_fn = schedules.linear_warmup_constant(
         m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_steps)
 
-  def _make_head(self):
+  def _make_head(self, **extra):
+    """The DINO head from ``config.method``; ``extra`` DINOHead fields (iBOT's patch head)."""
     m = self.config.method
     return DINOHead(out_dim=m.out_dim, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim,
                     num_layers=m.num_layers, norm_last_layer=m.norm_last_layer,
-                    use_bn=m.get('use_bn_in_head', False))
+                    use_bn=m.get('use_bn_in_head', False), **extra)
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self):

@@ -35,7 +35,6 @@ from ssl_jax import losses
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.distillation.dino import DINO
 from ssl_jax.methods.distillation.masks import BlockMaskBank
-from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.vit import ViT
 from ssl_jax.train import schedules
 
@@ -65,10 +64,7 @@ class IBOT(DINO):
 
   def _make_head(self):
     m = self.config.method
-    return DINOHead(out_dim=m.out_dim, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim,
-                    num_layers=m.num_layers, norm_last_layer=m.norm_last_layer,
-                    patch_out_dim=0 if m.shared_head else m.patch_out_dim,
-                    use_bn=m.get('use_bn_in_head', False))
+    return super()._make_head(patch_out_dim=0 if m.shared_head else m.patch_out_dim)
 
   def _head_tokens(self, head_params, stats, tokens):
     """(B, 1 + N, D) tokens -> ([CLS] logits (B, K), patch logits (B, N, K'), new head BN
