@@ -43,6 +43,14 @@ def get_config(arg: str = 'builtin'):
   m.target_layer_norm = 'instance'
   m.target_final_norm = 'none'
   m.feature_pool = 'mean'         # eval features: mean of the patch tokens ('cls': [CLS])
+  m.student = 'mask_token'        # data2vec 1.0; 'visible' = data2vec 2.0 (fields below)
+  m.clone_batch = 1               # 2.0: masked copies of each image (teacher runs once)
+  m.decoder_dim = 768             # 2.0: conv decoder width / depth / kernel / groups
+  m.decoder_layers = 6
+  m.decoder_kernel = 3
+  m.decoder_groups = 16
+  m.mask_noise_std = 0.01         # 2.0: what fills the masked positions of the decoder input
+  m.cls_loss = 0.0                # 2.0: weight of [CLS] -> mean-target regression
   m.momentum = 0.9998
   m.momentum_final = 0.9999
   m.momentum_anneal_steps = 100_000

@@ -194,3 +194,28 @@ def test_mae_decoder_restores_image_order():
 def test_patchify_of_pixel_mask_roundtrip():
   x = jnp.asarray(RNG.normal(size=(2, 8, 8, 3)), jnp.float32)
   np.testing.assert_array_equal(unpatchify(patchify(x, 4), 4, 2, 2, 3), x)
+
+
+def test_grouped_conv_matches_flax_grouped_conv():
+  """The im2col GroupedConv (data2vec 2.0's decoder) equals nn.Conv(feature_group_count=g) with
+  the same parameters, for odd grids and several group counts."""
+  import flax.linen as nn
+  from ssl_jax.models.decoders import GroupedConv
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 5, 12))
+  for groups, k in ((1, 3), (4, 3), (12, 1), (3, 5)):
+    ref = nn.Conv(24, (k, k), padding='SAME', feature_group_count=groups)
+    params = ref.init(jax.random.PRNGKey(0), x)
+    got = GroupedConv(24, k, groups).apply(params, x)
+    np.testing.assert_allclose(got, ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='groups=5'):
+    GroupedConv(24, 3, 5).init(jax.random.PRNGKey(0), x)
+
+
+def test_data2vec_conv_decoder_shapes_and_grid_check():
+  from ssl_jax.models.decoders import Data2VecConvDecoder
+  dec = Data2VecConvDecoder((2, 3), out_dim=8, dim=16, layers=2, groups=4)
+  x = jnp.ones((2, 6, 16))
+  params = dec.init(jax.random.PRNGKey(0), x)
+  assert dec.apply(params, x).shape == (2, 6, 8)
+  with pytest.raises(ValueError, match='2x3 grid'):
+    dec.apply(params, jnp.ones((2, 5, 16)))

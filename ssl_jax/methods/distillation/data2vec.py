@@ -1,4 +1,4 @@
-"""data2vec for vision (Baevski et al., "data2vec: A General Framework for Self-supervised
+r"""data2vec for vision (Baevski et al., "data2vec: A General Framework for Self-supervised
 Learning in Speech, Vision and Language", ICML 2022).
 
 One crop per image. The EMA teacher encodes the *unmasked* image; the student encodes the same
@@ -25,6 +25,24 @@ Choices, stated:
 * evaluation/export use the *student* backbone (data2vec fine-tunes the student); ``features``
   mean-pools the patch tokens (``feature_pool='mean'``) since only patches are trained.
 
+data2vec 2.0 (Baevski et al., "Efficient Self-supervised Learning with Contextualized Target
+Representations for Vision, Speech and Language", ICML 2023) is ``method.student='visible'``
+(1.0, above, is ``'mask_token'``, the default). Same EMA teacher and targets; the student encoder
+runs on the *visible* patches only (as MAE), each image is cloned ``clone_batch`` times with
+independent masks (the teacher runs once per image), a convolutional decoder
+(:class:`ssl_jax.models.decoders.Data2VecConvDecoder`) gets the visible tokens back on the grid with
+the masked positions filled by N(0, ``mask_noise_std``^2) noise and regresses the targets there,
+and ``cls_loss`` adds the student [CLS] token regressing the mean target over the patches:
+
+.. math:: L = \frac{1}{|M|}\sum_{t \in M} \ell(f_t, y_t)
+          + \lambda_{cls} \frac{1}{B}\sum_b \ell(c_b, \tfrac1N \textstyle\sum_t y_{b,t})
+
+(ℓ the per-token loss of ``losses.data2vec_loss``). fairseq *sums* the [CLS] term over a GPU's
+B x clone_batch samples with weight 0.01 and averages the patch term, so its 0.01 is a weight of
+0.01 x 256 = 2.56 on our per-image mean. Stated departures: random (MAE) masking of
+``mask_ratio`` instead of inverse block masking (its 3x3 blocks do not fit small grids), and the
+pre-norm ViT's final-normed tokens feed the decoder.
+
 ViT backbones only. Metrics: ``target_std`` and ``pred_std`` (per-channel std over masked tokens;
 a collapse monitor), ``mask_ratio``, ``ema_momentum``.
 """
@@ -35,10 +53,14 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.data import masking
 from ssl_jax.methods import common
 from ssl_jax.methods.base import Method, init_module
 from ssl_jax.methods.distillation.masks import BlockMaskBank
+from ssl_jax.models.decoders import Data2VecConvDecoder
 from ssl_jax.models.vit import ViT
+
+STUDENTS = ('mask_token', 'visible')
 
 
 def linear_anneal(start: float, end: float, anneal_steps: int):
@@ -62,9 +84,27 @@ class Data2Vec(Method):
     if not 0 < m.top_k <= self.backbone.depth:
       raise ValueError(f'config.method.top_k={m.top_k} must be in [1, depth={self.backbone.depth}]')
     self.grid = config.data.image_size // config.model.patch_size
-    self.mask_bank = BlockMaskBank(self.grid, (m.mask_ratio, m.mask_ratio),
-                                   size=m.mask_bank_size, seed=config.seed,
-                                   min_num_patches=m.get('mask_min_patches', None) or None)
+    self.num_patches = self.grid * self.grid
+    self.student = m.get('student', 'mask_token')
+    if self.student not in STUDENTS:
+      raise ValueError(f'config.method.student={self.student!r}: use one of {STUDENTS} '
+                       "('mask_token' = data2vec 1.0, 'visible' = data2vec 2.0)")
+    if self.student == 'visible':
+      self.clone_batch = int(m.get('clone_batch', 1))
+      if self.clone_batch < 1:
+        raise ValueError(f'config.method.clone_batch={self.clone_batch} must be >= 1')
+      if not 0 < masking.num_kept(self.num_patches, m.mask_ratio) < self.num_patches:
+        raise ValueError(f'config.method.mask_ratio={m.mask_ratio} leaves no visible or no '
+                         f'masked patch of {self.num_patches}')
+      if m.get('cls_loss', 0.0) > 0 and not self.backbone.num_prefix_tokens:
+        raise ValueError('config.method.cls_loss > 0 needs a [CLS] token (model.class_token)')
+      self.decoder = Data2VecConvDecoder((self.grid, self.grid), self.feature_dim,
+                                         m.decoder_dim, m.decoder_layers, m.decoder_kernel,
+                                         m.decoder_groups)
+    else:
+      self.mask_bank = BlockMaskBank(self.grid, (m.mask_ratio, m.mask_ratio),
+                                     size=m.mask_bank_size, seed=config.seed,
+                                     min_num_patches=m.get('mask_min_patches', None) or None)
     self.regression_head = nn.Dense(self.feature_dim, name='regression_head')
     self.momentum_fn = linear_anneal(m.momentum, m.momentum_final,
                                      m.momentum_anneal_steps or config.train.steps)
@@ -72,13 +112,21 @@ class Data2Vec(Method):
   def views(self, batch, rng):
     k_aug, k_mask = jax.random.split(rng)
     out = super().views(batch, k_aug)
-    out['mask'] = self.mask_bank.sample(k_mask, batch['view0'].shape[0])
+    b = batch['view0'].shape[0]
+    if self.student == 'visible':   # clone_batch independent masks per image, clones adjacent
+      out.update(masking.random_masking(k_mask, b * self.clone_batch, self.num_patches,
+                                        self.config.method.mask_ratio))
+    else:
+      out['mask'] = self.mask_bank.sample(k_mask, b)
     return out
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
     x = jnp.zeros((2,) + batch['view0'].shape[1:], jnp.float32)
     bb_params, _ = init_module(self.backbone, k1, x)
+    if self.student == 'visible':
+      dec = self.decoder.init(k2, jnp.zeros((2, self.num_patches, self.feature_dim)))['params']
+      return {'backbone': bb_params, 'decoder': dec}, {'teacher': {'backbone': bb_params}}
     head = self.regression_head.init(k2, jnp.zeros((2, self.feature_dim)))['params']
     params = {'backbone': bb_params, 'regression_head': head,
               'mask_token': 0.02 * jax.random.truncated_normal(k2, -2.0, 2.0,
@@ -95,16 +143,46 @@ class Data2Vec(Method):
                                    m.get('target_layer_norm', 'instance'),
                                    m.get('target_final_norm', 'none'))
 
-  def loss(self, params, state, views, rng):
-    m = self.config.method
-    x, mask = views['view0'], views['mask']
-    enc = self.backbone.apply({'params': params['backbone']}, x, train=True, mask=mask,
+  def _student_mask_token(self, params, x, views, target, rng):
+    """data2vec 1.0: mask tokens in the encoder input, linear head on every patch token."""
+    enc = self.backbone.apply({'params': params['backbone']}, x, train=True, mask=views['mask'],
                               mask_token=params['mask_token'], method=ViT.encode,
                               rngs={'dropout': rng})
     pred = self.regression_head.apply({'params': params['regression_head']}, enc['patches'])
+    return pred, target, 0.0
+
+  def _student_visible(self, params, x, views, target, rng):
+    """data2vec 2.0: encoder on the visible patches of clone_batch masked copies, conv decoder on
+    the grid with noise at the masked positions; returns the extra [CLS] loss too."""
+    m = self.config.method
+    k_drop, k_noise = jax.random.split(rng)
+    xs = jnp.repeat(x, self.clone_batch, axis=0)
+    target = jnp.repeat(target, self.clone_batch, axis=0)
+    enc = self.backbone.apply({'params': params['backbone']}, xs, train=True,
+                              ids_keep=views['ids_keep'], method=ViT.encode,
+                              rngs={'dropout': k_drop})
+    vis = enc['patches']
+    b, k, d = vis.shape
+    noise = m.mask_noise_std * jax.random.normal(k_noise, (b, self.num_patches - k, d), vis.dtype)
+    grid = masking.unshuffle(jnp.concatenate([vis, noise], axis=1), views['ids_restore'])
+    pred = self.decoder.apply({'params': params['decoder']}, grid)
+    cls = 0.0
+    if m.get('cls_loss', 0.0) > 0:
+      cls_target = jnp.mean(target, axis=1, keepdims=True)
+      cls = m.cls_loss * losses.data2vec_loss(enc['prefix'][:, :1], cls_target,
+                                              jnp.ones((b, 1)), m.loss_beta)
+    return pred, target, cls
+
+  def loss(self, params, state, views, rng):
+    m = self.config.method
+    x, mask = views['view0'], views['mask']
     target = jax.lax.stop_gradient(
         self.targets(jax.lax.stop_gradient(state.buffers['teacher']['backbone']), x))
-    loss = losses.data2vec_loss(pred, target, mask, m.loss_beta)
+    student = (self._student_visible if self.student == 'visible'
+               else self._student_mask_token)
+    pred, target, cls = student(params, x, views, target, rng)
+    patch_loss = losses.data2vec_loss(pred, target, mask, m.loss_beta)
+    loss = patch_loss + cls
     w = mask.astype(jnp.float32)[..., None]
     n = jnp.maximum(jnp.sum(w), 2.0)
 
@@ -114,13 +192,14 @@ class Data2Vec(Method):
       return jnp.mean(jnp.sqrt(var + 1e-6))
 
     metrics = {'target_std': masked_std(target), 'pred_std': masked_std(jax.lax.stop_gradient(pred)),
-               'mask_ratio': jnp.mean(w), 'ema_momentum': self.momentum_fn(state.step)}
+               'mask_ratio': jnp.mean(w), 'ema_momentum': self.momentum_fn(state.step),
+               'patch_loss': patch_loss, 'cls_loss': jnp.asarray(cls, jnp.float32)}
     return loss, (metrics, state.buffers)
 
   def features(self, params, buffers, images_uint8):
     """Student features, eval mode: the mean of the final-normed patch tokens
-    (``feature_pool='mean'``, the default: the [CLS] token gets no training signal in data2vec)
-    or the [CLS] token (``'cls'``)."""
+    (``feature_pool='mean'``, the default: in data2vec 1.0 the [CLS] token gets no training
+    signal) or the [CLS] token (``'cls'``; data2vec 2.0's ``cls_loss`` trains it)."""
     if self.config.method.get('feature_pool', 'mean') == 'cls':
       return super().features(params, buffers, images_uint8)
     out = self.backbone.apply({'params': params['backbone']}, self.normalize(images_uint8),
