@@ -146,14 +146,15 @@ def blur_kernel_size(image_size: int, kernel_frac: float = 0.1) -> int:
   return max(3, 2 * (k // 2) + 1)
 
 
-def _depthwise_conv(x: jax.Array, kernel_hw: jax.Array, padding: str) -> jax.Array:
-  """x: 1HWC; kernel_hw: (kh, kw) shared by all channels; depthwise conv."""
-  c = x.shape[-1]
-  kernel = jnp.broadcast_to(kernel_hw[:, :, None, None], kernel_hw.shape + (1, c))
-  return jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), window_strides=(1, 1), padding=padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
-      precision=jax.lax.Precision.HIGHEST)
+def _filter_1d(x: jax.Array, k: jax.Array, axis: int) -> jax.Array:
+  """'VALID' correlation of every channel of x with the 1-D kernel k along ``axis``, as a sum of
+  shifted slices (elementwise; XLA:CPU runs the equivalent depthwise convolution, batched into a
+  grouped one under vmap, several times slower)."""
+  n = x.shape[axis] - k.shape[0] + 1
+  out = k[0] * jax.lax.slice_in_dim(x, 0, n, axis=axis)
+  for i in range(1, k.shape[0]):
+    out = out + k[i] * jax.lax.slice_in_dim(x, i, i + n, axis=axis)
+  return out
 
 
 def apply_gaussian_blur(img: jax.Array, sigma, kernel_size: int,
@@ -170,20 +171,17 @@ def apply_gaussian_blur(img: jax.Array, sigma, kernel_size: int,
   h, w = img.shape[0], img.shape[1]
   r = kernel_size // 2
   k = gaussian_kernel1d(sigma, kernel_size)
-  x = img[None]
   if padding == 'reflect':
     if r > h - 1 or r > w - 1:
       raise ValueError(f'blur kernel_size {kernel_size} too large for reflect padding '
                        f'of a {h}x{w} image')
-    x = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode='reflect')
-    conv_padding = 'VALID'
+    x = jnp.pad(img, ((r, r), (r, r), (0, 0)), mode='reflect')
   elif padding == 'zeros':
-    conv_padding = 'SAME'
+    x = jnp.pad(img, ((r, r), (r, r), (0, 0)))
   else:
     raise ValueError(f"blur padding must be 'reflect' or 'zeros', got {padding!r}")
-  x = _depthwise_conv(x, k[None, :], conv_padding)  # along W
-  x = _depthwise_conv(x, k[:, None], conv_padding)  # along H
-  return x[0]
+  x = _filter_1d(x, k.astype(x.dtype), axis=1)  # along W
+  return _filter_1d(x, k.astype(x.dtype), axis=0)  # along H
 
 
 def apply_solarize(img: jax.Array, threshold=0.5) -> jax.Array:
@@ -296,12 +294,27 @@ def color_jitter(key, img: jax.Array, brightness=0.0, contrast=0.0, saturation=0
   if p == 0.0 or not ops:
     return img
   k_apply, k_draw = jax.random.split(key)
-  _, order, factors = sample_color_jitter(k_draw, brightness, contrast, saturation, hue)
+  names, order, factors = sample_color_jitter(k_draw, brightness, contrast, saturation, hue)
   branches = [functools.partial(lambda f, i, x: f(x, factors[i]), fn, i)
               for i, (_, fn, _) in enumerate(ops)]
   out = img
+  if 'hue' not in names or len(names) == 1:
+    for step in range(len(ops)):
+      out = jax.lax.switch(order[step], branches, out)
+    return _with_prob(k_apply, p, out, img)
+  # Same ops in the same order, but the (RGB <-> HSV) hue op is evaluated once: under vmap a
+  # switch computes every branch, so the plain loop above would shift hue len(ops) times.
+  # Steps before hue's position run the cheap ops (hue's branch is the identity), then hue,
+  # then the steps after it.
+  h = names.index('hue')
+  cheap = list(branches)
+  cheap[h] = lambda x: x
+  pos = jnp.argmax(order == h)
   for step in range(len(ops)):
-    out = jax.lax.switch(order[step], branches, out)
+    out = jnp.where(step < pos, jax.lax.switch(order[step], cheap, out), out)
+  out = branches[h](out)
+  for step in range(len(ops)):
+    out = jnp.where(step > pos, jax.lax.switch(order[step], cheap, out), out)
   return _with_prob(k_apply, p, out, img)
 
 

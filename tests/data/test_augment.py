@@ -210,6 +210,26 @@ def test_color_jitter_applies_ops_in_sampled_random_order():
   assert np.abs(np.asarray(a - b)).max() > 0.01
 
 
+def test_color_jitter_under_vmap_matches_the_sequential_order():
+  """color_jitter evaluates hue once (before/after phases); under vmap, for every position of hue
+  in the sampled order, the result equals the ops applied one by one in that order."""
+  img = _float(_uint8_image(8))
+  kw = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+  fns = dict(brightness=A.adjust_brightness, contrast=A.adjust_contrast,
+             saturation=A.adjust_saturation, hue=A.adjust_hue)
+  keys = jax.random.split(jax.random.key(3), 32)
+  out = jax.jit(jax.vmap(lambda k: A.color_jitter(k, img, p=1.0, **kw)))(keys)
+  positions = set()
+  for key, got in zip(keys, out):
+    names, order, f = A.sample_color_jitter(jax.random.split(key)[1], **kw)
+    ref = img
+    for i in np.asarray(order):
+      ref = fns[names[i]](ref, f[i])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    positions.add(int(np.argmax(np.asarray(order) == names.index('hue'))))
+  assert positions == {0, 1, 2, 3}
+
+
 def test_random_ops_p0_identity_p1_always():
   img = _float(_uint8_image(9))
   key = jax.random.key(0)

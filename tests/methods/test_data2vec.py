@@ -204,3 +204,18 @@ def test_v2_bad_config_errors(field, value, match):
   c.method[field] = value
   with pytest.raises(ValueError, match=match):
     Data2Vec(c)
+
+
+def test_imagenet_v2_config_builds_the_paper_model():
+  """configs/data2vec.py:imagenet_v2 is data2vec 2.0 base: ViT-B/16, 16 clones, 80 % masked
+  (39 of 196 patches visible), top-12 targets, 768-d decoder."""
+  from ssl_jax import config as config_lib
+  from ssl_jax.data import masking
+  from ssl_jax.methods.distillation.data2vec import Data2Vec
+  c = d2v_config.get_config('imagenet_v2')
+  config_lib.validate(c)
+  method = Data2Vec(c)
+  assert method.student == 'visible' and method.clone_batch == 16
+  assert method.num_patches == 196 and masking.num_kept(196, c.method.mask_ratio) == 39
+  assert c.method.top_k == method.backbone.depth == 12
+  assert method.decoder.dim == method.backbone.embed_dim == 768
