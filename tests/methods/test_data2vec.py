@@ -197,6 +197,7 @@ def test_v2_trains_and_agrees_on_eight_devices(v2_one_device):
     ('student', 'pixels', 'config.method.student'),
     ('mask_ratio', 0.99, 'config.method.mask_ratio'),
     ('clone_batch', 0, 'config.method.clone_batch'),
+    ('decoder_groups', 5, 'config.method.decoder_groups'),
 ])
 def test_v2_bad_config_errors(field, value, match):
   from ssl_jax.methods.distillation.data2vec import Data2Vec

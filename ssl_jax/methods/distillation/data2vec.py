@@ -44,7 +44,8 @@ B x clone_batch samples with weight 0.01 and averages the patch term, so its 0.0
 pre-norm ViT's final-normed tokens feed the decoder.
 
 ViT backbones only. Metrics: ``target_std`` and ``pred_std`` (per-channel std over masked tokens;
-a collapse monitor), ``mask_ratio``, ``ema_momentum``.
+a collapse monitor), ``mask_ratio``, ``ema_momentum``, ``patch_loss`` and ``cls_loss`` (2.0's
+weighted [CLS] term; 0 for 1.0).
 """
 from __future__ import annotations
 
@@ -97,7 +98,12 @@ class Data2Vec(Method):
         raise ValueError(f'config.method.mask_ratio={m.mask_ratio} leaves no visible or no '
                          f'masked patch of {self.num_patches}')
       if m.get('cls_loss', 0.0) > 0 and not self.backbone.num_prefix_tokens:
-        raise ValueError('config.method.cls_loss > 0 needs a [CLS] token (model.class_token)')
+        raise ValueError('config.method.cls_loss > 0 needs a ViT with a [CLS] token '
+                         '(num_prefix_tokens >= 1)')
+      g = m.decoder_groups
+      if g < 1 or self.feature_dim % g or m.decoder_dim % g:
+        raise ValueError(f'config.method.decoder_groups={g} must divide the embed dim '
+                         f'({self.feature_dim}) and config.method.decoder_dim ({m.decoder_dim})')
       self.decoder = Data2VecConvDecoder((self.grid, self.grid), self.feature_dim,
                                          m.decoder_dim, m.decoder_layers, m.decoder_kernel,
                                          m.decoder_groups)
