@@ -170,7 +170,7 @@ def apply_gaussian_blur(img: jax.Array, sigma, kernel_size: int,
     raise ValueError(f'kernel_size must be a positive odd int, got {kernel_size}')
   h, w = img.shape[0], img.shape[1]
   r = kernel_size // 2
-  k = gaussian_kernel1d(sigma, kernel_size)
+  k = gaussian_kernel1d(sigma, kernel_size).astype(img.dtype)
   if padding == 'reflect':
     if r > h - 1 or r > w - 1:
       raise ValueError(f'blur kernel_size {kernel_size} too large for reflect padding '
@@ -180,8 +180,8 @@ def apply_gaussian_blur(img: jax.Array, sigma, kernel_size: int,
     x = jnp.pad(img, ((r, r), (r, r), (0, 0)))
   else:
     raise ValueError(f"blur padding must be 'reflect' or 'zeros', got {padding!r}")
-  x = _filter_1d(x, k.astype(x.dtype), axis=1)  # along W
-  return _filter_1d(x, k.astype(x.dtype), axis=0)  # along H
+  x = _filter_1d(x, k, axis=1)  # along W
+  return _filter_1d(x, k, axis=0)  # along H
 
 
 def apply_solarize(img: jax.Array, threshold=0.5) -> jax.Array:

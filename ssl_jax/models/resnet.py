@@ -35,28 +35,38 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   swapped form with its generic loop emitter: 3.2 s for one 3x3 512 -> 512 convolution on a
   (192, 2, 2, 512) input on a 2-core CPU, 67x slower than this im2col form. The backward pass
   of the im2col form is slices, pads and matmuls. Any other convolution goes to
-  ``lax.conv_general_dilated`` unchanged."""
+  ``lax.conv_general_dilated`` unchanged, except grouped ones (``feature_group_count`` g > 1, e.g.
+  data2vec 2.0's decoder): XLA:CPU runs those ~16-25x slower than dense ones, so they always take
+  the im2col form, with one einsum over the g groups."""
   def fallback():
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation,
                                     dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
                                     **kwargs)
-  if (lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
+  g = feature_group_count
+  if (lhs.ndim != 4 or rhs.ndim != 4
       or kwargs.get('batch_group_count', 1) != 1 or isinstance(padding, str)
       or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
       or not _is_nhwc(dimension_numbers)):
     return fallback()
-  kh, kw, cin, cout = rhs.shape
+  kh, kw, cin, cout = rhs.shape          # cin: input channels per group
   (pt, pb), (pl, pr) = padding
   sh, sw = window_strides
   b, h, w, _ = lhs.shape
   ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-  if min(h * w, ho * wo) >= kh * kw or ho <= 0 or wo <= 0 or min(pt, pb, pl, pr) < 0:
+  if ((g == 1 and min(h * w, ho * wo) >= kh * kw) or ho <= 0 or wo <= 0
+      or min(pt, pb, pl, pr) < 0):
     return fallback()
   xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+  cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, g * cin),
                     (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  if g > 1:
+    cols = jnp.stack(cols, axis=3).reshape(b, ho, wo, kh * kw, g, cin)
+    out = jnp.einsum('bhwtgc,tcgo->bhwgo', cols, rhs.reshape(kh * kw, cin, g, cout // g),
+                     precision=precision,
+                     preferred_element_type=kwargs.get('preferred_element_type'))
+    return out.reshape(b, ho, wo, cout)
   cols = jnp.concatenate(cols, axis=-1).reshape(b * ho * wo, kh * kw * cin)
   out = jnp.dot(cols, rhs.reshape(kh * kw * cin, cout), precision=precision,
                 preferred_element_type=kwargs.get('preferred_element_type'))

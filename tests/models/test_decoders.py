@@ -196,19 +196,21 @@ def test_patchify_of_pixel_mask_roundtrip():
   np.testing.assert_array_equal(unpatchify(patchify(x, 4), 4, 2, 2, 3), x)
 
 
-def test_grouped_conv_matches_flax_grouped_conv():
-  """The im2col GroupedConv (data2vec 2.0's decoder) equals nn.Conv(feature_group_count=g) with
-  the same parameters, for odd grids and several group counts."""
+def test_grouped_im2col_conv_matches_lax():
+  """resnet.conv_general_dilated's grouped im2col path (data2vec 2.0's decoder) equals
+  lax.conv_general_dilated, for odd grids, strides, paddings and several group counts."""
   import flax.linen as nn
-  from ssl_jax.models.decoders import GroupedConv
+  from ssl_jax.models.resnet import conv_general_dilated
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 5, 12))
-  for groups, k in ((1, 3), (4, 3), (12, 1), (3, 5)):
-    ref = nn.Conv(24, (k, k), padding='SAME', feature_group_count=groups)
+  for groups, k, stride in ((4, 3, 1), (12, 1, 1), (3, 5, 1), (4, 3, 2), (2, 3, 1)):
+    pad = [(k // 2,) * 2] * 2
+    ref = nn.Conv(24, (k, k), stride, padding=pad, feature_group_count=groups)
+    ours = nn.Conv(24, (k, k), stride, padding=pad, feature_group_count=groups,
+                   conv_general_dilated=conv_general_dilated)
     params = ref.init(jax.random.PRNGKey(0), x)
-    got = GroupedConv(24, k, groups).apply(params, x)
-    np.testing.assert_allclose(got, ref.apply(params, x), rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match='groups=5'):
-    GroupedConv(24, 3, 5).init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda p: ours.apply(p, x))(params))
+    assert 'conv_general_dilated' not in jaxpr   # the im2col form, not XLA's grouped conv
 
 
 def test_data2vec_conv_decoder_shapes_and_grid_check():

@@ -111,7 +111,7 @@ class Data2Vec(Method):
       self.mask_bank = BlockMaskBank(self.grid, (m.mask_ratio, m.mask_ratio),
                                      size=m.mask_bank_size, seed=config.seed,
                                      min_num_patches=m.get('mask_min_patches', None) or None)
-    self.regression_head = nn.Dense(self.feature_dim, name='regression_head')
+      self.regression_head = nn.Dense(self.feature_dim, name='regression_head')
     self.momentum_fn = linear_anneal(m.momentum, m.momentum_final,
                                      m.momentum_anneal_steps or config.train.steps)
 
