@@ -184,6 +184,37 @@ def simmim_l1_loss(pred, target, mask, eps: float = 1e-5):
   return _masked_mean(per_patch, mask, eps)
 
 
+def local_norm_targets(images, window: int, eps: float = 1e-6):
+  r"""SimMIM's normalised pixel targets (the official repo's ``norm_targets``, used with a
+  47-px window in Xie et al., "On Data Scaling in Masked Image Modeling", CVPR 2023): every
+  pixel is standardised by the mean and (unbiased) variance of its ``window x window``
+  neighbourhood, per channel, borders counting only the in-image pixels:
+
+  .. math::
+     \hat x = (x - \mu_w) / \sqrt{\max(\tfrac{n}{n - 1}(\overline{x^2}_w - \mu_w^2), 0)
+                                    + 10^{-6}}
+
+  with :math:`n` the number of in-image pixels of the window.
+
+  Args:
+    images: (B, H, W, C) float images; window: odd window side in pixels.
+  """
+  if window % 2 != 1:
+    raise ValueError(f'local_norm_targets: window must be odd, got {window}')
+  x = images.astype(jnp.float32)
+  pad = window // 2
+
+  def box_sum(y):
+    y = jnp.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return jax.lax.reduce_window(y, 0.0, jax.lax.add, (1, window, window, 1), (1, 1, 1, 1),
+                                 'VALID')
+
+  count = box_sum(jnp.ones(x.shape[:3] + (1,), jnp.float32))
+  mean = box_sum(x) / count
+  var = (box_sum(x * x) / count - mean ** 2) * (count / (count - 1))
+  return (x - mean) / jnp.sqrt(jnp.maximum(var, 0.0) + eps)
+
+
 def masked_cross_entropy(logits, labels, mask):
   r"""BEiT's masked image modelling loss: cross-entropy of the visual-token index of each masked
   patch.

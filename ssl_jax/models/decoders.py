@@ -90,12 +90,27 @@ class MAEDecoder(nn.Module):
 class SimMIMHead(nn.Module):
   """SimMIM's prediction head (Xie et al. 2022): one linear layer from each patch token to the
   ``patch_dim = p * p * C`` raw pixels of its patch (their 1x1 conv + PixelShuffle, in
-  :func:`ssl_jax.models.vit.patchify` order)."""
+  :func:`ssl_jax.models.vit.patchify` order).
+
+  ``depth > 0`` puts that many pre-norm transformer blocks (width of the tokens, ``num_heads``)
+  and a LayerNorm before the linear layer: the heavier heads of the paper's Table 3 ablation
+  (2-layer MLP, inverse Swin), here as ViT blocks over the patch tokens, so that the encoder's
+  last block must carry context for the head instead of being the pixel predictor itself.
+  """
   patch_dim: int
+  depth: int = 0
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
 
   @nn.compact
   def __call__(self, patch_tokens: Array) -> Array:
-    return _dense(self.patch_dim, 'pred')(patch_tokens.astype(jnp.float32))
+    x = patch_tokens.astype(jnp.float32)
+    if self.depth:
+      for i in range(self.depth):
+        x = Block(x.shape[-1], self.num_heads, self.mlp_ratio, True, 0.0, 1e-6,
+                  name=f'blocks_{i}')(x)
+      x = nn.LayerNorm(1e-6, dtype=jnp.float32, name='norm')(x)
+    return _dense(self.patch_dim, 'pred')(x)
 
 
 class Data2VecConvDecoder(nn.Module):

@@ -202,6 +202,17 @@ def test_simmim_one_vs_eight_devices():
   assert state1.params['mask_token'].shape == (32,)
 
 
+def test_simmim_norm_targets_and_head_blocks_train_and_check_fields():
+  c = tiny('simmim')
+  c.method.norm_target_window, c.method.head_depth, c.method.head_heads = 5, 1, 2
+  state, hist = helpers.run_steps(c, 1, 2)
+  assert np.isfinite(hist[-1]['loss'])
+  assert 'blocks_0' in state.params['head']
+  c.method.norm_target_window = 4
+  with pytest.raises(ValueError, match='norm_target_window=4 must be odd'):
+    build_method(c)
+
+
 # ----------------------------------------------------------------------------- BEiT + tokenizer
 
 @pytest.fixture(scope='module')

@@ -84,6 +84,42 @@ def test_simmim_loss_hand_and_numpy():
                              np_simmim(pred, target, mask, p), rtol=1e-5)
 
 
+def np_local_norm(x, window):
+  """SimMIM's norm_targets, pixel by pixel: in-image window mean and unbiased variance."""
+  b, h, w, c = x.shape
+  r = window // 2
+  out = np.zeros_like(x)
+  for i in range(h):
+    for j in range(w):
+      patch = x[:, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].reshape(b, -1, c)
+      mu, var = patch.mean(1), patch.var(1, ddof=1)
+      out[:, i, j] = (x[:, i, j] - mu) / np.sqrt(np.maximum(var, 0) + 1e-6)
+  return out
+
+
+def test_local_norm_targets_against_windowed_numpy():
+  x = RNG.normal(size=(2, 7, 6, 3)).astype(np.float32) * 2 + 1
+  for window in (3, 5):
+    np.testing.assert_allclose(losses.local_norm_targets(x, window), np_local_norm(x, window),
+                               rtol=1e-4, atol=1e-4)
+  flat = np.zeros((1, 5, 5, 1), np.float32)      # constant images give 0, not NaN
+  np.testing.assert_allclose(losses.local_norm_targets(flat + 3, 3), flat, atol=1e-3)
+  with pytest.raises(ValueError, match='odd'):
+    losses.local_norm_targets(x, 4)
+
+
+def test_simmim_head_with_blocks_mixes_tokens():
+  """depth 0: each patch's prediction depends on its own token only (the paper's linear head);
+  depth > 0: on the other tokens too."""
+  tok = jnp.asarray(RNG.normal(size=(1, 4, 16)), jnp.float32)
+  for depth, mixes in ((0, False), (1, True)):
+    head = decoders.SimMIMHead(12, depth=depth, num_heads=2)
+    params = head.init(jax.random.PRNGKey(0), tok)
+    assert head.apply(params, tok).shape == (1, 4, 12)
+    jac = jax.jacobian(lambda t: head.apply(params, t)[0, 0])(tok)   # (12, 1, 4, 16)
+    assert (np.abs(np.asarray(jac)[:, 0, 1:]).max() > 0) == mixes
+
+
 def test_masked_cross_entropy_hand_and_numpy():
   logits = jnp.array([[[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]]])
   labels = jnp.array([[0, 2]])

@@ -9,7 +9,11 @@ linear head (:class:`ssl_jax.models.decoders.SimMIMHead`) predicts the raw (norm
 each patch and the loss is L1 on the masked pixels only (``losses.simmim_l1_loss``).
 
 Config (``config.method``): mask_ratio, mask_patch_size (a multiple of ``model.patch_size`` that
-divides ``data.image_size``), feature_pool.
+divides ``data.image_size``), feature_pool; norm_target_window (0: the paper's raw pixels; an odd
+window: each target pixel standardised over its neighbourhood, the official repository's
+``NORM_TARGET`` of the SimMIM data-scaling follow-up, ``losses.local_norm_targets``); head_depth /
+head_heads (0: the paper's linear head; >0: transformer blocks before it, the heavier heads of the
+paper's Table 3 ablation).
 """
 from __future__ import annotations
 
@@ -52,7 +56,11 @@ class SimMIM(MaskedImageMethod):
                        f'of model.patch_size={self.patch_size} and divide data.image_size={size}')
     self.mask_grid = size // self.mask_patch_size
     self.scale = self.mask_patch_size // self.patch_size
-    self.head = SimMIMHead(self.patch_dim)
+    self.head = SimMIMHead(self.patch_dim, depth=m.head_depth, num_heads=m.head_heads)
+    self.norm_target_window = m.norm_target_window
+    if self.norm_target_window and self.norm_target_window % 2 == 0:
+      raise ValueError(f'config.method.norm_target_window={self.norm_target_window} must be odd '
+                       '(0 = raw pixel targets)')
 
   def init(self, rng, batch):
     k1, k2, k3 = jax.random.split(rng, 3)
@@ -76,7 +84,10 @@ class SimMIM(MaskedImageMethod):
 
   def loss(self, params, state, views, rng):
     pred = self.predict(params, views, train=True, rng=rng)
-    target = vit_lib.patchify(views['image'], self.patch_size)
+    target = views['image']
+    if self.norm_target_window:
+      target = losses.local_norm_targets(target, self.norm_target_window)
+    target = vit_lib.patchify(target, self.patch_size)
     return losses.simmim_l1_loss(pred, target, views['mask']), ({}, state.buffers)
 
   def reconstruct(self, params, buffers, images_uint8, rng):
