@@ -68,7 +68,7 @@ def load_config(name: str, arg: str):
   return quality.load_config(f"{os.path.join(ROOT, 'configs', name + '.py')}:{arg}")
 
 
-def make_config(row: str, batch_size: int, augment: bool = True):
+def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str = 'auto'):
   """``configs/<method>.py:cifar10[,<backbone>]`` with the benchmark's shapes."""
   from configs import _common as common  # pylint: disable=g-import-not-at-top
   method, _, bb = row.partition('_')
@@ -82,6 +82,7 @@ def make_config(row: str, batch_size: int, augment: bool = True):
       c.model[key] = 0  # the vit_tiny preset: 192, 12, 3
   else:
     common.cifar_resnet18(c, width=64)
+    c.model.conv_impl = conv_impl
   if method == 'dino':
     c.method.out_dim = DINO_OUT_DIM
     c.method.num_local_crops = DINO_LOCAL_CROPS
@@ -149,8 +150,9 @@ def step_flops(compiled) -> float | None:
   return float(cost['flops'])
 
 
-def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool) -> dict:
-  c = make_config(row, batch_size, augment)
+def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool,
+              conv_impl: str = 'auto') -> dict:
+  c = make_config(row, batch_size, augment, conv_impl)
   exp = loop.Experiment(c, tempfile.mkdtemp())
   state = exp.initial_state()
   batch = sharding.global_batch(exp.mesh, exp.train_ds[0])
@@ -249,6 +251,8 @@ def print_table(rows, args, peak_jax, lightly_env):
           f"torch.set_num_threads({lightly_env['threads']}), float32, pre-augmented input "
           f"tensors. lightly FLOPs: torch FlopCounterMode (matmul/conv/attention only).")
   alloc = f'LD_PRELOAD={preload}' if preload else 'glibc malloc (no LD_PRELOAD)'
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  alloc += f', GLIBC_TUNABLES={tunables}' if tunables else ', no GLIBC_TUNABLES'
   print(f'Allocator: {alloc} for both sides (the lightly subprocess inherits this environment).')
   print(f'1-min load average before / after the run: {args.load[0]:.1f} / {args.load[1]:.1f} '
         '(should be ~0: eager PyTorch threads are very sensitive to other load).')
@@ -274,13 +278,21 @@ def main():
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   p.add_argument('--augment', choices=('on', 'off'), default='on',
                  help='our on-device colour augmentation inside the step (the real train step)')
+  p.add_argument('--conv_impl', choices=('auto', 'im2col', 'xla'), default='auto',
+                 help="ResNet rows' convolutions (model.conv_impl; auto = im2col matmuls on CPU)")
   p.add_argument('--vs_lightly', action='store_true',
                  help='also time lightly (PyTorch) in the venv of benchmarks/lightly_env.sh')
   p.add_argument('--lightly_python', default=os.environ.get('LIGHTLY_PYTHON',
                                                             DEFAULT_LIGHTLY_PYTHON))
   p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads (lightly)')
   p.add_argument('--json', default='', help='also write the raw results here')
+  p.add_argument('--hugepages', choices=('on', 'off'), default='on',
+                 help='re-run under GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as python -m '
+                 'ssl_jax.main does; both sides inherit it) unless already set')
   args = p.parse_args()
+  if args.hugepages == 'on':
+    from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    main_lib.reexec_with_hugepages()
   rows = ALL_ROWS if args.rows == 'all' else tuple(args.rows.split(','))
   for row in rows:
     if row not in ALL_ROWS:
@@ -300,7 +312,8 @@ def main():
     if row in NOT_APPLICABLE:
       results.append({'row': row, 'na': NOT_APPLICABLE[row]})
       continue
-    r = time_ours(row, args.batch_size, args.steps, args.warmup, args.augment == 'on')
+    r = time_ours(row, args.batch_size, args.steps, args.warmup, args.augment == 'on',
+                  args.conv_impl)
     print(f"[ours] {row}: {r['img_s']:.1f} img/s (compile {r['compile_s']:.0f} s)",
           file=sys.stderr, flush=True)
     if args.vs_lightly:

@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.backbone = 'resnet18'
   c.model.width = 64             # ResNet first-stage width (64 = the paper's)
   c.model.cifar_stem = False     # 3x3/1 stem without max-pool for small images
+  c.model.conv_impl = 'auto'     # ResNet convolutions: 'auto' (im2col on CPU) | 'im2col' | 'xla'
   c.model.patch_size = 16        # ViT
   c.model.img_size = 224         # ViT: the resolution its position embedding is built for
   c.model.drop_path_rate = 0.0
@@ -213,6 +214,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config.optim.lr_scaling, 'optim.lr_scaling', ('linear', 'sqrt', 'none'))
   _choice(config.train.nan_policy, 'train.nan_policy', ('skip', 'stop'))
   _choice(config.model.dtype, 'model.dtype', ('float32', 'bfloat16'))
+  _choice(config.model.get('conv_impl', 'auto'), 'model.conv_impl', ('auto', 'im2col', 'xla'))
   for field in ('data.batch_size', 'data.image_size', 'train.steps', 'train.log_every',
                 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.knn_k',
                 'eval.batch_size', 'model.width', 'optim.grad_accum_steps'):

@@ -31,6 +31,40 @@ _MODE = flags.DEFINE_enum('mode', 'pretrain', ['pretrain', 'eval', 'export', 'me
                           'report the per-device memory it needs (no data, no training).')
 
 
+HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
+
+
+def hugepage_env(environ) -> dict | None:
+  """The environment to re-execute this process with so that glibc's malloc backs large blocks
+  with transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, glibc >= 2.35), or
+  None when that is already set, opted out of (``SSL_JAX_HUGEPAGES=0``) or not Linux.
+
+  Why: XLA:CPU allocates a step's temporary buffers afresh each step, so every 4 KiB page of
+  them is faulted in again: a ViT-Tiny SimCLR step at batch 64 took ~716,000 minor page faults
+  (2.8 GB) and 2.6 s of kernel time per step on a 2-core CPU; with huge pages ~2,000 faults,
+  0.5 s, and the step 15 % faster (5.6 -> 4.8 s). malloc reads the tunable once at process
+  start, hence the re-exec. Unknown to older glibc (ignored) and harmless where transparent huge
+  pages are off (/sys/kernel/mm/transparent_hugepage/enabled = never).
+  """
+  if not sys.platform.startswith('linux') or environ.get('SSL_JAX_HUGEPAGES', '1') == '0':
+    return None
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return None
+  env = dict(environ)
+  env['GLIBC_TUNABLES'] = f'{tunables}:{HUGEPAGE_TUNABLE}' if tunables else HUGEPAGE_TUNABLE
+  return env
+
+
+def reexec_with_hugepages() -> None:
+  """Replaces this process (same pid, same command line) by one with :func:`hugepage_env`."""
+  env = hugepage_env(os.environ)
+  if env is not None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
 def run_eval(config, workdir: str) -> dict:
   """kNN at every k of ``config.eval.knn_ks`` and the linear probe of the latest checkpoint in
   ``workdir`` (see ssl_jax/eval/run.py); writes ``workdir/eval.json``."""
@@ -147,4 +181,5 @@ def _main(argv):
 
 
 if __name__ == '__main__':
+  reexec_with_hugepages()
   app.run(main, flags_parser=_parse_flags)

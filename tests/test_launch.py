@@ -39,3 +39,25 @@ def test_slurm_dry_run():
   lines = run('launch/slurm.sbatch', '--dry-run', *CMD)
   assert lines[0].startswith('srun ') and '--gpus-per-task=1' in lines[0]
   assert 'ssl_jax.main' in lines[0]
+
+
+def test_hugepage_env_adds_the_malloc_tunable_once():
+  from ssl_jax import main  # pylint: disable=g-import-not-at-top
+  env = main.hugepage_env({'PATH': '/bin'})
+  assert env == {'PATH': '/bin', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+  env = main.hugepage_env({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})
+  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+  assert main.hugepage_env({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) is None  # user's choice
+  assert main.hugepage_env({'SSL_JAX_HUGEPAGES': '0'}) is None
+
+
+def test_reexec_keeps_the_command_line_and_sets_the_tunable():
+  code = ('import os, sys; from ssl_jax import main; main.reexec_with_hugepages(); '
+          'print(os.environ.get("GLIBC_TUNABLES"), os.getpid(), sys.argv[1:])')
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'SSL_JAX_HUGEPAGES')}
+  out = subprocess.run(['python', '-c', code, 'a', 'b'], cwd=ROOT, env=env, capture_output=True,
+                       text=True, check=True, timeout=60).stdout.split()
+  assert out[0] == 'glibc.malloc.hugetlb=1' and out[2:] == ["['a',", "'b']"]
+  off = subprocess.run(['python', '-c', code], cwd=ROOT, env={**env, 'SSL_JAX_HUGEPAGES': '0'},
+                       capture_output=True, text=True, check=True, timeout=60).stdout.split()
+  assert off[0] == 'None'

@@ -15,7 +15,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 def build_backbone(model_cfg):
   """Builds the backbone named by ``model_cfg.backbone`` (a flax module with ``feature_dim``).
 
-  ResNets read ``width``, ``cifar_stem`` and optional ``stage_sizes`` (blocks per stage, for
+  ResNets read ``width``, ``cifar_stem``, ``conv_impl`` and optional ``stage_sizes`` (blocks per stage, for
   tiny test models); ViTs read ``patch_size``, ``img_size``,
   ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos') and optional overrides
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models). Unknown names raise ValueError
@@ -28,7 +28,8 @@ def build_backbone(model_cfg):
     if model_cfg.get('stage_sizes', ()):
       kw['stage_sizes'] = tuple(int(n) for n in model_cfg.stage_sizes)
     return RESNETS[name](width=model_cfg.get('width', 64),
-                         cifar_stem=model_cfg.get('cifar_stem', False), dtype=dtype, **kw)
+                         cifar_stem=model_cfg.get('cifar_stem', False), dtype=dtype,
+                         conv_impl=model_cfg.get('conv_impl', 'auto'), **kw)
   if name in VITS:
     from ssl_jax.models import vit  # pylint: disable=g-import-not-at-top
     kw = dict(vit.VIT_PRESETS[name])

@@ -12,6 +12,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -23,21 +24,34 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """``lax.conv_general_dilated``, except that a 2-D NHWC convolution whose input or output
-  feature map has fewer pixels than the kernel window (a 3x3 convolution on the 2x2 maps of
-  stage 4 for 16 px inputs, or a stride-2 one onto them) runs as one im2col matmul: the same
-  sums of products, in another order.
+CONV_IMPLS = ('auto', 'im2col', 'xla')
 
-  Why: XLA's algebraic simplifier swaps the operands of such a convolution (the kernel becomes
-  the "image"; for the stride-2 one, its input-gradient convolution), and XLA:CPU runs the
-  swapped form with its generic loop emitter: 3.2 s for one 3x3 512 -> 512 convolution on a
-  (192, 2, 2, 512) input on a 2-core CPU, 67x slower than this im2col form. The backward pass
-  of the im2col form is slices, pads and matmuls. Any other convolution goes to
-  ``lax.conv_general_dilated`` unchanged, except grouped ones (``feature_group_count`` g > 1, e.g.
-  data2vec 2.0's decoder): XLA:CPU runs those ~16-25x slower than dense ones, so they always take
-  the im2col form, with one einsum over the g groups."""
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, *,
+                         impl: str = 'auto', **kwargs):
+  """``lax.conv_general_dilated``, or the same sums of products as one im2col matmul (k x k
+  shifted slices of the padded input side by side, times the kernel as a (k*k*C_in, C_out)
+  matrix; its backward pass is slices, pads and matmuls) for a 2-D NHWC convolution.
+
+  ``impl``: ``'xla'`` keeps XLA's convolution, ``'im2col'`` takes the matmul form, ``'auto'``
+  (the default) takes it on the CPU backend and otherwise only where XLA:CPU-style trouble is
+  structural (below). Why on CPU: XLA:CPU's convolutions reach a fraction of its matmul speed on
+  ResNet shapes: one forward + backward of each of the 9 distinct convolution shapes of a
+  CIFAR-stem ResNet-18 at batch 64 on a 2-core CPU takes 1.77 s as XLA convolutions and 0.89 s
+  as im2col matmuls (the 3x3 64 -> 64 one on 32 x 32 maps: 940 vs 250 ms; no shape slower by
+  more than the noise; ``benchmarks/conv_impl.py``). On GPU/TPU XLA's own convolutions are the
+  fast path.
+
+  Always im2col (any backend, unless ``impl='xla'``): a convolution whose input or output
+  feature map has fewer pixels than the kernel window (a 3x3 convolution on the 2x2 maps of
+  stage 4 for 16 px inputs, or a stride-2 one onto them): XLA's algebraic simplifier swaps its
+  operands and XLA:CPU runs the swapped form with its generic loop emitter, 3.2 s for one 3x3
+  512 -> 512 convolution on a (192, 2, 2, 512) input, 67x slower than im2col; and grouped ones
+  (``feature_group_count`` g > 1, e.g. data2vec 2.0's decoder), ~16-25x slower than dense ones
+  in XLA:CPU, as one einsum over the g groups."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
   def fallback():
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation,
@@ -55,8 +69,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   sh, sw = window_strides
   b, h, w, _ = lhs.shape
   ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-  if ((g == 1 and min(h * w, ho * wo) >= kh * kw) or ho <= 0 or wo <= 0
-      or min(pt, pb, pl, pr) < 0):
+  structural = g > 1 or min(h * w, ho * wo) < kh * kw
+  wanted = impl == 'im2col' or (impl == 'auto' and (structural or jax.default_backend() == 'cpu'))
+  if impl == 'xla' or not wanted or ho <= 0 or wo <= 0 or min(pt, pb, pl, pr) < 0:
     return fallback()
   xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, g * cin),
@@ -82,12 +97,15 @@ def _is_nhwc(dimension_numbers) -> bool:
     return False
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str, dtype,
+          impl: str = 'auto') -> nn.Conv:
   """A bias-free k x k convolution with torchvision's padding k // 2 and Kaiming fan-out init,
-  through :func:`conv_general_dilated` (every convolution of the ResNet goes through here)."""
+  through :func:`conv_general_dilated` with ``impl`` (every convolution of the ResNet goes
+  through here)."""
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2,) * 2] * 2,
                  use_bias=False, kernel_init=conv_init, dtype=dtype,
-                 conv_general_dilated=conv_general_dilated, name=name)
+                 conv_general_dilated=functools.partial(conv_general_dilated, impl=impl),
+                 name=name)
 
 
 class BasicBlock(nn.Module):
@@ -96,11 +114,12 @@ class BasicBlock(nn.Module):
   strides: int = 1
   norm: ModuleDef = nn.BatchNorm
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     residual = x
     y = conv(self.features, 3, self.strides, 'conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
@@ -118,11 +137,12 @@ class Bottleneck(nn.Module):
   strides: int = 1
   norm: ModuleDef = nn.BatchNorm
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     residual = x
     y = nn.relu(self.norm(name='bn1')(conv(self.features, 1, 1, 'conv1')(x)))
     y = nn.relu(self.norm(name='bn2')(conv(self.features, 3, self.strides, 'conv2')(y)))
@@ -143,6 +163,8 @@ class ResNet(nn.Module):
     width: channels of the first stage (64 in the paper; smaller for tiny test models).
     cifar_stem: 3x3 stride-1 stem without max-pool (SimCLR's CIFAR variant) instead of 7x7/2 + pool.
     bn_momentum: running-average decay of the BatchNorm statistics (PyTorch's 0.1 == 0.9 here).
+    conv_impl: 'auto' | 'im2col' | 'xla', how the convolutions run (:func:`conv_general_dilated`;
+      the parameters and results are the same).
   """
   stage_sizes: Sequence[int]
   block: Callable = BasicBlock
@@ -150,6 +172,7 @@ class ResNet(nn.Module):
   cifar_stem: bool = False
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @property
   def feature_dim(self) -> int:
@@ -161,17 +184,17 @@ class ResNet(nn.Module):
                                      epsilon=1e-5, dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:
-      x = _conv(self.width, 3, 1, 'conv1', self.dtype)(x)
+      x = _conv(self.width, 3, 1, 'conv1', self.dtype, self.conv_impl)(x)
       x = nn.relu(norm(name='bn1')(x))
     else:
-      x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
+      x = _conv(self.width, 7, 2, 'conv1', self.dtype, self.conv_impl)(x)
       x = nn.relu(norm(name='bn1')(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block(self.width * 2**i, strides=strides, norm=norm, dtype=self.dtype,
-                       name=f'layer{i + 1}_{j}')(x)
+                       conv_impl=self.conv_impl, name=f'layer{i + 1}_{j}')(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

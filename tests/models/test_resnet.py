@@ -44,3 +44,35 @@ def test_batchnorm_train_updates_stats_eval_uses_them():
   a = model.apply(v, x)
   b = model.apply(v, x[:1])
   np.testing.assert_allclose(a[:1], b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('ctor,cifar_stem,size', [(resnet.resnet18, True, 16),
+                                                  (resnet.resnet50, False, 32)])
+def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
+  """im2col matmuls (model.conv_impl 'im2col', and 'auto' on CPU) compute the same network as
+  XLA's convolutions: 3x3/7x7/1x1, strides 1 and 2, maps down to 1x1; forward and gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
+  models = {impl: ctor(width=4, cifar_stem=cifar_stem, conv_impl=impl) for impl in resnet.CONV_IMPLS}
+  v = models['xla'].init(jax.random.PRNGKey(0), x)
+  results = {}
+  for impl, model in models.items():
+    def loss(params, x, model=model):
+      return jnp.sum(jnp.sin(model.apply({**v, 'params': params}, x)))   # eval-mode BN
+    jaxpr = str(jax.make_jaxpr(loss)(v['params'], x))
+    results[impl] = jax.value_and_grad(loss, argnums=(0, 1))(v['params'], x), jaxpr
+  assert 'conv_general_dilated' in results['xla'][1]
+  assert 'conv_general_dilated' not in results['im2col'][1]
+  if jax.default_backend() == 'cpu':
+    assert 'conv_general_dilated' not in results['auto'][1]
+  (ref_val, ref_grad), _ = results['xla']
+  for impl in ('im2col', 'auto'):
+    (val, grad), _ = results[impl]
+    np.testing.assert_allclose(val, ref_val, rtol=1e-4)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max()), grad, ref_grad)
+
+
+def test_bad_conv_impl_is_named():
+  with pytest.raises(ValueError, match='im2col'):
+    resnet.conv_general_dilated(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), (1, 1),
+                                ((1, 1), (1, 1)), impl='winograd')

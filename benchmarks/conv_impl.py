@@ -1,0 +1,68 @@
+"""XLA convolutions vs im2col matmuls (``model.conv_impl``) for every distinct convolution shape of
+a CIFAR-stem ResNet-18: one jitted forward + backward (gradients of input and kernel) each.
+
+    python benchmarks/conv_impl.py [--batch_size 64] [--reps 5]
+
+Prints a table of median milliseconds per shape and the totals.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+
+from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
+
+# (map size, C_in, C_out, kernel, stride) of ResNet-18 with the CIFAR stem at 32 px.
+SHAPES = ((32, 3, 64, 3, 1), (32, 64, 64, 3, 1), (32, 64, 128, 3, 2), (32, 64, 128, 1, 2),
+          (16, 128, 128, 3, 1), (16, 128, 256, 3, 2), (8, 256, 256, 3, 1), (8, 256, 512, 3, 2),
+          (4, 512, 512, 3, 1))
+DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def time_grad(impl: str, x, w, stride: int, reps: int) -> float:
+  k = w.shape[0]
+  conv = functools.partial(resnet.conv_general_dilated, window_strides=(stride, stride),
+                           padding=((k // 2, k // 2),) * 2, dimension_numbers=DIMS, impl=impl)
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+  jax.block_until_ready(grad(x, w))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(grad(x, w))
+    times.append(time.perf_counter() - t0)
+  return 1000 * statistics.median(times)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--batch_size', type=int, default=64)
+  p.add_argument('--reps', type=int, default=5)
+  args = p.parse_args()
+  print('| map | C_in -> C_out | kernel / stride | xla ms | im2col ms | xla / im2col |')
+  print('|---|---|---|---|---|---|')
+  total = {'xla': 0.0, 'im2col': 0.0}
+  for hw, cin, cout, k, s in SHAPES:
+    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch_size, hw, hw, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+    ms = {impl: time_grad(impl, x, w, s, args.reps) for impl in total}
+    for impl in total:
+      total[impl] += ms[impl]
+    print(f"| {hw}x{hw} | {cin} -> {cout} | {k}x{k} / {s} | {ms['xla']:.1f} | {ms['im2col']:.1f} "
+          f"| {ms['xla'] / ms['im2col']:.2f}x |", flush=True)
+  print(f"| total | | | {total['xla']:.1f} | {total['im2col']:.1f} | "
+        f"{total['xla'] / total['im2col']:.2f}x |")
+  print(f'\nbatch {args.batch_size}, forward + backward (input and kernel gradients), median of '
+        f'{args.reps}; JAX {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPUs.')
+
+
+if __name__ == '__main__':
+  main()
