@@ -48,6 +48,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from benchmarks import quality  # pylint: disable=wrong-import-position
+from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
 from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
 
 METHODS = ('simclr', 'byol', 'dino', 'mae')
@@ -278,7 +279,7 @@ def main():
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   p.add_argument('--augment', choices=('on', 'off'), default='on',
                  help='our on-device colour augmentation inside the step (the real train step)')
-  p.add_argument('--conv_impl', choices=('auto', 'im2col', 'xla'), default='auto',
+  p.add_argument('--conv_impl', choices=resnet.CONV_IMPLS, default='auto',
                  help="ResNet rows' convolutions (model.conv_impl; auto = im2col matmuls on CPU)")
   p.add_argument('--vs_lightly', action='store_true',
                  help='also time lightly (PyTorch) in the venv of benchmarks/lightly_env.sh')

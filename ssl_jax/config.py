@@ -214,7 +214,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config.optim.lr_scaling, 'optim.lr_scaling', ('linear', 'sqrt', 'none'))
   _choice(config.train.nan_policy, 'train.nan_policy', ('skip', 'stop'))
   _choice(config.model.dtype, 'model.dtype', ('float32', 'bfloat16'))
-  _choice(config.model.get('conv_impl', 'auto'), 'model.conv_impl', ('auto', 'im2col', 'xla'))
+  _choice(config.model.get('conv_impl', 'auto'), 'model.conv_impl', models.resnet.CONV_IMPLS)
   for field in ('data.batch_size', 'data.image_size', 'train.steps', 'train.log_every',
                 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.knn_k',
                 'eval.batch_size', 'model.width', 'optim.grad_accum_steps'):

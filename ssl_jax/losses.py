@@ -209,7 +209,7 @@ def local_norm_targets(images, window: int, eps: float = 1e-6):
     return jax.lax.reduce_window(y, 0.0, jax.lax.add, (1, window, window, 1), (1, 1, 1, 1),
                                  'VALID')
 
-  count = box_sum(jnp.ones(x.shape[:3] + (1,), jnp.float32))
+  count = box_sum(jnp.ones((1,) + x.shape[1:3] + (1,), jnp.float32))   # same for every image
   mean = box_sum(x) / count
   var = (box_sum(x * x) / count - mean ** 2) * (count / (count - 1))
   return (x - mean) / jnp.sqrt(jnp.maximum(var, 0.0) + eps)

@@ -15,8 +15,8 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 def build_backbone(model_cfg):
   """Builds the backbone named by ``model_cfg.backbone`` (a flax module with ``feature_dim``).
 
-  ResNets read ``width``, ``cifar_stem``, ``conv_impl`` and optional ``stage_sizes`` (blocks per stage, for
-  tiny test models); ViTs read ``patch_size``, ``img_size``,
+  ResNets read ``width``, ``cifar_stem``, ``conv_impl`` and optional ``stage_sizes`` (blocks per
+  stage, for tiny test models); ViTs read ``patch_size``, ``img_size``,
   ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos') and optional overrides
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models). Unknown names raise ValueError
   naming the field.

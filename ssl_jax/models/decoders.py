@@ -105,10 +105,10 @@ class SimMIMHead(nn.Module):
   @nn.compact
   def __call__(self, patch_tokens: Array) -> Array:
     x = patch_tokens.astype(jnp.float32)
+    for i in range(self.depth):
+      x = Block(x.shape[-1], self.num_heads, self.mlp_ratio, True, 0.0, 1e-6,
+                name=f'blocks_{i}')(x)
     if self.depth:
-      for i in range(self.depth):
-        x = Block(x.shape[-1], self.num_heads, self.mlp_ratio, True, 0.0, 1e-6,
-                  name=f'blocks_{i}')(x)
       x = nn.LayerNorm(1e-6, dtype=jnp.float32, name='norm')(x)
     return _dense(self.patch_dim, 'pred')(x)
 

@@ -71,7 +71,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
   structural = g > 1 or min(h * w, ho * wo) < kh * kw
   wanted = impl == 'im2col' or (impl == 'auto' and (structural or jax.default_backend() == 'cpu'))
-  if impl == 'xla' or not wanted or ho <= 0 or wo <= 0 or min(pt, pb, pl, pr) < 0:
+  if not wanted or ho <= 0 or wo <= 0 or min(pt, pb, pl, pr) < 0:
     return fallback()
   xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, g * cin),
