@@ -12,7 +12,8 @@ from ssl_jax.train import loop, sharding
 
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for a test subprocess: ``devices`` simulated CPU devices, fast compiles."""
-  return f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0'
+  from tests.conftest import FAST_COMPILE  # pylint: disable=g-import-not-at-top
+  return f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'
 
 
 def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, steps: int = 4):
