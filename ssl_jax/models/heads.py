@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.norm import BatchNorm
+
 
 class MLP(nn.Module):
   """Dense -> [BN] -> ReLU repeated for ``hidden_dims``, then Dense(out_dim) -> [BN].
@@ -32,7 +34,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = lambda name, affine=True: nn.BatchNorm(
+    norm = lambda name, affine=True: BatchNorm(
         use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
         use_scale=affine, use_bias=affine, dtype=self.dtype, name=name)
     for i, h in enumerate(self.hidden_dims):
@@ -87,7 +89,7 @@ class DINOHead(nn.Module):
     for i in range(self.num_layers - 1):
       x = dense(self.hidden_dim, f'fc{i}')(x)
       if self.use_bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name=f'bn{i}')(x)
       x = nn.gelu(x, approximate=False)
     x = dense(self.bottleneck_dim, f'fc{self.num_layers - 1}')(x).astype(jnp.float32)

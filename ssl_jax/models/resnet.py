@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ssl_jax.models.norm import BatchNorm
+
 ModuleDef = Any
 
 # Kaiming-normal fan_out (torchvision's ResNet initialisation).
@@ -112,7 +114,7 @@ class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Expansion 1."""
   features: int
   strides: int = 1
-  norm: ModuleDef = nn.BatchNorm
+  norm: ModuleDef = BatchNorm
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
   expansion = 1
@@ -135,7 +137,7 @@ class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 bottleneck block (stride on the 3x3, as torchvision v1.5). Expansion 4."""
   features: int
   strides: int = 1
-  norm: ModuleDef = nn.BatchNorm
+  norm: ModuleDef = BatchNorm
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
   expansion = 4
@@ -180,7 +182,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+    norm = lambda **kw: BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                      epsilon=1e-5, dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:

@@ -1,4 +1,5 @@
 """ResNet-18/50: shapes, torchvision-style names, stems, BatchNorm statistics."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,33 @@ def test_batchnorm_train_updates_stats_eval_uses_them():
   a = model.apply(v, x)
   b = model.apply(v, x[:1])
   np.testing.assert_allclose(a[:1], b, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_variance_two_pass():
+  """A channel whose mean is large next to its spread (Dense after ReLU + pooling): the batch
+  variance as E[x^2] - E[x]^2 (flax's default) cancels to noise here; ours is E[(x - E[x])^2]."""
+  from ssl_jax.models.norm import BatchNorm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(300.0 + 0.05 * rng.normal(size=(64, 3)), jnp.float32)
+  bn = BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  v = bn.init(jax.random.PRNGKey(0), x)
+  y, upd = bn.apply(v, x, mutable=['batch_stats'])
+  want_var = np.var(np.asarray(x, np.float64), axis=0)
+  np.testing.assert_allclose(upd['batch_stats']['var'], 0.9 + 0.1 * want_var, rtol=1e-6)
+  np.testing.assert_allclose(np.std(np.asarray(y, np.float64), axis=0),
+                             np.sqrt(want_var / (want_var + 1e-5)), rtol=1e-3)
+  # Every BatchNorm of the ResNet is this one.
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      seen.append(context.module.use_fast_variance)
+    return next_fun(*args, **kwargs)
+
+  model = resnet.resnet18(width=4, cifar_stem=True)
+  with nn.intercept_methods(record):
+    model.init(jax.random.PRNGKey(0), jnp.ones((2, 8, 8, 3)), train=True)
+  assert len(seen) == 1 + 8 * 2 + 3 and not any(seen), seen   # stem, 8 blocks, 3 shortcuts
 
 
 @pytest.mark.parametrize('ctor,cifar_stem,size', [(resnet.resnet18, True, 16),

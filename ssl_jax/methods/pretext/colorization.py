@@ -34,6 +34,7 @@ import numpy as np
 from ssl_jax import losses
 from ssl_jax.data import augment, sources
 from ssl_jax.methods.base import Method, apply_module, init_module
+from ssl_jax.models.norm import BatchNorm
 
 _RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
                         [0.212671, 0.715160, 0.072169],
@@ -126,7 +127,7 @@ class ColorDecoder(nn.Module):
     x = nn.Dense(self.grid * self.grid * self.dim, name='fc')(h)
     x = nn.relu(x.reshape(-1, self.grid, self.grid, self.dim))
     x = nn.Conv(self.dim, (3, 3), padding='SAME', use_bias=False, name='conv')(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x))
+    x = nn.relu(BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x))
     return nn.Conv(self.num_bins, (1, 1), name='logits')(x).astype(jnp.float32)
 
 

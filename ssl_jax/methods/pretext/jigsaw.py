@@ -28,6 +28,7 @@ import numpy as np
 from ssl_jax import losses
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods.base import Method, apply_module, init_module
+from ssl_jax.models.norm import BatchNorm
 
 
 @functools.lru_cache(maxsize=8)
@@ -87,7 +88,7 @@ class JigsawHead(nn.Module):
 
   @nn.compact
   def __call__(self, h, train: bool = False):
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    bn = lambda name: BatchNorm(use_running_average=not train, momentum=0.9, name=name)
     h = nn.relu(bn('bn6')(nn.Dense(self.tile_dim, use_bias=False, name='fc6')(h)))
     h = h.reshape(-1, self.num_tiles * self.tile_dim)
     h = nn.relu(bn('bn7')(nn.Dense(self.hidden_dim, use_bias=False, name='fc7')(h)))
