@@ -90,7 +90,7 @@ class DINOHead(nn.Module):
       x = dense(self.hidden_dim, f'fc{i}')(x)
       if self.use_bn:
         x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype, name=f'bn{i}')(x)
+                      dtype=self.dtype, name=f'bn{i}')(x)
       x = nn.gelu(x, approximate=False)
     x = dense(self.bottleneck_dim, f'fc{self.num_layers - 1}')(x).astype(jnp.float32)
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

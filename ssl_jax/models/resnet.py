@@ -183,7 +183,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = lambda **kw: BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                     epsilon=1e-5, dtype=self.dtype, **kw)
+                                  epsilon=1e-5, dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
     if self.cifar_stem:
       x = _conv(self.width, 3, 1, 'conv1', self.dtype, self.conv_impl)(x)
