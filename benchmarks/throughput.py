@@ -162,8 +162,8 @@ def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool,
   compile_s = time.perf_counter() - t0
   flops = step_flops(compiled)
   for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
@@ -286,7 +286,8 @@ def main():
   p.add_argument('--lightly_python', default=os.environ.get('LIGHTLY_PYTHON',
                                                             DEFAULT_LIGHTLY_PYTHON))
   p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads (lightly)')
-  p.add_argument('--json', default='', help='also write the raw results here')
+  p.add_argument('--json', default='',
+                 help='also write the raw results here (rewritten after every row)')
   p.add_argument('--hugepages', choices=('on', 'off'), default='on',
                  help='re-run under GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as python -m '
                  'ssl_jax.main does; both sides inherit it) unless already set')
@@ -308,6 +309,8 @@ def main():
           'such contention (seen here: a lightly step 10-100x slower), which would inflate the '
           'ratios; rerun on a quiet machine.', file=sys.stderr, flush=True)
   peak_jax = jax_matmul_gflops()
+  print(f'[ceiling] JAX float32 2048x2048 matmul: {peak_jax:.0f} GFLOP/s', file=sys.stderr,
+        flush=True)
   results, lightly_env = [], None
   for row in rows:
     if row in NOT_APPLICABLE:
@@ -315,8 +318,8 @@ def main():
       continue
     r = time_ours(row, args.batch_size, args.steps, args.warmup, args.augment == 'on',
                   args.conv_impl)
-    print(f"[ours] {row}: {r['img_s']:.1f} img/s (compile {r['compile_s']:.0f} s)",
-          file=sys.stderr, flush=True)
+    print(f"[ours] {row}: {r['img_s']:.1f} img/s, {_fmt(r['gflops_s'])} GFLOP/s "
+          f"(compile {r['compile_s']:.0f} s)", file=sys.stderr, flush=True)
     if args.vs_lightly:
       out = run_lightly(args.lightly_python, row, r['spec'], args, matmul=lightly_env is None)
       for o in out:
@@ -324,14 +327,23 @@ def main():
           lightly_env = o
         else:
           r['lightly'] = o
-      print(f"[lightly] {row}: {r['lightly']['img_s']:.1f} img/s", file=sys.stderr, flush=True)
+      print(f"[lightly] {row}: {r['lightly']['img_s']:.1f} img/s "
+            f"(ours / lightly {r['img_s'] / r['lightly']['img_s']:.2f}x)", file=sys.stderr,
+            flush=True)
     results.append(r)
+    # After every row, so that a run stopped part-way keeps the rows it finished.
+    write_json(args.json, results, peak_jax, lightly_env, (load_start, os.getloadavg()[0]))
   args.load = (load_start, os.getloadavg()[0])
   print_table(results, args, peak_jax, lightly_env)
-  if args.json:
-    with open(args.json, 'w') as f:
+  write_json(args.json, results, peak_jax, lightly_env, args.load)
+
+
+def write_json(path, results, peak_jax, lightly_env, load):
+  """The raw results so far (nothing when ``path`` is empty)."""
+  if path:
+    with open(path, 'w') as f:
       json.dump({'rows': results, 'matmul_gflops_jax': peak_jax, 'lightly_env': lightly_env,
-                 'load_avg': args.load, 'argv': sys.argv[1:]}, f, indent=1)
+                 'load_avg': load, 'argv': sys.argv[1:]}, f, indent=1)
 
 
 if __name__ == '__main__':
