@@ -64,6 +64,9 @@ DINO_LOCAL_CROPS, DINO_LOCAL_SIZE, DINO_OUT_DIM = 6, 16, 65536
 MAE_DECODER = dict(decoder_dim=192, decoder_depth=4, decoder_heads=3)
 
 
+YNN_OFF_FLAG = '--xla_cpu_experimental_ynn_fusion_type='
+
+
 def load_config(name: str, arg: str):
   """``configs/<name>.py:<arg>`` (``quality.load_config`` of the repository's config file)."""
   return quality.load_config(f"{os.path.join(ROOT, 'configs', name + '.py')}:{arg}")
@@ -255,6 +258,7 @@ def print_table(rows, args, peak_jax, lightly_env):
   tunables = os.environ.get('GLIBC_TUNABLES', '')
   alloc += f', GLIBC_TUNABLES={tunables}' if tunables else ', no GLIBC_TUNABLES'
   print(f'Allocator: {alloc} for both sides (the lightly subprocess inherits this environment).')
+  print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'}")
   print(f'1-min load average before / after the run: {args.load[0]:.1f} / {args.load[1]:.1f} '
         '(should be ~0: eager PyTorch threads are very sensitive to other load).')
   print(f"Command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}")
@@ -291,7 +295,14 @@ def main():
   p.add_argument('--hugepages', choices=('on', 'off'), default='on',
                  help='re-run under GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as python -m '
                  'ssl_jax.main does; both sides inherit it) unless already set')
+  p.add_argument('--xla_ynn', choices=('default', 'off'), default='default',
+                 help="default: XLA's own CPU dot fusions (YNNPACK); off: add "
+                 f'{YNN_OFF_FLAG} to XLA_FLAGS (dots through Eigen; README: faster ViT rows, '
+                 'slower ResNet rows here)')
   args = p.parse_args()
+  if args.xla_ynn == 'off' and 'ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
+    # Read when the backend starts (first computation), so setting it here is in time.
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_OFF_FLAG}".strip()
   if args.hugepages == 'on':
     from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
     main_lib.reexec_with_hugepages()
