@@ -297,8 +297,7 @@ def main():
                  'ssl_jax.main does; both sides inherit it) unless already set')
   p.add_argument('--xla_ynn', choices=('default', 'off'), default='default',
                  help="default: XLA's own CPU dot fusions (YNNPACK); off: add "
-                 f'{YNN_OFF_FLAG} to XLA_FLAGS (dots through Eigen; README: faster ViT rows, '
-                 'slower ResNet rows here)')
+                 f'{YNN_OFF_FLAG} to XLA_FLAGS (dots through Eigen; see the README)')
   args = p.parse_args()
   if args.xla_ynn == 'off' and 'ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
     # Read when the backend starts (first computation), so setting it here is in time.
