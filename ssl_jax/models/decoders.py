@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from ssl_jax.data.masking import unshuffle
 from ssl_jax.models.resnet import conv_general_dilated
-from ssl_jax.models.vit import Block, sincos_2d_pos_embed
+from ssl_jax.models.vit import Block, Dense, gelu, sincos_2d_pos_embed
 
 Array = jax.Array
 
@@ -38,8 +38,8 @@ _token_init = nn.initializers.normal(stddev=0.02)
 
 
 def _dense(features: int, name: str, dtype=jnp.float32):
-  return nn.Dense(features, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
-                  dtype=dtype, name=name)
+  return Dense(features, kernel_init=_dense_init, bias_init=nn.initializers.zeros, dtype=dtype,
+               name=name)
 
 
 # ----------------------------------------------------------------------------- MAE / SimMIM
@@ -143,7 +143,7 @@ class Data2VecConvDecoder(nn.Module):
                   feature_group_count=self.groups, conv_general_dilated=conv_general_dilated,
                   name=f'conv_{i}')(x)
       y = nn.LayerNorm(1e-5, use_bias=False, use_scale=False, name=f'norm_{i}')(y)
-      y = nn.gelu(y, approximate=False)
+      y = gelu(y)
       x = y + x if x.shape[-1] == self.dim else y
     return _dense(self.out_dim, 'proj')(x).reshape(b, n, self.out_dim)
 
@@ -275,7 +275,7 @@ class CrossAttentionBlock(nn.Module):
         self.num_heads, kernel_init=_dense_init, name='cross_attn')(qn, cn)
     h = nn.LayerNorm(1e-6, name='mlp_norm')(q)
     h = _dense(int(self.dim * self.mlp_ratio), 'fc1')(h)
-    return q + _dense(self.dim, 'fc2')(nn.gelu(h, approximate=False))
+    return q + _dense(self.dim, 'fc2')(gelu(h))
 
 
 class MultiMAEOutputAdapter(nn.Module):

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.norm import BatchNorm
+from ssl_jax.models.vit import gelu
 
 
 class MLP(nn.Module):
@@ -91,7 +92,7 @@ class DINOHead(nn.Module):
       if self.use_bn:
         x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       dtype=self.dtype, name=f'bn{i}')(x)
-      x = nn.gelu(x, approximate=False)
+      x = gelu(x)
     x = dense(self.bottleneck_dim, f'fc{self.num_layers - 1}')(x).astype(jnp.float32)
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     if self.patch_out_dim and x.ndim == 3:

@@ -50,6 +50,39 @@ _pos_init = nn.initializers.truncated_normal(stddev=0.02)
 
 # ----------------------------------------------------------------------------- pure helpers
 
+_SQRT_HALF = float(1 / np.sqrt(2))       # Python floats: weakly typed, keep bf16 inputs bf16
+_INV_SQRT_2PI = float(1 / np.sqrt(2 * np.pi))
+
+
+@jax.custom_jvp
+def gelu(x: Array) -> Array:
+    """Exact GELU ``x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2)))`` (Hendrycks & Gimpel 2016), the
+    erf form of ``torch.nn.GELU()`` / timm. Same function as ``nn.gelu(x, approximate=False)``
+    (which goes through ``erfc`` for the far negative tail), but with ``lax.erf`` and a
+    hand-written derivative ``Phi(x) + x * phi(x)``: on XLA:CPU ``erfc`` is a two-branch
+    polynomial whose forward and backward fusions cost ~4x this (measured in a ViT-Tiny step)."""
+    return x * (0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF)))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return x * cdf, (cdf + x * pdf) * dx
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters) applied to its input flattened to 2-D. For a (B, T, D)
+    input XLA:CPU lays out the kernel gradient's dot with a transposed copy of the (B*T, F)
+    output gradient (measured: ~12 % of a ViT-Tiny step); a 2-D dot needs no copy."""
+
+    def __call__(self, inputs: Array) -> Array:
+        lead = inputs.shape[:-1]
+        y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return y.reshape(lead + (self.features,))
+
+
 def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
     """1-D sin-cos embedding of positions ``pos`` (M,) -> (M, embed_dim) (MAE, He et al. 2022)."""
     if embed_dim % 2:
@@ -159,16 +192,16 @@ class Attention(nn.Module):
         if d % self.num_heads:
             raise ValueError(f'embed_dim {d} not divisible by num_heads {self.num_heads}')
         head_dim = d // self.num_heads
-        qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, kernel_init=_dense_init,
-                       bias_init=nn.initializers.zeros, dtype=self.dtype, name='qkv')(x)
+        qkv = Dense(3 * d, use_bias=self.qkv_bias, kernel_init=_dense_init,
+                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='qkv')(x)
         # timm splits qkv as (3, heads, head_dim) along the feature axis.
         q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.num_heads, head_dim), 2, 0)
         if return_attention:
             logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
             return jax.nn.softmax(logits * head_dim ** -0.5, axis=-1)
         out = jax.nn.dot_product_attention(q, k, v)
-        return nn.Dense(d, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
-                        dtype=self.dtype, name='proj')(out.reshape(b, t, d))
+        return Dense(d, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
+                     dtype=self.dtype, name='proj')(out.reshape(b, t, d))
 
 
 class Mlp(nn.Module):
@@ -179,11 +212,11 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = x.shape[-1]
-        x = nn.Dense(self.hidden_dim, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
-                     dtype=self.dtype, name='fc1')(x)
-        x = nn.gelu(x, approximate=False)
-        return nn.Dense(d, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
-                        dtype=self.dtype, name='fc2')(x)
+        x = Dense(self.hidden_dim, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
+                  dtype=self.dtype, name='fc1')(x)
+        x = gelu(x)
+        return Dense(d, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
+                     dtype=self.dtype, name='fc2')(x)
 
 
 def drop_path(x: Array, rate: float, rng: Array) -> Array:

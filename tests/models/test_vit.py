@@ -244,3 +244,31 @@ def test_presets():
     assert (m.embed_dim, m.depth, m.num_heads, m.patch_size) == (768, 12, 12, 8)
     t = vit_lib.vit_tiny(depth=2)
     assert (t.embed_dim, t.depth, t.num_heads) == (192, 2, 3)
+
+
+def test_gelu_is_exact_erf_gelu_with_its_derivative():
+  # gelu(x) = x Phi(x); gelu'(x) = Phi(x) + x phi(x), Phi / phi the standard normal cdf / pdf.
+  x = np.linspace(-9.0, 9.0, 721).astype(np.float32)
+  cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
+  pdf = np.exp(-0.5 * x.astype(np.float64) ** 2) / math.sqrt(2 * math.pi)
+  np.testing.assert_allclose(vit_lib.gelu(jnp.asarray(x)), x * cdf, rtol=1e-5, atol=1e-6)
+  grad = jax.vmap(jax.grad(vit_lib.gelu))(jnp.asarray(x))
+  np.testing.assert_allclose(grad, cdf + x * pdf, rtol=1e-5, atol=1e-6)
+  assert vit_lib.gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_dense_flattens_but_matches_nn_dense():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 8))
+  ours, theirs = vit_lib.Dense(6), flax.linen.Dense(6)
+  params = theirs.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+      jnp.shape, params)
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-6,
+                             atol=1e-6)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours))(params)),
+                  jax.tree.leaves(jax.grad(loss(theirs))(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # The kernel gradient's dot has no transposed copy of the output gradient left in it.
+  hlo = jax.jit(jax.grad(loss(ours))).lower(params).compile().as_text()
+  assert 'f32[6,30]' not in hlo, 'transposed (F, B*T) output gradient materialised'

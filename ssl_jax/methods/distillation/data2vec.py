@@ -49,7 +49,6 @@ weighted [CLS] term; 0 for 1.0).
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -59,7 +58,7 @@ from ssl_jax.methods import common
 from ssl_jax.methods.base import Method, init_module
 from ssl_jax.methods.distillation.masks import BlockMaskBank
 from ssl_jax.models.decoders import Data2VecConvDecoder
-from ssl_jax.models.vit import ViT
+from ssl_jax.models.vit import Dense, ViT
 
 STUDENTS = ('mask_token', 'visible')
 
@@ -111,7 +110,7 @@ class Data2Vec(Method):
       self.mask_bank = BlockMaskBank(self.grid, (m.mask_ratio, m.mask_ratio),
                                      size=m.mask_bank_size, seed=config.seed,
                                      min_num_patches=m.get('mask_min_patches', None) or None)
-      self.regression_head = nn.Dense(self.feature_dim, name='regression_head')
+      self.regression_head = Dense(self.feature_dim, name='regression_head')
     self.momentum_fn = linear_anneal(m.momentum, m.momentum_final,
                                      m.momentum_anneal_steps or config.train.steps)
 

@@ -36,7 +36,7 @@ from ssl_jax.data import augment
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax.methods.pretext.rotation import NUM_ROTATIONS, rotate90_per_example
 from ssl_jax.models.heads import MLP
-from ssl_jax.models.vit import ViT, unpatchify
+from ssl_jax.models.vit import Dense, ViT, unpatchify
 
 TASKS = ('recon', 'rotation', 'contrastive')
 CLASSIFICATION = (False, True, True)   # L1 regression; rotation and NT-Xent are cross-entropies
@@ -91,7 +91,7 @@ class LinearDecoder(nn.Module):
   @nn.compact
   def __call__(self, tokens, train: bool = False):
     del train
-    return nn.Dense(self.patch_dim, name='proj')(tokens).astype(jnp.float32)
+    return Dense(self.patch_dim, name='proj')(tokens).astype(jnp.float32)
 
 
 class SiT(Method):

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from ssl_jax import losses
 from ssl_jax.methods.masked import MaskedImageMethod
 from ssl_jax.methods.masked import vq_tokenizer
+from ssl_jax.models.vit import Dense
 
 
 def blockwise_masks_device(rng, batch: int, grid_h: int, grid_w: int, num_masking_patches: int,
@@ -91,7 +92,7 @@ class BEiT(MaskedImageMethod):
     self.num_mask = int(round(m.mask_ratio * self.num_patches))
     self.min_mask_patches = m.min_mask_patches
     self.mask_attempts = m.get('mask_attempts', 50)
-    self.lm_head = nn.Dense(self.tokenizer.num_codes, kernel_init=nn.initializers.truncated_normal(
+    self.lm_head = Dense(self.tokenizer.num_codes, kernel_init=nn.initializers.truncated_normal(
         0.02), name='lm_head')
     # Loaded here, eagerly: init() runs under jax.eval_shape / jit, where Orbax cannot restore.
     self._tokenizer_params = self._load_tokenizer() if (
