@@ -70,9 +70,21 @@ def runs():
 
 
 def test_one_vs_eight_devices(runs):
+  # The tolerances allow for a ReLU input that rounding puts on either side of zero. The 1- and
+  # 8-device programs augment the views to within ~1e-6 of each other (another partitioning of the
+  # resize), and at this tiny scale (16 images, predictor width 128) one predictor pre-activation
+  # sits within 2e-8 of zero: its ReLU gradient switches on in one run and off in the other
+  # (measured, at the ViT change of ba2a77b), which moves the 3-step loss by 1.4e-6 (the loss is a
+  # mean of cosines near 1e-3 here, so an rtol alone would ask for 1e-7 absolute) and the
+  # predictor/projector running statistics by up to 4e-4 of each statistic's largest entry (9 %
+  # of a small entry). Sharding mistakes (statistics or gradients not reduced over all devices,
+  # views paired wrongly) move them by percents of that scale.
   np.testing.assert_allclose([h['loss'] for h in runs['h8']], [h['loss'] for h in runs['h1']],
-                             rtol=1e-4)
+                             rtol=1e-4, atol=1e-5)
   helpers.assert_trees_close(runs['s8'].params, runs['s1'].params, rtol=2e-4, atol=1e-4)
-  helpers.assert_trees_close(runs['s8'].buffers, runs['s1'].buffers, rtol=2e-4, atol=1e-4)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(runs['s8'].buffers),
+                          jax.tree_util.tree_leaves(runs['s1'].buffers)):
+    err, scale = np.abs(np.asarray(x) - np.asarray(y)).max(), np.abs(np.asarray(y)).max()
+    assert err <= 2e-3 * scale + 1e-4, (jax.tree_util.keystr(path), err, scale)
   assert set(runs['s8'].buffers) == {'batch_stats'}              # no EMA target
   assert all(-1 <= h['loss'] <= 1 and 0 < h['z_std'] for h in runs['h8'])
