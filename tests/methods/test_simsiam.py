@@ -71,14 +71,14 @@ def runs():
 
 def test_one_vs_eight_devices(runs):
   # The tolerances allow for a ReLU input that rounding puts on either side of zero. The 1- and
-  # 8-device programs augment the views to within ~1e-6 of each other (another partitioning of the
-  # resize), and at this tiny scale (16 images, predictor width 128) one predictor pre-activation
-  # sits within 2e-8 of zero: its ReLU gradient switches on in one run and off in the other
-  # (measured, at the ViT change of ba2a77b), which moves the 3-step loss by 1.4e-6 (the loss is a
-  # mean of cosines near 1e-3 here, so an rtol alone would ask for 1e-7 absolute) and the
-  # predictor/projector running statistics by up to 4e-4 of each statistic's largest entry (9 %
-  # of a small entry). Sharding mistakes (statistics or gradients not reduced over all devices,
-  # views paired wrongly) move them by percents of that scale.
+  # 8-device programs colour-augment the views to within 6e-7 of each other (the same ops
+  # partitioned differently), and at this tiny scale (16 images, predictor width 128) one
+  # predictor pre-activation sits within 2e-8 of zero: its ReLU gradient switches on in one run
+  # and off in the other (measured at the ViT change of ba2a77b). That moves the 3-step loss by
+  # 1.4e-6 (a mean of cosines near 1e-3 here, so an rtol alone would ask for 1e-7 absolute) and
+  # the predictor/projector running statistics by up to 4e-4 of each statistic's largest entry
+  # (9 % of a small entry). Sharding mistakes (statistics or gradients not reduced over all
+  # devices, views paired wrongly) move them by percents of that scale.
   np.testing.assert_allclose([h['loss'] for h in runs['h8']], [h['loss'] for h in runs['h1']],
                              rtol=1e-4, atol=1e-5)
   helpers.assert_trees_close(runs['s8'].params, runs['s1'].params, rtol=2e-4, atol=1e-4)
