@@ -295,20 +295,29 @@ def main():
   p.add_argument('--hugepages', choices=('on', 'off'), default='on',
                  help='re-run under GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as python -m '
                  'ssl_jax.main does; both sides inherit it) unless already set')
-  p.add_argument('--xla_ynn', choices=('default', 'off'), default='default',
-                 help="default: XLA's own CPU dot fusions (YNNPACK); off: add "
-                 f'{YNN_OFF_FLAG} to XLA_FLAGS (dots through Eigen; see the README)')
+  p.add_argument('--xla_ynn', choices=('auto', 'default', 'off'), default='auto',
+                 help="auto: as python -m ssl_jax.main (model.cpu_dots='auto'): off when every "
+                 "row is a ViT row, else default; default: XLA's own CPU dot fusions (YNNPACK); "
+                 f'off: add {YNN_OFF_FLAG} to XLA_FLAGS (dots through Eigen; see the README)')
   args = p.parse_args()
-  if args.xla_ynn == 'off' and 'ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
+  rows = ALL_ROWS if args.rows == 'all' else tuple(args.rows.split(','))
+  for row in rows:
+    if row not in ALL_ROWS:
+      p.error(f'unknown row {row!r}; choose from {", ".join(ALL_ROWS)}')
+  ynn = args.xla_ynn
+  if ynn == 'auto':
+    ynn = 'off' if all(r.endswith('_vit_tiny') for r in rows) else 'default'
+    if ynn == 'default' and any(r.endswith('_vit_tiny') for r in rows):
+      print("NOTE: --xla_ynn auto with ResNet and ViT rows together keeps XLA's default dot "
+            'fusions (one setting per process); python -m ssl_jax.main runs ViT configs with '
+            f'{YNN_OFF_FLAG} (model.cpu_dots). Time ViT rows in their own run for the '
+            "library's setting.", file=sys.stderr, flush=True)
+  if ynn == 'off' and 'ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
     # Read when the backend starts (first computation), so setting it here is in time.
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_OFF_FLAG}".strip()
   if args.hugepages == 'on':
     from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
     main_lib.reexec_with_hugepages()
-  rows = ALL_ROWS if args.rows == 'all' else tuple(args.rows.split(','))
-  for row in rows:
-    if row not in ALL_ROWS:
-      p.error(f'unknown row {row!r}; choose from {", ".join(ALL_ROWS)}')
   if args.vs_lightly and not os.path.exists(args.lightly_python):
     p.error(f'--vs_lightly: {args.lightly_python} not found; run bash benchmarks/lightly_env.sh')
 

@@ -11,6 +11,9 @@ import difflib
 import ml_collections
 
 
+CPU_DOTS = ('auto', 'xla', 'eigen')
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -21,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 64             # ResNet first-stage width (64 = the paper's)
   c.model.cifar_stem = False     # 3x3/1 stem without max-pool for small images
   c.model.conv_impl = 'auto'     # ResNet convolutions: 'auto' (im2col on CPU) | 'im2col' | 'xla'
+  # XLA:CPU dots, set by `python -m ssl_jax.main` before JAX starts: 'auto' (Eigen for ViT
+  # backbones, XLA's default YNNPACK fusions otherwise) | 'xla' | 'eigen' (ssl_jax/main.py)
+  c.model.cpu_dots = 'auto'
   c.model.patch_size = 16        # ViT
   c.model.img_size = 224         # ViT: the resolution its position embedding is built for
   c.model.drop_path_rate = 0.0
@@ -215,6 +221,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config.train.nan_policy, 'train.nan_policy', ('skip', 'stop'))
   _choice(config.model.dtype, 'model.dtype', ('float32', 'bfloat16'))
   _choice(config.model.get('conv_impl', 'auto'), 'model.conv_impl', models.resnet.CONV_IMPLS)
+  _choice(config.model.get('cpu_dots', 'auto'), 'model.cpu_dots', CPU_DOTS)
   for field in ('data.batch_size', 'data.image_size', 'train.steps', 'train.log_every',
                 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.knn_k',
                 'eval.batch_size', 'model.width', 'optim.grad_accum_steps'):

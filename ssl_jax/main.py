@@ -65,6 +65,30 @@ def reexec_with_hugepages() -> None:
     os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
 
 
+EIGEN_DOTS_FLAG = '--xla_cpu_experimental_ynn_fusion_type='
+
+
+def cpu_dots_xla_flags(config, xla_flags: str) -> str | None:
+  """The ``XLA_FLAGS`` that ``config.model.cpu_dots`` asks for, or None to leave them as they are.
+
+  ``'eigen'`` (and ``'auto'`` with a ViT backbone) adds ``--xla_cpu_experimental_ynn_fusion_type=``:
+  XLA:CPU then runs dots through Eigen instead of jaxlib 0.10's default YNNPACK fusions. Measured
+  on a 2-core CPU (README, performance): the ViT-Tiny SimCLR step 10.5 -> 8.2 s at batch 128, and
+  the ViT rows of ``benchmarks/throughput.py`` 0.88-1.10x -> 1.05-1.12x of lightly; the ResNet-18
+  SimCLR step got slower with it (9.3 -> 8.5-8.8 img/s), hence ``'auto'``. The flag is read once,
+  when JAX creates its CPU backend, so it is one setting per process and only takes effect when
+  set before the first JAX computation (as :func:`_main` does). It only concerns the CPU backend;
+  an ``XLA_FLAGS`` that already names ``ynn_fusion_type`` is left alone."""
+  from ssl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  choice = config.model.get('cpu_dots', 'auto')
+  config_lib._choice(choice, 'model.cpu_dots', config_lib.CPU_DOTS)  # pylint: disable=protected-access
+  eigen = choice == 'eigen' or (choice == 'auto'
+                                and str(config.model.backbone).startswith('vit'))
+  if not eigen or 'ynn_fusion_type' in xla_flags:
+    return None
+  return f'{xla_flags} {EIGEN_DOTS_FLAG}'.strip()
+
+
 def run_eval(config, workdir: str) -> dict:
   """kNN at every k of ``config.eval.knn_ks`` and the linear probe of the latest checkpoint in
   ``workdir`` (see ssl_jax/eval/run.py); writes ``workdir/eval.json``."""
@@ -157,6 +181,10 @@ def _main(argv):
     raise ValueError(' '.join(str(e).split())) from None
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
+  xla_flags = cpu_dots_xla_flags(config, os.environ.get('XLA_FLAGS', ''))
+  if xla_flags is not None:          # before the first JAX computation creates the backend
+    os.environ['XLA_FLAGS'] = xla_flags
+    logging.info('model.cpu_dots: XLA_FLAGS=%s', xla_flags)
   from ssl_jax.train import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top

@@ -280,6 +280,8 @@ def _cli(args, tmp_path):
     (['--config.data.batch_size=12'], 'ssl_jax: error: ValueError: config.data.batch_size: 12 is '
                                       'not divisible by the number of devices (8)'),
     (['--workdir=/sys/ssl_jax_run'], 'is not a writable directory'),
+    (['--config.model.cpu_dots=eign'], "ssl_jax: error: ValueError: config.model.cpu_dots='eign' "
+                                       "is not valid (did you mean 'eigen'?)"),
 ])
 def test_command_line_prints_one_line(args, message, tmp_path):
   base = ['--config=configs/simclr.py:builtin', f'--workdir={tmp_path / "run"}',

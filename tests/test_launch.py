@@ -61,3 +61,38 @@ def test_reexec_keeps_the_command_line_and_sets_the_tunable():
   off = subprocess.run(['python', '-c', code], cwd=ROOT, env={**env, 'SSL_JAX_HUGEPAGES': '0'},
                        capture_output=True, text=True, check=True, timeout=60).stdout.split()
   assert off[0] == 'None'
+
+
+def test_cpu_dots_flag_follows_the_backbone():
+  import pytest  # pylint: disable=g-import-not-at-top
+  from ssl_jax import config as config_lib, main  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  eigen = '--xla_cpu_experimental_ynn_fusion_type='
+  c.model.backbone = 'vit_tiny'
+  assert main.cpu_dots_xla_flags(c, '') == eigen                      # auto: Eigen for a ViT
+  assert main.cpu_dots_xla_flags(c, '--a=1') == f'--a=1 {eigen}'      # the user's flags kept
+  assert main.cpu_dots_xla_flags(c, f'--a=1 {eigen}ynn') is None      # theirs wins
+  c.model.backbone = 'resnet18'
+  assert main.cpu_dots_xla_flags(c, '--a=1') is None                  # auto: XLA's for a ResNet
+  c.model.cpu_dots = 'eigen'
+  assert main.cpu_dots_xla_flags(c, '') == eigen
+  c.model.backbone, c.model.cpu_dots = 'vit_small', 'xla'
+  assert main.cpu_dots_xla_flags(c, '') is None
+  c.model.cpu_dots = 'eign'
+  with pytest.raises(ValueError, match=r"model\.cpu_dots='eign'.*did you mean 'eigen'"):
+    main.cpu_dots_xla_flags(c, '')
+
+
+def test_cpu_dots_flag_takes_effect_when_set_before_the_first_computation():
+  # What _main does: set XLA_FLAGS in-process after config parsing, then use JAX. The YNNPACK
+  # fusions show in the compiled HLO as ynn fusions; with the flag a dot compiles without them.
+  code = ('import os, sys, jax, jax.numpy as jnp\n'
+          'if sys.argv[1] == "eigen":\n'
+          '  os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="\n'
+          'x = jnp.ones((256, 256))\n'
+          'print("ynn" in jax.jit(lambda a: a @ a).lower(x).compile().as_text())\n')
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', ''))
+  out = {mode: subprocess.run(['python', '-c', code, mode], cwd=ROOT, env=env, capture_output=True,
+                              text=True, check=True, timeout=120).stdout.strip()
+         for mode in ('xla', 'eigen')}
+  assert out == {'xla': 'True', 'eigen': 'False'}
