@@ -73,9 +73,10 @@ def cpu_dots_xla_flags(config, xla_flags: str) -> str | None:
 
   ``'eigen'`` (and ``'auto'`` with a ViT backbone) adds ``--xla_cpu_experimental_ynn_fusion_type=``:
   XLA:CPU then runs dots through Eigen instead of jaxlib 0.10's default YNNPACK fusions. Measured
-  on a 2-core CPU (README, performance): the ViT-Tiny SimCLR step 10.5 -> 8.2 s at batch 128, and
-  the ViT rows of ``benchmarks/throughput.py`` 0.88-1.10x -> 1.05-1.12x of lightly; the ResNet-18
-  SimCLR step got slower with it (9.3 -> 8.5-8.8 img/s), hence ``'auto'``. The flag is read once,
+  on a 2-core CPU (README, performance): the ViT-Tiny SimCLR step 10.5 -> 8.2-9.0 s at batch 128,
+  and the ViT rows of ``benchmarks/throughput.py`` 0.88-1.10x -> 1.05-1.12x of lightly; the
+  ResNet-18 SimCLR step gained nothing (two batch-128 rounds within the noise, one batch-256 run
+  slower: 9.3 -> 8.5-8.8 img/s), hence ``'auto'``. The flag is read once,
   when JAX creates its CPU backend, so it is one setting per process and only takes effect when
   set before the first JAX computation (as :func:`_main` does). It only concerns the CPU backend;
   an ``XLA_FLAGS`` that already names ``ynn_fusion_type`` is left alone."""
