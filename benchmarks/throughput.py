@@ -64,9 +64,6 @@ DINO_LOCAL_CROPS, DINO_LOCAL_SIZE, DINO_OUT_DIM = 6, 16, 65536
 MAE_DECODER = dict(decoder_dim=192, decoder_depth=4, decoder_heads=3)
 
 
-YNN_OFF_FLAG = '--xla_cpu_experimental_ynn_fusion_type='
-
-
 def load_config(name: str, arg: str):
   """``configs/<name>.py:<arg>`` (``quality.load_config`` of the repository's config file)."""
   return quality.load_config(f"{os.path.join(ROOT, 'configs', name + '.py')}:{arg}")
@@ -298,8 +295,10 @@ def main():
   p.add_argument('--xla_ynn', choices=('auto', 'default', 'off'), default='auto',
                  help="auto: as python -m ssl_jax.main (model.cpu_dots='auto'): off when every "
                  "row is a ViT row, else default; default: XLA's own CPU dot fusions (YNNPACK); "
-                 f'off: add {YNN_OFF_FLAG} to XLA_FLAGS (dots through Eigen; see the README)')
+                 'off: add --xla_cpu_experimental_ynn_fusion_type= to XLA_FLAGS (dots through '
+                 'Eigen; see the README)')
   args = p.parse_args()
+  from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
   rows = ALL_ROWS if args.rows == 'all' else tuple(args.rows.split(','))
   for row in rows:
     if row not in ALL_ROWS:
@@ -310,13 +309,13 @@ def main():
     if ynn == 'default' and any(r.endswith('_vit_tiny') for r in rows):
       print("NOTE: --xla_ynn auto with ResNet and ViT rows together keeps XLA's default dot "
             'fusions (one setting per process); python -m ssl_jax.main runs ViT configs with '
-            f'{YNN_OFF_FLAG} (model.cpu_dots). Time ViT rows in their own run for the '
-            "library's setting.", file=sys.stderr, flush=True)
-  if ynn == 'off' and 'ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
+            f'{main_lib.EIGEN_DOTS_FLAG} (model.cpu_dots). Time ViT rows in their own run for '
+            "the library's setting.", file=sys.stderr, flush=True)
+  xla_flags = main_lib.eigen_dots_xla_flags(os.environ.get('XLA_FLAGS', ''))
+  if ynn == 'off' and xla_flags is not None:
     # Read when the backend starts (first computation), so setting it here is in time.
-    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_OFF_FLAG}".strip()
+    os.environ['XLA_FLAGS'] = xla_flags
   if args.hugepages == 'on':
-    from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
     main_lib.reexec_with_hugepages()
   if args.vs_lightly and not os.path.exists(args.lightly_python):
     p.error(f'--vs_lightly: {args.lightly_python} not found; run bash benchmarks/lightly_env.sh')

@@ -85,7 +85,13 @@ def cpu_dots_xla_flags(config, xla_flags: str) -> str | None:
   config_lib._choice(choice, 'model.cpu_dots', config_lib.CPU_DOTS)  # pylint: disable=protected-access
   eigen = choice == 'eigen' or (choice == 'auto'
                                 and str(config.model.backbone).startswith('vit'))
-  if not eigen or 'ynn_fusion_type' in xla_flags:
+  return eigen_dots_xla_flags(xla_flags) if eigen else None
+
+
+def eigen_dots_xla_flags(xla_flags: str) -> str | None:
+  """``xla_flags`` plus :data:`EIGEN_DOTS_FLAG`, or None when they already name
+  ``ynn_fusion_type`` (the user's choice stands)."""
+  if 'ynn_fusion_type' in xla_flags:
     return None
   return f'{xla_flags} {EIGEN_DOTS_FLAG}'.strip()
 
