@@ -1,5 +1,6 @@
-"""XLA convolutions vs im2col matmuls (``model.conv_impl``) for every distinct convolution shape of
-a CIFAR-stem ResNet-18: one jitted forward + backward (gradients of input and kernel) each.
+"""XLA convolutions vs im2col matmuls vs Winograd F(2x2, 3x3) (``model.conv_impl``) for every
+distinct convolution shape of a CIFAR-stem ResNet-18: one jitted forward + backward (gradients of
+input and kernel) each. Winograd applies to the 3x3 stride-1 shapes only (``-`` elsewhere).
 
     python benchmarks/conv_impl.py [--batch_size 64] [--reps 5]
 
@@ -47,19 +48,24 @@ def main():
   p.add_argument('--batch_size', type=int, default=64)
   p.add_argument('--reps', type=int, default=5)
   args = p.parse_args()
-  print('| map | C_in -> C_out | kernel / stride | xla ms | im2col ms | xla / im2col |')
-  print('|---|---|---|---|---|---|')
-  total = {'xla': 0.0, 'im2col': 0.0}
+  print('| map | C_in -> C_out | kernel / stride | xla ms | im2col ms | winograd ms | xla / im2col '
+        '| im2col / winograd |')
+  print('|---|---|---|---|---|---|---|---|')
+  total = {'xla': 0.0, 'im2col': 0.0, 'winograd': 0.0}
   for hw, cin, cout, k, s in SHAPES:
     x = jax.random.normal(jax.random.PRNGKey(0), (args.batch_size, hw, hw, cin))
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
-    ms = {impl: time_grad(impl, x, w, s, args.reps) for impl in total}
+    impls = ('xla', 'im2col', 'winograd') if (k, s) == (3, 1) else ('xla', 'im2col')
+    ms = {impl: time_grad(impl, x, w, s, args.reps) for impl in impls}
+    ms.setdefault('winograd', ms['im2col'])      # what 'winograd' runs for the other shapes
     for impl in total:
       total[impl] += ms[impl]
+    wino = f"{ms['winograd']:.1f}" if (k, s) == (3, 1) else '-'
+    ratio = f"{ms['im2col'] / ms['winograd']:.2f}x" if (k, s) == (3, 1) else '-'
     print(f"| {hw}x{hw} | {cin} -> {cout} | {k}x{k} / {s} | {ms['xla']:.1f} | {ms['im2col']:.1f} "
-          f"| {ms['xla'] / ms['im2col']:.2f}x |", flush=True)
-  print(f"| total | | | {total['xla']:.1f} | {total['im2col']:.1f} | "
-        f"{total['xla'] / total['im2col']:.2f}x |")
+          f"| {wino} | {ms['xla'] / ms['im2col']:.2f}x | {ratio} |", flush=True)
+  print(f"| total | | | {total['xla']:.1f} | {total['im2col']:.1f} | {total['winograd']:.1f} | "
+        f"{total['xla'] / total['im2col']:.2f}x | {total['im2col'] / total['winograd']:.2f}x |")
   print(f'\nbatch {args.batch_size}, forward + backward (input and kernel gradients), median of '
         f'{args.reps}; JAX {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPUs.')
 

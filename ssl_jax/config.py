@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.backbone = 'resnet18'
   c.model.width = 64             # ResNet first-stage width (64 = the paper's)
   c.model.cifar_stem = False     # 3x3/1 stem without max-pool for small images
-  c.model.conv_impl = 'auto'     # ResNet convolutions: 'auto' (im2col on CPU) | 'im2col' | 'xla'
+  c.model.conv_impl = 'auto'     # ResNet: 'auto' (CPU: Winograd/im2col) | 'im2col' | 'winograd' | 'xla'
   # XLA:CPU dots, set by `python -m ssl_jax.main` before JAX starts: 'auto' (Eigen for ViT
   # backbones, XLA's default YNNPACK fusions otherwise) | 'xla' | 'eigen' (ssl_jax/main.py)
   c.model.cpu_dots = 'auto'

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ssl_jax.models import winograd
 from ssl_jax.models.norm import BatchNorm
 
 ModuleDef = Any
@@ -26,7 +27,9 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
 
 
-CONV_IMPLS = ('auto', 'im2col', 'xla')
+CONV_IMPLS = ('auto', 'im2col', 'xla', 'winograd')
+# 'auto' on CPU: 3x3 stride-1 convolutions with at least this many input channels by Winograd.
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -44,6 +47,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   as im2col matmuls (the 3x3 64 -> 64 one on 32 x 32 maps: 940 vs 250 ms; no shape slower by
   more than the noise; ``benchmarks/conv_impl.py``). On GPU/TPU XLA's own convolutions are the
   fast path.
+
+  ``'winograd'``: 3x3 stride-1 padding-1 dense convolutions by Winograd's F(2x2, 3x3)
+  (:func:`ssl_jax.models.winograd.conv3x3`: 2.25x fewer matmul FLOPs, a 4x instead of 9x
+  input expansion, a hand-written backward pass), every other one as im2col. ``'auto'`` on CPU
+  does the same for those with at least ``WINOGRAD_MIN_CHANNELS`` (16) input channels and keeps
+  im2col for the 3-channel stem (its 16 matmuls would have K = 3: 70 vs 20 ms at batch 64). At
+  batch 64 forward + backward, im2col vs Winograd: 3x3 64 -> 64 on 32 x 32 maps 265 vs 221 ms,
+  128 on 16 x 16 208 vs 154, 256 on 8 x 8 177 vs 128, 512 on 4 x 4 171 vs 160; a SimCLR
+  ResNet-18 step at batch 128 13.3 / 14.3 s -> 11.2 / 12.3 s (two alternating rounds).
 
   Always im2col (any backend, unless ``impl='xla'``): a convolution whose input or output
   feature map has fewer pixels than the kernel window (a 3x3 convolution on the 2x2 maps of
@@ -72,9 +84,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   b, h, w, _ = lhs.shape
   ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
   structural = g > 1 or min(h * w, ho * wo) < kh * kw
-  wanted = impl == 'im2col' or (impl == 'auto' and (structural or jax.default_backend() == 'cpu'))
+  cpu = jax.default_backend() == 'cpu'
+  wanted = impl in ('im2col', 'winograd') or (impl == 'auto' and (structural or cpu))
   if not wanted or ho <= 0 or wo <= 0 or min(pt, pb, pl, pr) < 0:
     return fallback()
+  if (g == 1 and (kh, kw, sh, sw, pt, pb, pl, pr) == (3, 3, 1, 1, 1, 1, 1, 1)
+      and kwargs.get('preferred_element_type') is None
+      and (impl == 'winograd' or (impl == 'auto' and cpu and cin >= WINOGRAD_MIN_CHANNELS))):
+    return winograd.conv3x3(lhs, rhs)
   xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, g * cin),
                     (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
@@ -165,8 +182,8 @@ class ResNet(nn.Module):
     width: channels of the first stage (64 in the paper; smaller for tiny test models).
     cifar_stem: 3x3 stride-1 stem without max-pool (SimCLR's CIFAR variant) instead of 7x7/2 + pool.
     bn_momentum: running-average decay of the BatchNorm statistics (PyTorch's 0.1 == 0.9 here).
-    conv_impl: 'auto' | 'im2col' | 'xla', how the convolutions run (:func:`conv_general_dilated`;
-      the parameters and results are the same).
+    conv_impl: 'auto' | 'im2col' | 'xla' | 'winograd', how the convolutions run
+      (:func:`conv_general_dilated`; the parameters and results are the same).
   """
   stage_sizes: Sequence[int]
   block: Callable = BasicBlock

@@ -77,8 +77,9 @@ def test_batchnorm_variance_two_pass():
 @pytest.mark.parametrize('ctor,cifar_stem,size', [(resnet.resnet18, True, 16),
                                                   (resnet.resnet50, False, 32)])
 def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
-  """im2col matmuls (model.conv_impl 'im2col', and 'auto' on CPU) compute the same network as
-  XLA's convolutions: 3x3/7x7/1x1, strides 1 and 2, maps down to 1x1; forward and gradients."""
+  """im2col matmuls (model.conv_impl 'im2col') and Winograd F(2x2, 3x3) for the 3x3 stride-1
+  ones ('winograd'; 'auto' on CPU mixes both) compute the same network as XLA's convolutions:
+  3x3/7x7/1x1, strides 1 and 2, maps down to 1x1; forward and gradients."""
   x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
   models = {impl: ctor(width=4, cifar_stem=cifar_stem, conv_impl=impl) for impl in resnet.CONV_IMPLS}
   v = models['xla'].init(jax.random.PRNGKey(0), x)
@@ -90,10 +91,13 @@ def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
     results[impl] = jax.value_and_grad(loss, argnums=(0, 1))(v['params'], x), jaxpr
   assert 'conv_general_dilated' in results['xla'][1]
   assert 'conv_general_dilated' not in results['im2col'][1]
+  assert 'conv_general_dilated' not in results['winograd'][1]
+  assert 'custom_vjp_call' in results['winograd'][1]           # the 3x3 stride-1 ones
   if jax.default_backend() == 'cpu':
     assert 'conv_general_dilated' not in results['auto'][1]
+    assert 'custom_vjp_call' in results['auto'][1]             # Winograd for C_in >= 16 on CPU
   (ref_val, ref_grad), _ = results['xla']
-  for impl in ('im2col', 'auto'):
+  for impl in ('im2col', 'auto', 'winograd'):
     (val, grad), _ = results[impl]
     np.testing.assert_allclose(val, ref_val, rtol=1e-4)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
@@ -103,4 +107,4 @@ def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
 def test_bad_conv_impl_is_named():
   with pytest.raises(ValueError, match='im2col'):
     resnet.conv_general_dilated(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), (1, 1),
-                                ((1, 1), (1, 1)), impl='winograd')
+                                ((1, 1), (1, 1)), impl='fft')
