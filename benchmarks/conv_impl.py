@@ -4,7 +4,10 @@ input and kernel) each. Winograd applies to the 3x3 stride-1 shapes only (``-`` 
 
     python benchmarks/conv_impl.py [--batch_size 64] [--reps 5]
 
-Prints a table of median milliseconds per shape and the totals.
+Prints a table of median milliseconds per shape and the totals. Like ``throughput.py`` it
+re-runs itself with glibc malloc on huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; opt out
+with ``SSL_JAX_HUGEPAGES=0``): without them the im2col column build alone ran ~3x slower here from
+page faults.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
+from ssl_jax import main as main_lib  # pylint: disable=wrong-import-position
 from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
 
 # (map size, C_in, C_out, kernel, stride) of ResNet-18 with the CIFAR stem at 32 px.
@@ -48,6 +52,7 @@ def main():
   p.add_argument('--batch_size', type=int, default=64)
   p.add_argument('--reps', type=int, default=5)
   args = p.parse_args()
+  main_lib.reexec_with_hugepages()
   print('| map | C_in -> C_out | kernel / stride | xla ms | im2col ms | winograd ms | xla / im2col '
         '| im2col / winograd |')
   print('|---|---|---|---|---|---|---|---|')
@@ -67,7 +72,8 @@ def main():
   print(f"| total | | | {total['xla']:.1f} | {total['im2col']:.1f} | {total['winograd']:.1f} | "
         f"{total['xla'] / total['im2col']:.2f}x | {total['im2col'] / total['winograd']:.2f}x |")
   print(f'\nbatch {args.batch_size}, forward + backward (input and kernel gradients), median of '
-        f'{args.reps}; JAX {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPUs.')
+        f'{args.reps}; JAX {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPUs; '
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}.")
 
 
 if __name__ == '__main__':

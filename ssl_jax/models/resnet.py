@@ -28,8 +28,10 @@ _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 
 
 
 CONV_IMPLS = ('auto', 'im2col', 'xla', 'winograd')
-# 'auto' on CPU: 3x3 stride-1 convolutions with at least this many input channels by Winograd.
+# 'auto' on CPU: 3x3 stride-1 convolutions with at least this many input channels and 2x2 output
+# tiles (batch x tiles per map) by Winograd.
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 256
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -51,8 +53,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   ``'winograd'``: 3x3 stride-1 padding-1 dense convolutions by Winograd's F(2x2, 3x3)
   (:func:`ssl_jax.models.winograd.conv3x3`: 2.25x fewer matmul FLOPs, a 4x instead of 9x
   input expansion, a hand-written backward pass), every other one as im2col. ``'auto'`` on CPU
-  does the same for those with at least ``WINOGRAD_MIN_CHANNELS`` (16) input channels and keeps
-  im2col for the 3-channel stem (its 16 matmuls would have K = 3: 70 vs 20 ms at batch 64). At
+  does the same for those with at least ``WINOGRAD_MIN_CHANNELS`` (16) input channels and
+  ``WINOGRAD_MIN_TILES`` (256) 2x2 output tiles in the batch, and keeps im2col for the
+  3-channel stem (its 16 matmuls would have K = 3: 70 vs 20 ms at batch 64) and for small
+  batches of small maps (batch 8: 4 x 4 maps 70 vs 18 ms, 32 tiles; 8 x 8 23 vs 17, 128). At
   batch 64 forward + backward, im2col vs Winograd: 3x3 64 -> 64 on 32 x 32 maps 265 vs 221 ms,
   128 on 16 x 16 208 vs 154, 256 on 8 x 8 177 vs 128, 512 on 4 x 4 171 vs 160; a SimCLR
   ResNet-18 step at batch 128 13.3 / 14.3 s -> 11.2 / 12.3 s (two alternating rounds).
@@ -90,7 +94,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return fallback()
   if (g == 1 and (kh, kw, sh, sw, pt, pb, pl, pr) == (3, 3, 1, 1, 1, 1, 1, 1)
       and kwargs.get('preferred_element_type') is None
-      and (impl == 'winograd' or (impl == 'auto' and cpu and cin >= WINOGRAD_MIN_CHANNELS))):
+      and (impl == 'winograd' or (impl == 'auto' and cpu and cin >= WINOGRAD_MIN_CHANNELS
+                                  and b * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_MIN_TILES))):
     return winograd.conv3x3(lhs, rhs)
   xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, g * cin),
