@@ -120,7 +120,7 @@ def kernel_transform(w):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _transformed_conv(x, u, shape):
-  return output_transform(jnp.einsum('tpc,tco->tpo', input_transform(x), u), shape)
+  return _transformed_conv_fwd(x, u, shape)[0]
 
 
 def _transformed_conv_fwd(x, u, shape):

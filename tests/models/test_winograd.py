@@ -55,11 +55,11 @@ def test_transposed_transforms_are_transposes(shape):
   """<T x, v> = <x, T^T v> for the input and the output transform (the hand-written backward)."""
   k1, k2 = jax.random.split(jax.random.PRNGKey(3))
   x = jax.random.normal(k1, shape)
-  v = jax.random.normal(k2, winograd.input_transform(x).shape)
+  tx = winograd.input_transform(x)
+  v = jax.random.normal(k2, tx.shape)
   def close(a, b, scale):   # float32 sums of many products: tolerance from the norms
     np.testing.assert_allclose(a, b, atol=1e-6 * float(scale))
 
-  tx = winograd.input_transform(x)
   close(jnp.vdot(tx, v), jnp.vdot(x, winograd.input_transform_transposed(v, shape)),
         jnp.linalg.norm(tx) * jnp.linalg.norm(v))
   m = jax.random.normal(k1, v.shape)
