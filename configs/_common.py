@@ -68,6 +68,16 @@ def cifar_resnet18(c, width: int = 64):
   return c
 
 
+def _backbone(c, backbone, default, cpu_size, size_fields, patch_size):
+  c.model.backbone = backbone or default
+  if cpu_size and not backbone:
+    for field, value in zip(size_fields, cpu_size):
+      c.model[field] = value
+  c.model.patch_size = patch_size
+  c.model.img_size = c.data.image_size
+  return c
+
+
 def vit(c, backbone: str, *, patch_size: int, default: str = '', cpu_size=None):
   """A ViT with `patch_size` px patches whose position embedding is built for c.data.image_size
   (so call this after the data helper).
@@ -75,12 +85,21 @@ def vit(c, backbone: str, *, patch_size: int, default: str = '', cpu_size=None):
   backbone: the ``,<backbone>`` part of the variant string; '' picks `default`, shrunk to
   cpu_size = (embed_dim, depth, num_heads) when that is given (a CPU-sized model).
   """
-  c.model.backbone = backbone or default
-  if cpu_size and not backbone:
-    c.model.embed_dim, c.model.depth, c.model.num_heads = cpu_size
-  c.model.patch_size = patch_size
-  c.model.img_size = c.data.image_size
-  return c
+  return _backbone(c, backbone, default, cpu_size, ('embed_dim', 'depth', 'num_heads'),
+                   patch_size)
+
+
+def swin(c, backbone: str, *, patch_size: int, window_size: int, default: str = '',
+         cpu_size=None):
+  """A Swin (Liu et al. 2021) with `patch_size` px patch embedding and `window_size` windows, its
+  export resolution c.data.image_size (so call this after the data helper).
+
+  backbone: the ``,<backbone>`` part of the variant string; '' picks `default`, shrunk to
+  cpu_size = (embed_dim, depths, heads) when that is given (a CPU-sized model).
+  """
+  c.model.window_size = window_size
+  return _backbone(c, backbone, default, cpu_size, ('embed_dim', 'swin_depths', 'swin_heads'),
+                   patch_size)
 
 
 # -- run length ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """SimMIM (Xie et al. 2022): mask-token ViT, linear pixel head, L1 on masked pixels.
 
 Variants (``--config=configs/simmim.py:<variant>[,<backbone>]``, backbone one of vit_tiny,
-vit_small, vit_base):
+vit_small, vit_base, swin_tiny, swin_small, swin_base):
 
 * ``builtin`` — the same 96-d, depth-4 ViT (patch 4) as ``configs/mae.py:builtin``, here at 24 px;
   mask patches of 8 px (3x3 mask grid, ceil(0.6 x 9) = 6 masked), i.e. the paper's 32 px mask
@@ -24,7 +24,22 @@ vit_small, vit_base):
 
       python -m ssl_jax.main --config=configs/simmim.py:builtin --workdir=/tmp/simmim_builtin
 
-* ``cifar10`` — ViT-T with 4 px patches at 32 px, 8 px mask patches, 800 epochs, batch 1024::
+* ``builtin_swin`` — the paper's main backbone, Swin (Liu et al. 2021), scaled down: 32 px, 2 px
+  patch embedding, three stages of 16x16 / 8x8 / 4x4 tokens (48 / 96 / 192 wide, 2 blocks each),
+  4x4 windows (the last stage is one window, as at 192 px with window 6); the head reads the
+  last stage (stride 8) and the mask patches are that stride (8 px, 4x4 mask grid; the paper: 32 px
+  = stride 32); batch 256, 300 steps. Measured at 400 steps: kNN error ratio **1.66** (kNN 0.241
+  vs 0.543 random; loss 1.20 -> 0.72), and falling the longer it trains (online kNN 0.40 / 0.33 /
+  0.30 / 0.24 at steps 100-400); no stage's mean-pooled block output does better (0.29-0.40,
+  raw, centred or standardised). The hierarchy does not change the ViT's picture: the last stage
+  becomes the pixel decoder (one linear map per token to its 8x8 pixels), so its pooled tokens
+  describe local ink, not the digit::
+
+      python -m ssl_jax.main --config=configs/simmim.py:builtin_swin --workdir=/tmp/simmim_swin
+
+* ``cifar10`` — ViT-T with 4 px patches at 32 px, 8 px mask patches, 800 epochs, batch 1024;
+  ``cifar10,swin_tiny``: Swin-T with 2 px patches and 4x4 windows, 16 px mask patches (its output
+  stride)::
 
       python -m ssl_jax.main --config=configs/simmim.py:cifar10 --workdir=gs://BUCKET/simmim_c10
 
@@ -35,6 +50,12 @@ vit_small, vit_base):
 
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/simmim.py:imagenet --workdir=gs://BUCKET/simmim_in1k
+
+* ``imagenet,swin_base`` (or ``swin_tiny`` / ``swin_small``) — the paper's Swin recipe: 192 px,
+  window 6, 32 px mask patches (= the output stride), base lr 8e-4 at batch 2048, 100 epochs::
+
+      launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
+          --config=configs/simmim.py:imagenet,swin_base --workdir=gs://BUCKET/simmim_swin_in1k
 """
 from configs import _common as common
 from ssl_jax import config as config_lib
@@ -67,6 +88,24 @@ def get_config(arg: str = 'builtin'):
     c.method.mask_patch_size = 8
     c.optim.lr = 2e-3
     common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
+  elif variant == 'builtin_swin':
+    # The paper's main backbone scaled down: 32 px, 2 px patch embedding, stages of 16x16 / 8x8 /
+    # 4x4 tokens (48 / 96 / 192 wide), 4x4 windows, so the last stage is one window as at 192 px
+    # with window 6; mask patches = the 8 px output stride (the paper: 32 = 32), 4x4 mask grid.
+    common.builtin_data(c, image_size=32, crop_scale=(0.5, 1.0), batch_size=256)
+    common.swin(c, backbone, default='swin_tiny', cpu_size=(48, (2, 2, 2), (2, 4, 8)),
+                patch_size=2, window_size=4)
+    c.method.mask_patch_size = 8
+    c.optim.lr = 2e-3
+    common.schedule(c, steps=300, warmup_steps=20, checkpoint_every=100)
+  elif variant == 'cifar10' and backbone.startswith('swin'):
+    # 32 px, 2 px patches, 4x4 windows: a 4-stage Swin ends at 2x2 tokens of 16 px.
+    common.cifar10_data(c, batch_size=1024)
+    common.swin(c, backbone, patch_size=2, window_size=4)
+    c.method.mask_patch_size = 16
+    c.optim.lr = 1e-4
+    common.schedule(c, steps=800 * 48, warmup_steps=10 * 48, checkpoint_every=5000,
+                    knn_every=10000)
   elif variant == 'cifar10':
     common.cifar10_data(c, batch_size=1024)
     common.vit(c, backbone, default='vit_tiny', patch_size=4)
@@ -74,11 +113,21 @@ def get_config(arg: str = 'builtin'):
     c.optim.lr = 2e-4
     common.schedule(c, steps=800 * 48, warmup_steps=10 * 48, checkpoint_every=5000,
                     knn_every=10000)
+  elif variant == 'imagenet' and backbone.startswith('swin'):
+    # The paper's Swin recipe: 192 px, window 6, 32 px mask patches = the output stride, base lr
+    # 8e-4 at batch 2048 (1e-4 per 256), 100 epochs with 10 warm-up.
+    common.imagenet_data(c, batch_size=2048, image_size=192)
+    common.swin(c, backbone, patch_size=4, window_size=6)
+    c.optim.lr = 1e-4
+    common.schedule(c, steps=100 * 625, warmup_steps=10 * 625, checkpoint_every=1000,
+                    knn_every=10000)
   elif variant == 'imagenet':
     common.imagenet_data(c, batch_size=2048)
     common.vit(c, backbone, default='vit_base', patch_size=16)
     common.schedule(c, steps=800 * 625, warmup_steps=10 * 625, checkpoint_every=1000,
                     knn_every=10000)
   else:
-    raise common.unknown_variant('simmim', variant, hint=common.VIT_BACKBONES)
+    raise common.unknown_variant('simmim', variant, "'builtin', 'builtin_swin', 'cifar10' or "
+                                 "'imagenet'", hint=common.VIT_BACKBONES[:-1] + '|swin_tiny|'
+                                 "swin_small|swin_base'")
   return c

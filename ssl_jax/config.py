@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embed_dim = 0          # ViT overrides (0 = preset), for tiny models in tests
   c.model.depth = 0
   c.model.num_heads = 0
+  c.model.window_size = 7         # Swin attention window (tokens per side)
+  c.model.swin_depths = ()       # Swin overrides (() = preset): blocks per stage, e.g. (2, 2, 2)
+  c.model.swin_heads = ()        # Swin overrides: heads per stage, same length as swin_depths
   c.model.stage_sizes = ()       # ResNet override of blocks per stage (() = preset), e.g. (1, 1, 1, 1)
   c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.remat = False
@@ -209,6 +212,23 @@ def _check_types(config):
            f'must be a tuple of distinct axis names, got {axes!r}')
 
 
+def _check_swin(config):
+  """Swin shape fields: per-stage overrides of one length, an image size every stage can window."""
+  from ssl_jax import models  # pylint: disable=g-import-not-at-top
+  m = config.model
+  depths, heads = tuple(m.get('swin_depths', ())), tuple(m.get('swin_heads', ()))
+  _require(all(isinstance(n, int) and n > 0 for n in depths + heads), 'model.swin_depths',
+           f'and model.swin_heads must be positive integers, got {depths!r} / {heads!r}')
+  _require(len(depths) == len(heads), 'model.swin_heads',
+           f'needs one entry per stage of model.swin_depths={depths!r}, got {heads!r}')
+  _require(isinstance(m.window_size, int) and m.window_size > 0, 'model.window_size',
+           f'must be a positive integer, got {m.window_size!r}')
+  try:
+    models.build_backbone(m).check_image_size(config.data.image_size)
+  except ValueError as e:
+    raise ValueError(f'config.data.image_size: {e}') from None
+
+
 def validate(config, num_devices: int | None = None):
   """Checks the fields the trainer relies on; raises ValueError naming the first bad field."""
   from ssl_jax import methods, models  # pylint: disable=g-import-not-at-top
@@ -256,6 +276,8 @@ def validate(config, num_devices: int | None = None):
     _require(config.data.image_size % config.model.patch_size == 0, 'data.image_size',
              f'{config.data.image_size} is not a multiple of model.patch_size='
              f'{config.model.patch_size}')
+  if config.model.backbone.startswith('swin'):
+    _check_swin(config)
   accum = config.optim.get('grad_accum_steps', 1)
   _require(config.data.batch_size % accum == 0, 'optim.grad_accum_steps',
            f'data.batch_size={config.data.batch_size} is not divisible into {accum} micro-batches')

@@ -28,6 +28,7 @@ import optax
 from ssl_jax import models
 from ssl_jax.data import pipeline
 from ssl_jax.methods.base import apply_module
+from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
 from ssl_jax.train import schedules, sharding
 
@@ -72,9 +73,23 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(h)
 
 
-def layer_id(path: tuple[str, ...], num_layers: int) -> int:
+def swin_block_ids(backbone_params) -> dict[str, int]:
+  """Swin module name -> depth index: blocks counted through the stages from 1 (``layers_1_
+  blocks_0`` of depths (2, 2) is 3), a stage's patch merging with its last block (SimMIM's
+  ``get_swin_layer``)."""
+  blocks = sorted((int(m[1]), int(m[2])) for name in backbone_params
+                  if (m := re.fullmatch(r'layers_(\d+)_blocks_(\d+)', name)))
+  ids = {f'layers_{i}_blocks_{j}': k + 1 for k, (i, j) in enumerate(blocks)}
+  for i in {i for i, _ in blocks}:
+    ids[f'layers_{i}_downsample'] = max(v for n, v in ids.items() if n.startswith(f'layers_{i}_'))
+  return ids
+
+
+def layer_id(path: tuple[str, ...], num_layers: int, swin_ids: dict[str, int] | None = None
+             ) -> int:
   """Depth index of a parameter (path inside the classifier's params) for layer-wise decay;
-  ``num_layers`` is L + 1 (ViT: depth + 1; ResNet: 5)."""
+  ``num_layers`` is L + 1 (ViT: depth + 1; Swin: blocks + 1, ``swin_ids`` from
+  :func:`swin_block_ids`; ResNet: 5)."""
   top = path[0]
   if top == 'head':
     return num_layers
@@ -86,6 +101,8 @@ def layer_id(path: tuple[str, ...], num_layers: int) -> int:
   m = re.fullmatch(r'blocks_(\d+)', name)
   if m:
     return int(m.group(1)) + 1
+  if swin_ids and name in swin_ids:
+    return swin_ids[name]
   m = re.fullmatch(r'layer(\d+)_\d+', name)
   if m:
     return int(m.group(1))
@@ -94,8 +111,9 @@ def layer_id(path: tuple[str, ...], num_layers: int) -> int:
 
 def layer_decay_scales(params, num_layers: int, decay: float):
   """Pytree of lr multipliers ``decay ** (num_layers - layer_id)``."""
+  swin_ids = swin_block_ids(params.get('backbone', {}))
   flat = {path: decay ** (num_layers - layer_id(tuple(str(getattr(k, 'key', k)) for k in path),
-                                                 num_layers))
+                                                 num_layers, swin_ids))
           for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   return jax.tree_util.tree_map_with_path(lambda p, _: flat[p], params)
 
@@ -111,7 +129,8 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 def _decay_mask(params):
   def keep(path, p):
     names = {str(getattr(k, 'key', k)) for k in path}
-    return p.ndim > 1 and not names & {'cls_token', 'reg_token', 'pos_embed'}
+    return p.ndim > 1 and not names & {'cls_token', 'reg_token', 'pos_embed',
+                                       'relative_position_bias_table'}
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -137,7 +156,11 @@ def mixup(rng, images, targets, alpha: float):
 
 
 def _num_layers(backbone) -> int:
-  return backbone.depth + 1 if isinstance(backbone, vit_lib.ViT) else 5
+  if isinstance(backbone, vit_lib.ViT):
+    return backbone.depth + 1
+  if isinstance(backbone, swin_lib.Swin):
+    return sum(backbone.depths) + 1
+  return 5
 
 
 def finetune(method, params, buffers, config, mesh, train_source, test_source,

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from ssl_jax.models import resnet as resnet_lib
+from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
 
 _BLOCKS = {'BasicBlock': resnet_lib.BasicBlock, 'Bottleneck': resnet_lib.Bottleneck}
@@ -38,7 +39,13 @@ def module_spec(backbone) -> dict:
     return {'module': 'resnet', 'kwargs': {
         'stage_sizes': list(backbone.stage_sizes), 'block': backbone.block.__name__,
         'width': backbone.width, 'cifar_stem': backbone.cifar_stem}}
-  raise TypeError(f'cannot export a {type(backbone).__name__}; expected a ResNet or ViT')
+  if isinstance(backbone, swin_lib.Swin):
+    return {'module': 'swin', 'kwargs': {
+        'img_size': backbone.img_size, 'patch_size': backbone.patch_size,
+        'embed_dim': backbone.embed_dim,
+        'depths': list(backbone.depths), 'num_heads': list(backbone.num_heads),
+        'window_size': backbone.window_size, 'mlp_ratio': backbone.mlp_ratio}}
+  raise TypeError(f'cannot export a {type(backbone).__name__}; expected a ResNet, ViT or Swin')
 
 
 def build_module(spec: dict):
@@ -46,6 +53,9 @@ def build_module(spec: dict):
   kw = dict(spec['kwargs'])
   if spec['module'] == 'vit':
     return vit_lib.ViT(**kw)
+  if spec['module'] == 'swin':
+    kw['depths'], kw['num_heads'] = tuple(kw['depths']), tuple(kw['num_heads'])
+    return swin_lib.Swin(**kw)
   if spec['module'] == 'resnet':
     kw['block'] = _BLOCKS[kw['block']]
     kw['stage_sizes'] = tuple(kw['stage_sizes'])

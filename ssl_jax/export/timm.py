@@ -1,4 +1,4 @@
-"""Encoder weights in timm's PyTorch layout (safetensors), for ViT and ResNet backbones.
+"""Encoder weights in timm's PyTorch layout (safetensors), for ViT, Swin and ResNet backbones.
 
 The flax modules already use timm's names (see models/vit.py and models/resnet.py), so the
 conversion is a rename plus a layout change per tensor:
@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
 from flax import traverse_util
 
 from ssl_jax.models import resnet as resnet_lib
+from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
 
 _VIT_ARCH = {192: 'vit_tiny_patch16_224', 384: 'vit_small_patch16_224',
@@ -52,11 +54,23 @@ def _leaf_to_torch(path: tuple[str, ...], value: np.ndarray):
           'var': 'running_var'}.get(last, last), value
 
 
+_SWIN_BLOCK = re.compile(r'layers_(\d+)_blocks_(\d+)$')
+_SWIN_MERGE = re.compile(r'layers_(\d+)_downsample$')
+
+
 def _module_name(path: tuple[str, ...]) -> str:
   """flax module path -> torch dotted name: ``layer1_0/downsample_1`` -> ``layer1.0.downsample.1``,
-  ``blocks_3/attn/qkv`` -> ``blocks.3.attn.qkv``."""
+  ``blocks_3/attn/qkv`` -> ``blocks.3.attn.qkv``; Swin ``layers_1_blocks_0`` ->
+  ``layers.1.blocks.0`` and ``layers_0_downsample`` (end of stage 0, Swin v1) ->
+  ``layers.1.downsample`` (timm >= 0.9 merges at the start of the next stage)."""
   parts = []
   for p in path:
+    if m := _SWIN_BLOCK.match(p):
+      parts += ['layers', m[1], 'blocks', m[2]]
+      continue
+    if m := _SWIN_MERGE.match(p):
+      parts += ['layers', str(int(m[1]) + 1), 'downsample']
+      continue
     head, sep, tail = p.rpartition('_')
     if sep and tail.isdigit() and head and (head.startswith('layer') or head in (
         'blocks', 'downsample')):
@@ -67,7 +81,7 @@ def _module_name(path: tuple[str, ...]) -> str:
 
 
 def to_timm_state_dict(backbone, variables) -> dict[str, np.ndarray]:
-  """timm state dict (name -> float32 numpy array) of a ResNet or ViT's flax ``variables``."""
+  """timm state dict (name -> float32 numpy array) of a ResNet, ViT or Swin's flax ``variables``."""
   params = traverse_util.flatten_dict(jax.device_get(variables['params']))
   out = {}
   for path, value in params.items():
@@ -126,7 +140,7 @@ def from_timm_state_dict(backbone, state_dict) -> dict:
 
 
 def _init_fn(backbone):
-  if isinstance(backbone, vit_lib.ViT):
+  if isinstance(backbone, (vit_lib.ViT, swin_lib.Swin)):
     shape = (1, backbone.img_size, backbone.img_size, 3)
   else:
     shape = (1, 32, 32, 3)
@@ -153,6 +167,12 @@ def timm_model_args(backbone) -> tuple[str, dict]:
       raise ValueError(f'timm has no ResNet of width {backbone.width}; only width 64 exports to '
                        'a timm model (to_timm_state_dict still gives the renamed tensors)')
     return arch, dict(num_classes=0)
+  if isinstance(backbone, swin_lib.Swin):
+    kw = dict(img_size=backbone.img_size, patch_size=backbone.patch_size,
+              embed_dim=backbone.embed_dim, depths=tuple(backbone.depths),
+              num_heads=tuple(backbone.num_heads), window_size=backbone.window_size,
+              mlp_ratio=backbone.mlp_ratio, num_classes=0, global_pool='avg')
+    return 'swin_tiny_patch4_window7_224', kw
   raise TypeError(f'no timm layout for {type(backbone).__name__}')
 
 
@@ -160,10 +180,10 @@ def export_timm(backbone, variables, directory: str) -> str:
   """Writes ``directory/model.safetensors`` (timm layout) and ``directory/timm_config.json``
   (architecture, model_args, and the CIFAR-stem note where it applies); returns the weights path."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  arch, kw = timm_model_args(backbone)   # first: an unsupported backbone leaves no files
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, 'model.safetensors')
   save_file(to_timm_state_dict(backbone, variables), path)
-  arch, kw = timm_model_args(backbone)
   cfg = {'architecture': arch, 'model_args': kw}
   if isinstance(backbone, resnet_lib.ResNet) and backbone.cifar_stem:
     cfg['note'] = ('CIFAR stem: after timm.create_model set model.conv1 = '

@@ -163,17 +163,23 @@ def unpatchify(x: Array, p: int, h: int, w: int, c: int) -> Array:
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch projection, a Conv with kernel = stride = patch (ViT, Dosovitskiy
-    et al. 2021). Named ``patch_embed/proj`` as timm. Returns (B, gh, gw, D)."""
+    et al. 2021). Named ``patch_embed/proj`` as timm. Returns (B, gh, gw, D). ``norm_eps > 0``
+    adds a LayerNorm ``patch_embed/norm`` after it (Swin's ``patch_norm``)."""
     patch_size: int
     embed_dim: int
     dtype: Any = jnp.float32
+    kernel_init: Any = _patch_init
+    norm_eps: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         p = self.patch_size
-        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
-                       kernel_init=_patch_init, bias_init=nn.initializers.zeros,
-                       dtype=self.dtype, name='proj')(x)
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
+                    kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='proj')(x)
+        if self.norm_eps:
+            x = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='norm')(x)
+        return x
 
 
 class Attention(nn.Module):
@@ -208,14 +214,15 @@ class Mlp(nn.Module):
     """Transformer MLP ``fc1 -> GELU (exact) -> fc2`` (ViT, Dosovitskiy et al. 2021; timm)."""
     hidden_dim: int
     dtype: Any = jnp.float32
+    kernel_init: Any = _dense_init
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = x.shape[-1]
-        x = Dense(self.hidden_dim, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
+        x = Dense(self.hidden_dim, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
                   dtype=self.dtype, name='fc1')(x)
         x = gelu(x)
-        return Dense(d, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
+        return Dense(d, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
                      dtype=self.dtype, name='fc2')(x)
 
 

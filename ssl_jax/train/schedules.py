@@ -38,9 +38,17 @@ def linear_warmup_constant(start: float, end: float, warmup_steps: int):
   return fn
 
 
+# 2-D parameters that are not weights: Swin's relative position bias (every Swin codebase keeps
+# it out of weight decay, ``no_weight_decay_keywords``).
+NO_DECAY_NAMES = ('relative_position_bias_table',)
+
+
 def decay_mask(params):
-  """True for weights (ndim > 1) that get weight decay / LARS adaptation; biases and norms not."""
-  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+  """True for weights (ndim > 1) that get weight decay / LARS adaptation; biases, norms and the
+  ``NO_DECAY_NAMES`` tables not."""
+  def keep(path, p):
+    return p.ndim > 1 and not any(getattr(k, 'key', None) in NO_DECAY_NAMES for k in path)
+  return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def build_optimizer(optim_cfg, batch_size: int, total_steps: int):

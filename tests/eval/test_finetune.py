@@ -6,7 +6,8 @@ import optax
 import pytest
 
 from ssl_jax.eval import finetune
-from ssl_jax.models import resnet, vit
+from ssl_jax.models import resnet, swin, vit
+from ssl_jax.train import schedules
 
 
 def _scales(backbone, x, decay):
@@ -42,6 +43,26 @@ def test_resnet_layer_decay_scales_and_optimizer_applies_them():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['backbone']['conv1']['kernel'], -0.256 * 0.5 ** 5, rtol=1e-4)
   np.testing.assert_allclose(updates['head']['kernel'], -0.256, rtol=1e-4)
+
+
+def test_swin_layer_decay_scales_and_decay_mask():
+  net = swin.Swin(patch_size=2, embed_dim=8, depths=(2, 1), num_heads=(2, 2), window_size=4)
+  params, s = _scales(net, jnp.zeros((1, 16, 16, 3)), 0.5)
+  b = s['backbone']
+  # 3 blocks (num_layers 4): patch embedding 0.5^4, stage-0 blocks 0.5^3 / 0.5^2, its patch
+  # merging with its last block (0.5^2), the stage-1 block 0.5, final norm and head 1.
+  assert b['patch_embed']['proj']['kernel'] == 0.0625
+  assert b['layers_0_blocks_0']['attn']['qkv']['kernel'] == 0.125
+  assert b['layers_0_blocks_1']['mlp']['fc1']['kernel'] == 0.25
+  assert b['layers_0_downsample']['reduction']['kernel'] == 0.25
+  assert b['layers_1_blocks_0']['norm1']['scale'] == 0.5
+  assert b['norm']['scale'] == 1.0 and s['head']['kernel'] == 1.0
+  m = finetune._decay_mask(params)  # pylint: disable=protected-access
+  assert m['backbone']['layers_0_blocks_0']['attn']['qkv']['kernel']
+  assert not m['backbone']['layers_0_blocks_0']['attn']['relative_position_bias_table']
+  assert not schedules.decay_mask(params)['backbone']['layers_0_blocks_1']['attn'][
+      'relative_position_bias_table']
+  assert schedules.decay_mask(params)['backbone']['layers_0_downsample']['reduction']['kernel']
 
 
 def test_decay_mask_excludes_tokens_biases_norms():

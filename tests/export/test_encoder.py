@@ -5,13 +5,16 @@ import pytest
 
 from ssl_jax.export import encoder as encoder_lib
 from ssl_jax.export import load_encoder
-from ssl_jax.models import resnet, vit
+from ssl_jax.models import resnet, swin, vit
 
 
-@pytest.mark.parametrize('kind', ['resnet', 'vit'])
+@pytest.mark.parametrize('kind', ['resnet', 'vit', 'swin'])
 def test_save_load_round_trip(tmp_path, kind):
   if kind == 'resnet':
     net = resnet.resnet18(width=4, cifar_stem=True)
+  elif kind == 'swin':
+    net = swin.Swin(patch_size=2, embed_dim=8, depths=(2, 1), num_heads=(2, 2), window_size=4,
+                    mlp_ratio=2.0)
   else:
     net = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                   pos_embed='sincos', drop_path_rate=0.1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ssl_jax.export import timm as timm_export
-from ssl_jax.models import resnet, vit
+from ssl_jax.models import resnet, swin, vit
 
 
 def _randomize(variables, seed=0):
@@ -68,22 +68,40 @@ def test_resnet18_parity(torch_timm, cifar_stem):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize('prefix,pos', [(1, 'learned'), (1, 'sincos'), (0, 'learned'),
-                                        (2, 'learned')])
-def test_vit_parity(torch_timm, prefix, pos):
+def _parity(torch_timm, net):
+  """(variables, timm state dict, our features, timm's features) of ``net`` on 2 random 16 px
+  images, with every parameter randomised and the state dict's keys checked against timm's."""
   torch, timm = torch_timm
-  net = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                num_prefix_tokens=prefix, pos_embed=pos)
   x = _images((2, 16, 16, 3))
   variables = _randomize(net.init(jax.random.PRNGKey(0), x))
-  ours = np.asarray(net.apply(variables, x))
   arch, kw = timm_export.timm_model_args(net)
   model = timm.create_model(arch, pretrained=False, **kw)
   sd = timm_export.to_timm_state_dict(net, variables)
   assert set(sd) == set(model.state_dict())
-  theirs = _timm_features(torch, model, sd, x)
+  return variables, sd, np.asarray(net.apply(variables, x)), _timm_features(torch, model, sd, x)
+
+
+@pytest.mark.parametrize('prefix,pos', [(1, 'learned'), (1, 'sincos'), (0, 'learned'),
+                                        (2, 'learned')])
+def test_vit_parity(torch_timm, prefix, pos):
+  net = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                num_prefix_tokens=prefix, pos_embed=pos)
+  _, _, ours, theirs = _parity(torch_timm, net)
   assert ours.shape == theirs.shape == (2, 32)
   np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)
+
+
+def test_swin_parity(torch_timm):
+  """Shifted windows, relative position bias, patch merging order: all must match timm's Swin."""
+  net = swin.Swin(img_size=16, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(2, 4),
+                  window_size=4, mlp_ratio=2.0)
+  variables, sd, ours, theirs = _parity(torch_timm, net)
+  assert 'layers.1.downsample.reduction.weight' in sd
+  assert ours.shape == theirs.shape == (2, 16) and np.abs(ours).max() > 1e-2
+  np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)
+  back = timm_export.from_timm_state_dict(net, sd)
+  for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_export_file_loads_with_create_model(torch_timm, tmp_path):

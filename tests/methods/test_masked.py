@@ -213,6 +213,34 @@ def test_simmim_norm_targets_and_head_blocks_train_and_check_fields():
     build_method(c)
 
 
+def test_simmim_swin_predicts_from_the_last_stage_and_masks_it():
+  c = tiny('simmim', image_size=16)
+  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
+  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 8, (1, 1), (2, 2)
+  m = build_method(c)      # 8x8 patch tokens -> 4x4 output tokens of 4 px; 2x2 mask grid of 8 px
+  assert (m.out_stride, m.out_grid, m.mask_grid, m.scale) == (4, (4, 4), 2, 4)
+  mask = simmim_lib.simmim_masks(jax.random.key(0), 3, 2, 4, 0.6)        # (3, 64)
+  out = np.asarray(m.output_mask(mask)).reshape(3, 4, 4)
+  # each output token takes the mask of the 8 px mask patch it lies in
+  small = np.asarray(mask).reshape(3, 8, 8)[:, ::4, ::4]
+  np.testing.assert_array_equal(out, np.repeat(np.repeat(small, 2, 1), 2, 2))
+  state, hist = helpers.run_steps(c, 1, 2)
+  assert np.isfinite(hist[-1]['loss']) and state.params['mask_token'].shape == (8,)
+  assert state.params['head']['pred']['kernel'].shape == (16, 4 * 4 * 3)
+  batch = sample_batch(c, 4)
+  grid = m.reconstruct(state.params, state.buffers, batch['view0'], jax.random.key(1))
+  assert grid['reconstruction'].shape == (4, 16, 16, 3)
+  # visible pixels are pasted back unchanged, masked ones come from the prediction
+  np.testing.assert_allclose(grid['reconstruction'] * (grid['masked'] != 0.5),
+                             grid['original'] * (grid['masked'] != 0.5), atol=1e-6)
+  c.method.mask_patch_size = 2
+  with pytest.raises(ValueError, match='multiple of the backbone output stride 4'):
+    build_method(c)
+  c.method.mask_patch_size, c.method.name = 8, 'mae'
+  with pytest.raises(ValueError, match='MAE needs one of vit_tiny'):
+    build_method(c)
+
+
 # ----------------------------------------------------------------------------- BEiT + tokenizer
 
 @pytest.fixture(scope='module')

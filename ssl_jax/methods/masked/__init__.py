@@ -36,12 +36,15 @@ class MaskedImageMethod(Method):
   """
 
   num_views = 1
+  # Backbone classes the method can mask, and the names to suggest when it gets another one.
+  backbone_types: tuple = (vit_lib.ViT,)
+  backbone_names = 'vit_tiny/vit_small/vit_base'
 
   def __init__(self, config):
     super().__init__(config)
-    if not isinstance(self.backbone, vit_lib.ViT):
+    if not isinstance(self.backbone, self.backbone_types):
       raise ValueError(f'config.model.backbone={config.model.backbone!r}: '
-                       f'{type(self).__name__} needs a ViT backbone (vit_tiny/vit_small/vit_base)')
+                       f'{type(self).__name__} needs one of {self.backbone_names}')
     self.patch_size = self.backbone.patch_size
     size = config.data.image_size
     if size % self.patch_size:
@@ -65,10 +68,10 @@ class MaskedImageMethod(Method):
     return augment.augment_batch(rng, batch['view0'], self.recipe)
 
   def encode(self, params, x, *, train=False, rng=None, **kw):
-    """``ViT.encode`` of the backbone (dict of tokens/prefix/patches)."""
+    """The backbone's ``encode`` (dict of tokens/prefix/patches)."""
     rngs = {'dropout': rng} if rng is not None else None
     return self.backbone.apply({'params': params['backbone']}, x, train=train, rngs=rngs,
-                               method=vit_lib.ViT.encode, **kw)
+                               method=type(self.backbone).encode, **kw)
 
   def features(self, params, buffers, images_uint8):
     """Eval feature: the encoder on all patches (no mask), pooled per ``feature_pool``."""

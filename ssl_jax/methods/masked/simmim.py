@@ -8,6 +8,12 @@ patches replaced by a learned mask token (owned here, ``params['mask_token']``);
 linear head (:class:`ssl_jax.models.decoders.SimMIMHead`) predicts the raw (normalised) pixels of
 each patch and the loss is L1 on the masked pixels only (``losses.simmim_l1_loss``).
 
+With a Swin backbone (the paper's main one) the mask token replaces masked tokens of the patch
+embedding (stride ``model.patch_size``) and the head reads the last stage (stride
+``Swin.out_stride``, 32 in the paper, equal to its mask patches): one linear layer per last-stage
+token to its ``out_stride^2 * 3`` pixels (the paper's 1x1 conv + PixelShuffle). A ViT's output
+stride is its patch size.
+
 Config (``config.method``): mask_ratio, mask_patch_size (a multiple of ``model.patch_size`` that
 divides ``data.image_size``), feature_pool; norm_target_window (0: the paper's raw pixels; an odd
 window: each target pixel standardised over its neighbourhood, the official repository's
@@ -22,10 +28,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import losses
+from ssl_jax import losses, models
 from ssl_jax.methods.masked import MaskedImageMethod
 from ssl_jax.models import vit as vit_lib
 from ssl_jax.models.decoders import SimMIMHead
+from ssl_jax.models.swin import Swin
 
 
 def simmim_masks(rng, batch: int, mask_grid: int, scale: int, mask_ratio: float):
@@ -43,7 +50,10 @@ def simmim_masks(rng, batch: int, mask_grid: int, scale: int, mask_ratio: float)
 
 
 class SimMIM(MaskedImageMethod):
-  """Mask-token ViT with a linear pixel head and masked L1."""
+  """Mask-token ViT or Swin with a linear pixel head and masked L1."""
+
+  backbone_types = (vit_lib.ViT, Swin)
+  backbone_names = 'vit_tiny/vit_small/vit_base/swin_tiny/swin_small/swin_base'
 
   def __init__(self, config):
     super().__init__(config)
@@ -51,12 +61,18 @@ class SimMIM(MaskedImageMethod):
     self.mask_ratio = m.mask_ratio
     self.mask_patch_size = m.mask_patch_size
     size = config.data.image_size
-    if self.mask_patch_size % self.patch_size or size % self.mask_patch_size:
+    # Pixels per output token: the ViT's patch, the Swin's last-stage stride.
+    self.out_stride = getattr(self.backbone, 'out_stride', self.patch_size)
+    if isinstance(self.backbone, Swin):
+      self.backbone.check_image_size(size)
+    if self.mask_patch_size % self.out_stride or size % self.mask_patch_size:
       raise ValueError(f'config.method.mask_patch_size={self.mask_patch_size} must be a multiple '
-                       f'of model.patch_size={self.patch_size} and divide data.image_size={size}')
+                       f'of the backbone output stride {self.out_stride} (model.patch_size='
+                       f'{self.patch_size} for a ViT) and divide data.image_size={size}')
     self.mask_grid = size // self.mask_patch_size
     self.scale = self.mask_patch_size // self.patch_size
-    self.head = SimMIMHead(self.patch_dim, depth=m.head_depth, num_heads=m.head_heads)
+    self.out_grid = (size // self.out_stride,) * 2
+    self.head = SimMIMHead(self.out_stride ** 2 * 3, depth=m.head_depth, num_heads=m.head_heads)
     self.norm_target_window = m.norm_target_window
     if self.norm_target_window and self.norm_target_window % 2 == 0:
       raise ValueError(f'config.method.norm_target_window={self.norm_target_window} must be odd '
@@ -67,7 +83,8 @@ class SimMIM(MaskedImageMethod):
     x = jnp.zeros((2,) + batch['view0'].shape[1:3] + (3,), jnp.float32)
     bb = self.backbone.init({'params': k1}, x)['params']
     d = self.backbone.embed_dim
-    head = self.head.init({'params': k2}, jnp.zeros((2, self.num_patches, d)))['params']
+    n_out, d_out = self.out_grid[0] * self.out_grid[1], models.feature_dim(self.backbone)
+    head = self.head.init({'params': k2}, jnp.zeros((2, n_out, d_out)))['params']
     mask_token = 0.02 * jax.random.truncated_normal(k3, -2.0, 2.0, (d,), jnp.float32)
     return {'backbone': bb, 'head': head, 'mask_token': mask_token}, {}
 
@@ -82,16 +99,27 @@ class SimMIM(MaskedImageMethod):
                       mask_token=params['mask_token'])
     return self.head.apply({'params': params['head']}, out['patches'])
 
+  def output_mask(self, mask):
+    """(B, N) input-token mask -> (B, N_out) mask of the output tokens (each output token lies
+    inside one mask patch, so taking every r-th input token is exact)."""
+    r = self.out_stride // self.patch_size
+    if r == 1:
+      return mask
+    b = mask.shape[0]
+    return mask.reshape(b, *self.grid)[:, ::r, ::r].reshape(b, -1)
+
   def loss(self, params, state, views, rng):
     pred = self.predict(params, views, train=True, rng=rng)
     target = views['image']
     if self.norm_target_window:
       target = losses.local_norm_targets(target, self.norm_target_window)
-    target = vit_lib.patchify(target, self.patch_size)
-    return losses.simmim_l1_loss(pred, target, views['mask']), ({}, state.buffers)
+    target = vit_lib.patchify(target, self.out_stride)
+    return (losses.simmim_l1_loss(pred, target, self.output_mask(views['mask'])),
+            ({}, state.buffers))
 
   def reconstruct(self, params, buffers, images_uint8, rng):
     x = self.normalize(images_uint8)
     v = {'image': x, 'mask': simmim_masks(rng, x.shape[0], self.mask_grid, self.scale,
                                           self.mask_ratio)}
-    return self._grid_images(x, v['mask'], self.predict(params, v))
+    pred = vit_lib.unpatchify(self.predict(params, v), self.out_stride, *self.out_grid, 3)
+    return self._grid_images(x, v['mask'], vit_lib.patchify(pred, self.patch_size))
