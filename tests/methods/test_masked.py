@@ -211,6 +211,9 @@ def test_simmim_norm_targets_and_head_blocks_train_and_check_fields():
   c.method.norm_target_window = 4
   with pytest.raises(ValueError, match='norm_target_window=4 must be odd'):
     build_method(c)
+  c.method.norm_target_window, c.method.loss = 5, 'l3'
+  with pytest.raises(ValueError, match="config.method.loss='l3'"):
+    build_method(c)
 
 
 def test_simmim_swin_predicts_from_the_last_stage_and_masks_it():

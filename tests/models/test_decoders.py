@@ -84,6 +84,18 @@ def test_simmim_loss_hand_and_numpy():
                              np_simmim(pred, target, mask, p), rtol=1e-5)
 
 
+def test_simmim_loss_kinds_by_hand():
+  # masked patch: differences 0.5 and -3 -> l1 (0.5 + 3) / 2, l2 (0.25 + 9) / 2,
+  # smooth-l1 (0.125 + 2.5) / 2; the unmasked patch's huge error does not count.
+  pred = jnp.array([[[0.5, -3.0], [100.0, 100.0]]])
+  mask = jnp.array([[1.0, 0.0]])
+  for kind, want in (('l1', 1.75), ('l2', 4.625), ('smooth_l1', 1.3125)):
+    np.testing.assert_allclose(losses.simmim_loss(pred, jnp.zeros_like(pred), mask, kind),
+                               want / (1 + 1e-5), rtol=1e-6)
+  with pytest.raises(ValueError, match="'l3' is not one of"):
+    losses.simmim_loss(pred, pred, mask, 'l3')
+
+
 def np_local_norm(x, window):
   """SimMIM's norm_targets, pixel by pixel: in-image window mean and unbiased variance."""
   b, h, w, c = x.shape

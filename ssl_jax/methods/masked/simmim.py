@@ -14,8 +14,9 @@ embedding (stride ``model.patch_size``) and the head reads the last stage (strid
 token to its ``out_stride^2 * 3`` pixels (the paper's 1x1 conv + PixelShuffle). A ViT's output
 stride is its patch size.
 
-Config (``config.method``): mask_ratio, mask_patch_size (a multiple of ``model.patch_size`` that
-divides ``data.image_size``), feature_pool; norm_target_window (0: the paper's raw pixels; an odd
+Config (``config.method``): mask_ratio, mask_patch_size (a multiple of the output stride that
+divides ``data.image_size``), feature_pool; loss ('l1', the paper's; 'smooth_l1' / 'l2' from its
+loss ablation, ``losses.simmim_loss``); norm_target_window (0: the paper's raw pixels; an odd
 window: each target pixel standardised over its neighbourhood, the official repository's
 ``NORM_TARGET`` of the SimMIM data-scaling follow-up, ``losses.local_norm_targets``); head_depth /
 head_heads (0: the paper's linear head; >0: transformer blocks before it, the heavier heads of the
@@ -73,6 +74,10 @@ class SimMIM(MaskedImageMethod):
     self.scale = self.mask_patch_size // self.patch_size
     self.out_grid = (size // self.out_stride,) * 2
     self.head = SimMIMHead(self.out_stride ** 2 * 3, depth=m.head_depth, num_heads=m.head_heads)
+    self.loss_kind = m.get('loss', 'l1')
+    if self.loss_kind not in losses.SIMMIM_LOSSES:
+      raise ValueError(f'config.method.loss={self.loss_kind!r}: use one of '
+                       f'{", ".join(losses.SIMMIM_LOSSES)}')
     self.norm_target_window = m.norm_target_window
     if self.norm_target_window and self.norm_target_window % 2 == 0:
       raise ValueError(f'config.method.norm_target_window={self.norm_target_window} must be odd '
@@ -114,7 +119,7 @@ class SimMIM(MaskedImageMethod):
     if self.norm_target_window:
       target = losses.local_norm_targets(target, self.norm_target_window)
     target = vit_lib.patchify(target, self.out_stride)
-    return (losses.simmim_l1_loss(pred, target, self.output_mask(views['mask'])),
+    return (losses.simmim_loss(pred, target, self.output_mask(views['mask']), self.loss_kind),
             ({}, state.buffers))
 
   def reconstruct(self, params, buffers, images_uint8, rng):
