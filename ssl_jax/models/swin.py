@@ -162,8 +162,10 @@ class Swin(nn.Module):
   """Swin Transformer encoder (Liu et al. 2021). NHWC float input; ``__call__`` gives the pooled
   (B, feature_dim) feature (mean of the final-normed last-stage tokens), :meth:`encode` the
   tokens, with optional SimMIM mask-token replacement."""
-  img_size: int = 224     # the resolution an exported timm twin is built for; any size whose
-  patch_size: int = 4     # stages divide into windows runs (check_image_size)
+  # img_size: the resolution an exported timm twin is built for; the module itself runs on any
+  # size whose stages divide into windows (check_image_size).
+  img_size: int = 224
+  patch_size: int = 4
   embed_dim: int = 96
   depths: Sequence[int] = (2, 2, 6, 2)
   num_heads: Sequence[int] = (3, 6, 12, 24)
