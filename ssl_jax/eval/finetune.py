@@ -130,7 +130,7 @@ def _decay_mask(params):
   def keep(path, p):
     names = {str(getattr(k, 'key', k)) for k in path}
     return p.ndim > 1 and not names & {'cls_token', 'reg_token', 'pos_embed',
-                                       'relative_position_bias_table'}
+                                       *schedules.NO_DECAY_NAMES}
   return jax.tree_util.tree_map_with_path(keep, params)
 
 

@@ -192,13 +192,20 @@ def test_layer_decay_multipliers():
 
 # ----------------------------------------------------------------------------- SimMIM
 
+def simmim_one_vs_eight(c, steps=2):
+  """Runs ``steps`` SimMIM steps on 1 and on 8 devices, checks they agree; returns the 1-device
+  (state, history)."""
+  state1, hist1 = helpers.run_steps(c, 1, steps)
+  state8, hist8 = helpers.run_steps(c, 8, steps)
+  np.testing.assert_allclose([h['loss'] for h in hist1], [h['loss'] for h in hist8], rtol=1e-4)
+  helpers.assert_trees_close(state1.params, state8.params, rtol=1e-3, atol=1e-5)
+  return state1, hist1
+
+
 def test_simmim_one_vs_eight_devices():
   c = tiny('simmim')
   assert c.method.mask_patch_size == 8            # 2x2 mask grid over the 4x4 patch grid
-  state1, hist1 = helpers.run_steps(c, 1, 2)
-  state8, hist8 = helpers.run_steps(c, 8, 2)
-  np.testing.assert_allclose([h['loss'] for h in hist1], [h['loss'] for h in hist8], rtol=1e-4)
-  helpers.assert_trees_close(state1.params, state8.params, rtol=1e-3, atol=1e-5)
+  state1, _ = simmim_one_vs_eight(c)
   assert state1.params['mask_token'].shape == (32,)
 
 
@@ -227,11 +234,8 @@ def test_simmim_swin_predicts_from_the_last_stage_and_masks_it():
   # each output token takes the mask of the 8 px mask patch it lies in
   small = np.asarray(mask).reshape(3, 8, 8)[:, ::4, ::4]
   np.testing.assert_array_equal(out, np.repeat(np.repeat(small, 2, 1), 2, 2))
-  state, hist = helpers.run_steps(c, 1, 2)
+  state, hist = simmim_one_vs_eight(c)
   assert np.isfinite(hist[-1]['loss']) and state.params['mask_token'].shape == (8,)
-  state8, hist8 = helpers.run_steps(c, 8, 2)
-  np.testing.assert_allclose([h['loss'] for h in hist], [h['loss'] for h in hist8], rtol=1e-4)
-  helpers.assert_trees_close(state.params, state8.params, rtol=1e-3, atol=1e-5)
   assert state.params['head']['pred']['kernel'].shape == (16, 4 * 4 * 3)
   batch = sample_batch(c, 4)
   grid = m.reconstruct(state.params, state.buffers, batch['view0'], jax.random.key(1))
