@@ -1,8 +1,9 @@
 """Training-step throughput of SimCLR, BYOL, DINO and MAE on ResNet-18 and ViT-Tiny, optionally side
 by side with lightly (PyTorch) on the same machine.
 
-    python benchmarks/throughput.py [--rows all|simclr_resnet18,...] [--batch_size 256]
+    python benchmarks/throughput.py [--rows all|mfu|simclr_resnet18,...] [--batch_size 256]
         [--steps 10] [--warmup 2] [--augment on|off] [--vs_lightly [--lightly_python PY]]
+        [--dtype auto|float32|bfloat16] [--peak_tflops T]
 
 Rows (32x32 inputs): SimCLR, BYOL, DINO (2 global 32 px + 6 local 16 px crops, head out_dim 65536)
 and MAE (mask 0.75, decoder 4 blocks x 192 wide, 3 heads; ViT only), each on a CIFAR-stem
@@ -18,6 +19,17 @@ device; compilation and ``--warmup`` steps are excluded, then every one of ``--s
 timed to completion (``block_until_ready``) and the median is reported. FLOPs per step come from
 XLA's cost analysis of that compiled step; GFLOP/s = FLOPs / median step time; the ceiling is
 the median GFLOP/s of a jitted 2048x2048 float32 ``jnp.dot`` on the same machine.
+
+MFU rows (``--rows mfu``, for accelerators): ``mae_vit_base16`` and ``dino_vit_base16``, the
+papers' ImageNet steps as ``configs/mae.py:imagenet,vit_base`` (224 px, patch 16, mask 0.75,
+decoder 8 x 512) and ``configs/dino.py:imagenet,vit_base`` (2 x 224 px + 10 x 96 px crops, head
+65536) define them, in bfloat16 compute (``--dtype``). With a known accelerator (``device_kind``
+in ``PEAK_BF16_TFLOPS``, vendor data-sheet dense bf16 peaks) or ``--peak_tflops``, the table adds
+MFU = XLA's FLOPs per step (the partitioned program's count times the device count) / median step
+time / the devices' summed peak. XLA's count covers what XLA compiles; a custom call (e.g. a cuDNN
+attention kernel) may count as zero FLOPs, which would under-state MFU. On one GPU::
+
+    python benchmarks/throughput.py --rows mfu --batch_size 256 --steps 10 --warmup 2
 
 ``--vs_lightly``: for each row, ``benchmarks/lightly_step.py`` runs the equivalent lightly step
 in the separate virtualenv made by ``benchmarks/lightly_env.sh`` (a subprocess, right after ours,
@@ -54,9 +66,38 @@ from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-positio
 METHODS = ('simclr', 'byol', 'dino', 'mae')
 BACKBONES = ('resnet18', 'vit_tiny')
 ALL_ROWS = tuple(f'{m}_{b}' for m in METHODS for b in BACKBONES)
+# The accelerator rows (``--rows mfu``): the papers' ImageNet steps of ViT-B/16 at 224 px, bf16.
+MFU_ROWS = ('mae_vit_base16', 'dino_vit_base16')
 NOT_APPLICABLE = {'mae_resnet18': 'MAE masks ViT patches; no ResNet variant'}
 LABELS = {'simclr': 'SimCLR', 'byol': 'BYOL', 'dino': 'DINO', 'mae': 'MAE',
-          'resnet18': 'ResNet-18 (CIFAR stem)', 'vit_tiny': 'ViT-Tiny/4'}
+          'resnet18': 'ResNet-18 (CIFAR stem)', 'vit_tiny': 'ViT-Tiny/4',
+          'vit_base16': 'ViT-B/16, 224 px'}
+
+# Dense (no sparsity) bf16 peak TFLOP/s of one JAX device, from the vendors' data sheets, for MFU.
+# Matched in order as a substring of the lower-cased ``device_kind``; TPU v2/v3 devices are single
+# TensorCores (half a chip), v4 and later one chip each. Unknown kinds: pass --peak_tflops.
+PEAK_BF16_TFLOPS = (
+    ('h100 pcie', 756.0), ('h100', 989.4), ('h200', 989.4), ('b200', 2250.0), ('a100', 312.0),
+    ('l4', 121.0), ('tpu v2', 22.5), ('tpu v3', 61.5), ('tpu v4', 275.0),
+    ('tpu v5 lite', 197.0), ('tpu v5e', 197.0), ('tpu v5', 459.0), ('tpu v6 lite', 918.0),
+    ('tpu v6e', 918.0))
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """bf16 dense peak TFLOP/s of one device of this kind (``PEAK_BF16_TFLOPS``), or None."""
+  kind = device_kind.lower()
+  for key, tflops in PEAK_BF16_TFLOPS:
+    if key in kind:
+      return tflops
+  return None
+
+
+def mfu(flops_per_step: float | None, seconds_per_step: float, num_devices: int,
+        peak_tflops_per_device: float | None) -> float | None:
+  """Model FLOPs utilisation: achieved FLOP/s over the devices' summed peak (a fraction)."""
+  if not flops_per_step or not peak_tflops_per_device:
+    return None
+  return flops_per_step / seconds_per_step / (num_devices * peak_tflops_per_device * 1e12)
 DEFAULT_LIGHTLY_PYTHON = os.path.join(ROOT, 'benchmarks', '.lightly_venv', 'bin', 'python')
 
 # DINO / MAE benchmark shapes (the issue's): 6 local crops of 16 px, head 65536; MAE decoder.
@@ -69,11 +110,18 @@ def load_config(name: str, arg: str):
   return quality.load_config(f"{os.path.join(ROOT, 'configs', name + '.py')}:{arg}")
 
 
-def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str = 'auto'):
-  """``configs/<method>.py:cifar10[,<backbone>]`` with the benchmark's shapes."""
+def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str = 'auto',
+                dtype: str = 'auto'):
+  """``configs/<method>.py:cifar10[,<backbone>]`` with the benchmark's shapes; the MFU rows
+  (``*_vit_base16``) are ``configs/<method>.py:imagenet,vit_base`` as they are (224 px, patch 16;
+  MAE: mask 0.75, decoder 8 x 512; DINO: 2 x 224 px + 10 x 96 px crops, head 65536). ``dtype``
+  'auto': bfloat16 compute for the MFU rows, float32 for the others (as lightly's side)."""
   from configs import _common as common  # pylint: disable=g-import-not-at-top
   method, _, bb = row.partition('_')
-  if method in ('dino', 'mae'):
+  if bb == 'vit_base16':
+    c = load_config(method, 'imagenet,vit_base')
+    c.data.max_upscale = 1e3  # 224 px crops of the built-in 28 px digits: only shapes matter
+  elif method in ('dino', 'mae'):
     c = load_config(method, f'cifar10,{bb}')
   else:
     c = load_config(method, 'cifar10')
@@ -81,19 +129,23 @@ def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str 
     common.vit(c, 'vit_tiny', patch_size=4)
     for key in ('embed_dim', 'depth', 'num_heads'):
       c.model[key] = 0  # the vit_tiny preset: 192, 12, 3
-  else:
+  elif bb == 'resnet18':
     common.cifar_resnet18(c, width=64)
     c.model.conv_impl = conv_impl
-  if method == 'dino':
-    c.method.out_dim = DINO_OUT_DIM
-    c.method.num_local_crops = DINO_LOCAL_CROPS
-    c.method.local_crop_size = DINO_LOCAL_SIZE
-  if method == 'mae':
-    c.method.mask_ratio = 0.75
-    c.method.update(MAE_DECODER)
+  if bb != 'vit_base16':
+    if method == 'dino':
+      c.method.out_dim = DINO_OUT_DIM
+      c.method.num_local_crops = DINO_LOCAL_CROPS
+      c.method.local_crop_size = DINO_LOCAL_SIZE
+    if method == 'mae':
+      c.method.mask_ratio = 0.75
+      c.method.update(MAE_DECODER)
+    c.data.image_size = 32
+  if dtype == 'auto':
+    dtype = 'bfloat16' if bb == 'vit_base16' else 'float32'
+  c.model.dtype = dtype
   # One fixed batch of the right shapes; the data set is irrelevant (no TFDS download needed).
   c.data.source, c.data.name, c.data.num_workers = 'builtin', 'mnist5k', 0
-  c.data.image_size = 32
   c.data.batch_size = batch_size
   c.train.progress_bar = False
   c.train.final_eval = False
@@ -152,15 +204,18 @@ def step_flops(compiled) -> float | None:
 
 
 def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool,
-              conv_impl: str = 'auto') -> dict:
-  c = make_config(row, batch_size, augment, conv_impl)
+              conv_impl: str = 'auto', dtype: str = 'auto',
+              peak_tflops_per_device: float | None = None) -> dict:
+  c = make_config(row, batch_size, augment, conv_impl, dtype)
   exp = loop.Experiment(c, tempfile.mkdtemp())
   state = exp.initial_state()
   batch = sharding.global_batch(exp.mesh, exp.train_ds[0])
   t0 = time.perf_counter()
   compiled = exp.step_fn.lower(state, batch).compile()  # the jitted step's own program
   compile_s = time.perf_counter() - t0
+  # The cost analysis of a partitioned program counts one device's share.
   flops = step_flops(compiled)
+  flops = flops and flops * exp.mesh.size
   for _ in range(warmup):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
@@ -173,8 +228,12 @@ def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool,
   med = statistics.median(times)
   out = {'row': row, 'batch': batch_size, 'ms_step': 1000 * med, 'img_s': batch_size / med,
          'flops': flops, 'gflops_s': flops / med / 1e9 if flops else None,
+         'mfu': mfu(flops, med, exp.mesh.size, peak_tflops_per_device),
+         'devices': exp.mesh.size, 'dtype': c.model.dtype,
          'compile_s': compile_s, 'ms_steps': [round(1000 * t, 2) for t in times],
-         'loss': float(metrics['loss']), 'spec': lightly_spec(row, c)}
+         'loss': float(metrics['loss'])}
+  if row in ALL_ROWS:
+    out['spec'] = lightly_spec(row, c)
   del state, metrics, compiled, exp
   return out
 
@@ -211,10 +270,13 @@ def _fmt(x, spec='.0f', none='-'):
   return none if x is None else format(x, spec)
 
 
-def print_table(rows, args, peak_jax, lightly_env):
+def print_table(rows, args, peak_jax, lightly_env, peak_device=None):
   vs = args.vs_lightly
+  with_mfu = peak_device is not None
   head = ['method', 'backbone', 'batch', 'ms/step', 'img/s', 'GFLOP/step (XLA)', 'GFLOP/s',
           '% of matmul ceiling']
+  if with_mfu:
+    head += ['dtype', 'MFU']
   if vs:
     head += ['lightly img/s', 'lightly GFLOP/step (torch)', 'lightly GFLOP/s', 'ours / lightly']
   print('| ' + ' | '.join(head) + ' |')
@@ -229,6 +291,8 @@ def print_table(rows, args, peak_jax, lightly_env):
       cells += [str(r['batch']), _fmt(r['ms_step'], '.1f'), _fmt(r['img_s'], '.1f'),
                 _fmt(r['flops'] and r['flops'] / 1e9, '.1f'), _fmt(r['gflops_s'], '.1f'),
                 _fmt(r['gflops_s'] and 100 * r['gflops_s'] / peak_jax, '.0f')]
+      if with_mfu:
+        cells += [r['dtype'], _fmt(r['mfu'] and 100 * r['mfu'], '.1f', '-') + '%']
       if vs:
         t = r['lightly']
         t_gflops_s = t['flops'] / (t['ms_step'] / 1000) / 1e9 if t['flops'] else None
@@ -240,6 +304,10 @@ def print_table(rows, args, peak_jax, lightly_env):
   preload = os.environ.get('LD_PRELOAD', '')
   print(f'Machine: {cpu}, {os.cpu_count()} cores; {platform.platform()}. '
         f'JAX {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)).')
+  if with_mfu:
+    print(f'MFU: FLOPs per step from XLA\'s cost analysis (all devices) / median step time / '
+          f'({jax.device_count()} x {peak_device:g} TFLOP/s, the bf16 dense peak of '
+          f'{jax.devices()[0].device_kind!r}{" from --peak_tflops" if args.peak_tflops else ""}).')
   print(f'Float32 matmul ceiling (2048x2048, median of 20): JAX {peak_jax:.0f} GFLOP/s'
         + (f", torch {lightly_env['matmul_gflops']:.0f} GFLOP/s" if lightly_env else '') + '.')
   print(f'Median of {args.steps} timed steps after {args.warmup} warm-up step(s); compile '
@@ -274,7 +342,15 @@ def _cpu_name() -> str:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--rows', default='all', help=f"'all' or a comma list of {', '.join(ALL_ROWS)}")
+  p.add_argument('--rows', default='all',
+                 help=f"'all' (the CPU rows), 'mfu' ({', '.join(MFU_ROWS)}: ViT-B/16 at 224 px, "
+                 f"for accelerators) or a comma list of {', '.join(ALL_ROWS + MFU_ROWS)}")
+  p.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
+                 help='compute dtype (model.dtype); auto: bfloat16 for the ViT-B/16 rows, '
+                 'float32 for the others')
+  p.add_argument('--peak_tflops', type=float, default=0.0,
+                 help='peak TFLOP/s of one device for the MFU column (default: the bf16 dense '
+                 "peak of a known accelerator's device_kind; none on CPU)")
   p.add_argument('--batch_size', type=int, default=256)
   p.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
@@ -299,14 +375,19 @@ def main():
                  'Eigen; see the README)')
   args = p.parse_args()
   from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  rows = ALL_ROWS if args.rows == 'all' else tuple(args.rows.split(','))
+  rows = {'all': ALL_ROWS, 'mfu': MFU_ROWS}.get(args.rows) or tuple(args.rows.split(','))
   for row in rows:
-    if row not in ALL_ROWS:
-      p.error(f'unknown row {row!r}; choose from {", ".join(ALL_ROWS)}')
+    if row not in ALL_ROWS + MFU_ROWS:
+      p.error(f'unknown row {row!r}; choose from {", ".join(ALL_ROWS + MFU_ROWS)}')
+    if args.vs_lightly and row in MFU_ROWS:
+      p.error(f'--vs_lightly: lightly_step.py has no {row} step (ResNet-18 and ViT-Tiny rows '
+              'only); time the ViT-B/16 rows without it')
+  if args.peak_tflops < 0:
+    p.error(f'--peak_tflops={args.peak_tflops}: must be positive (or 0: look it up)')
   ynn = args.xla_ynn
   if ynn == 'auto':
-    ynn = 'off' if all(r.endswith('_vit_tiny') for r in rows) else 'default'
-    if ynn == 'default' and any(r.endswith('_vit_tiny') for r in rows):
+    ynn = 'off' if all('_vit_' in r for r in rows) else 'default'
+    if ynn == 'default' and any('_vit_' in r for r in rows):
       print("NOTE: --xla_ynn auto with ResNet and ViT rows together keeps XLA's default dot "
             'fusions (one setting per process); python -m ssl_jax.main runs ViT configs with '
             f'{main_lib.EIGEN_DOTS_FLAG} (model.cpu_dots). Time ViT rows in their own run for '
@@ -329,15 +410,20 @@ def main():
   peak_jax = jax_matmul_gflops()
   print(f'[ceiling] JAX float32 2048x2048 matmul: {peak_jax:.0f} GFLOP/s', file=sys.stderr,
         flush=True)
+  peak_device = args.peak_tflops or peak_tflops(jax.devices()[0].device_kind)
+  if peak_device is None and jax.devices()[0].platform != 'cpu':
+    print(f'NOTE: no bf16 peak known for {jax.devices()[0].device_kind!r}; pass --peak_tflops '
+          'for an MFU column', file=sys.stderr, flush=True)
   results, lightly_env = [], None
   for row in rows:
     if row in NOT_APPLICABLE:
       results.append({'row': row, 'na': NOT_APPLICABLE[row]})
       continue
     r = time_ours(row, args.batch_size, args.steps, args.warmup, args.augment == 'on',
-                  args.conv_impl)
-    print(f"[ours] {row}: {r['img_s']:.1f} img/s, {_fmt(r['gflops_s'])} GFLOP/s "
-          f"(compile {r['compile_s']:.0f} s)", file=sys.stderr, flush=True)
+                  args.conv_impl, args.dtype, peak_device)
+    print(f"[ours] {row}: {r['img_s']:.1f} img/s, {_fmt(r['gflops_s'])} GFLOP/s"
+          + (f", MFU {100 * r['mfu']:.1f}%" if r['mfu'] else '')
+          + f" (compile {r['compile_s']:.0f} s)", file=sys.stderr, flush=True)
     if args.vs_lightly:
       out = run_lightly(args.lightly_python, row, r['spec'], args, matmul=lightly_env is None)
       for o in out:
@@ -352,7 +438,7 @@ def main():
     # After every row, so that a run stopped part-way keeps the rows it finished.
     write_json(args.json, results, peak_jax, lightly_env, (load_start, os.getloadavg()[0]))
   args.load = (load_start, os.getloadavg()[0])
-  print_table(results, args, peak_jax, lightly_env)
+  print_table(results, args, peak_jax, lightly_env, peak_device)
   write_json(args.json, results, peak_jax, lightly_env, args.load)
 
 
