@@ -49,4 +49,23 @@ def method_class(name: str):
 
 
 def build_method(config):
-  return method_class(config.method.name)(config)
+  """The method for ``config``, its crop sizes checked against the backbone (see below)."""
+  method = method_class(config.method.name)(config)
+  check_crop_sizes(method)
+  return method
+
+
+def check_crop_sizes(method):
+  """Backbones that take only some input sizes (a Swin's stages must divide into windows) get
+  every crop of the method checked up front, so that a multi-crop method's local crops fail here
+  with the crop named rather than at trace time."""
+  check = getattr(getattr(method, 'backbone', None), 'check_image_size', None)
+  if check is None:
+    return
+  for spec in method.crop_specs():
+    try:
+      check(spec.size)
+    except ValueError as e:
+      raise ValueError(f'config.model.backbone={method.config.model.backbone!r} cannot take '
+                       f'{type(method).__name__}\'s {spec.name!r} crops of {spec.size} px '
+                       f'(data.image_size or the method\'s crop-size field): {e}') from None

@@ -143,3 +143,16 @@ def test_build_backbone_and_config_checks():
   c.data.image_size = 20
   with pytest.raises(ValueError, match='data.image_size'):
     config_lib.validate(c)
+
+
+def test_multi_crop_method_checks_its_local_crops_against_the_windows():
+  from configs import dino as dino_config  # pylint: disable=g-import-not-at-top
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
+  c = dino_config.get_config('builtin')
+  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
+  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 16, (2, 2), (2, 4)
+  c.data.image_size, c.method.local_crop_size = 16, 8    # maps 8 / 4 and 4 / 2: whole windows
+  assert isinstance(methods.build_method(c).backbone, Swin)
+  c.method.local_crop_size = 12                          # a 6x6 map in 4x4 windows
+  with pytest.raises(ValueError, match=r"DINO's 'local0' crops of 12 px.*6x6 .*4x4 windows"):
+    methods.build_method(c)
