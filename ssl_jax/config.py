@@ -213,7 +213,8 @@ def _check_types(config):
 
 
 def _check_swin(config):
-  """Swin shape fields: per-stage overrides of one length, an image size every stage can window."""
+  """Swin shape fields: per-stage overrides of one length, an image size that is a multiple of the
+  output stride (every patch merging halves an even map; windows are padded as needed)."""
   from ssl_jax import models  # pylint: disable=g-import-not-at-top
   m = config.model
   depths, heads = tuple(m.get('swin_depths', ())), tuple(m.get('swin_heads', ()))

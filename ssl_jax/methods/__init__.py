@@ -56,7 +56,7 @@ def build_method(config):
 
 
 def check_crop_sizes(method):
-  """Backbones that take only some input sizes (a Swin's stages must divide into windows) get
+  """Backbones that take only some input sizes (a Swin's patch mergings need even maps) get
   every crop of the method checked up front, so that a multi-crop method's local crops fail here
   with the crop named rather than at trace time."""
   check = getattr(getattr(method, 'backbone', None), 'check_image_size', None)

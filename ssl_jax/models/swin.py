@@ -4,7 +4,11 @@ Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Win
 Self-attention inside non-overlapping ``window x window`` windows, every second block on windows
 shifted by ``window // 2`` (a cyclic roll plus an attention mask keeps the window count fixed),
 a learned relative position bias per head, and 2x2 patch merging between stages, so stage ``i``
-has stride ``patch_size * 2^i`` and width ``embed_dim * 2^i``.
+has stride ``patch_size * 2^i`` and width ``embed_dim * 2^i``. Windows and shifts are fixed at
+construction from ``img_size`` (a stage whose map is no larger than the window is one unshifted
+window, as in timm); a map that does not divide into windows is zero-padded at the bottom / right
+for the attention (as timm; e.g. DINO's 96 px local crops with window 7), so any image size that
+is a multiple of the output stride runs with the same parameters.
 
 Layout follows the original Swin / SimMIM code (``microsoft/Swin-Transformer``), with its dots
 written as underscores between modules: patch embedding ``patch_embed/{proj, norm}``; stage ``i``
@@ -130,10 +134,15 @@ class SwinBlock(nn.Module):
     y = nn.LayerNorm(1e-5, dtype=self.dtype, name='norm1')(x)
     if s:
       y = jnp.roll(y, (-s, -s), axis=(1, 2))
-    mask = shifted_window_mask(h, w, ws, s) if s else None
+    # A map that does not divide into windows is zero-padded at the bottom / right after the
+    # roll, and the region mask is laid over the padded map (timm's order, so exports match).
+    ph, pw = -h % ws, -w % ws
+    if ph or pw:
+      y = jnp.pad(y, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    mask = shifted_window_mask(h + ph, w + pw, ws, s) if s else None
     y = WindowAttention(d, self.num_heads, ws, self.dtype, name='attn')(window_partition(y, ws),
                                                                         mask)
-    y = window_reverse(y, ws, h, w)
+    y = window_reverse(y, ws, h + ph, w + pw)[:, :h, :w]
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
     x = x + residual(y)
@@ -162,8 +171,9 @@ class Swin(nn.Module):
   """Swin Transformer encoder (Liu et al. 2021). NHWC float input; ``__call__`` gives the pooled
   (B, feature_dim) feature (mean of the final-normed last-stage tokens), :meth:`encode` the
   tokens, with optional SimMIM mask-token replacement."""
-  # img_size: the resolution an exported timm twin is built for; the module itself runs on any
-  # size whose stages divide into windows (check_image_size).
+  # img_size: the resolution the stages' windows are sized for (stage_window) and an exported timm
+  # twin is built for; the module runs on any multiple of out_stride (check_image_size), padding
+  # maps that do not divide into windows.
   img_size: int = 224
   patch_size: int = 4
   embed_dim: int = 96
@@ -189,17 +199,20 @@ class Swin(nn.Module):
   def feature_dim(self) -> int:
     return self.embed_dim * 2 ** (self.num_stages - 1)
 
+  def stage_window(self, i: int) -> tuple[int, bool]:
+    """(window, shifted blocks?) of stage ``i``, fixed by ``img_size`` as timm's: a stage whose
+    map at ``img_size`` is no larger than ``window_size`` is one window of that map, unshifted.
+    Inputs of other sizes keep these windows (padded), so the parameters (the relative position
+    tables) do not depend on the input size (DINO's local crops share the globals' weights)."""
+    res = max(self.img_size // (self.patch_size * 2 ** i), 1)
+    return min(self.window_size, res), res > self.window_size
+
   def check_image_size(self, size: int) -> None:
-    """Raises ValueError unless every stage's map divides into whole windows."""
+    """Raises ValueError unless every patch merging gets an even map (``size`` a multiple of
+    :attr:`out_stride`); maps that do not divide into windows are padded (:class:`SwinBlock`)."""
     if size % self.out_stride:
       raise ValueError(f'image size {size} is not a multiple of the Swin output stride '
                        f'{self.out_stride} (patch_size {self.patch_size} x 2^{self.num_stages - 1})')
-    for i in range(self.num_stages):
-      r = size // (self.patch_size * 2 ** i)
-      if r > self.window_size and r % self.window_size:
-        raise ValueError(f'Swin stage {i} map {r}x{r} (image size {size}) is not divisible into '
-                         f'{self.window_size}x{self.window_size} windows; change model.window_size '
-                         'or data.image_size')
 
   @nn.compact
   def encode(self, x: Array, *, train: bool = False, mask: Array | None = None,
@@ -232,10 +245,9 @@ class Swin(nn.Module):
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     k = 0
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-      res = min(h.shape[1], h.shape[2])
-      window = min(self.window_size, res)
+      window, shifted = self.stage_window(i)
       for j in range(depth):
-        shift = window // 2 if (j % 2 and res > self.window_size) else 0
+        shift = window // 2 if (j % 2 and shifted) else 0
         h = SwinBlock(h.shape[-1], heads, window, shift, self.mlp_ratio, float(rates[k]),
                       self.dtype, name=f'layers_{i}_blocks_{j}')(h, train)
         k += 1

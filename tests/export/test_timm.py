@@ -68,11 +68,12 @@ def test_resnet18_parity(torch_timm, cifar_stem):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _parity(torch_timm, net):
-  """(variables, timm state dict, our features, timm's features) of ``net`` on 2 random 16 px
-  images, with every parameter randomised and the state dict's keys checked against timm's."""
+def _parity(torch_timm, net, size=16):
+  """(variables, timm state dict, our features, timm's features) of ``net`` on 2 random
+  ``size`` px images, with every parameter randomised and the state dict's keys checked against
+  timm's."""
   torch, timm = torch_timm
-  x = _images((2, 16, 16, 3))
+  x = _images((2, size, size, 3))
   variables = _randomize(net.init(jax.random.PRNGKey(0), x))
   arch, kw = timm_export.timm_model_args(net)
   model = timm.create_model(arch, pretrained=False, **kw)
@@ -91,11 +92,13 @@ def test_vit_parity(torch_timm, prefix, pos):
   np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)
 
 
-def test_swin_parity(torch_timm):
-  """Shifted windows, relative position bias, patch merging order: all must match timm's Swin."""
-  net = swin.Swin(img_size=16, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(2, 4),
-                  window_size=4, mlp_ratio=2.0)
-  variables, sd, ours, theirs = _parity(torch_timm, net)
+@pytest.mark.parametrize('size,window', [(16, 4), (24, 5)])
+def test_swin_parity(torch_timm, size, window):
+  """Shifted windows, relative position bias, patch merging order: all must match timm's Swin;
+  at 24 px with 5x5 windows the 12x12 and 6x6 maps are padded (to 15x15 and 10x10) as timm's."""
+  net = swin.Swin(img_size=size, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(2, 4),
+                  window_size=window, mlp_ratio=2.0)
+  variables, sd, ours, theirs = _parity(torch_timm, net, size)
   assert 'layers.1.downsample.reduction.weight' in sd
   assert ours.shape == theirs.shape == (2, 16) and np.abs(ours).max() > 1e-2
   np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)

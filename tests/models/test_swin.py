@@ -54,18 +54,21 @@ def test_shifted_window_mask_blocks_wrapped_pairs_only():
 
 
 @pytest.mark.parametrize('shift', [0, 2])
-def test_block_attends_within_its_windows_only(shift):
+@pytest.mark.parametrize('size,q', [(8, (5, 6)), (10, (9, 9)), (10, (0, 1)), (10, (5, 8))])
+def test_block_attends_within_its_windows_only(shift, size, q):
   """Each output token of a block depends exactly on the tokens of its (shifted) window in image
-  coordinates: windows tiled from offset ``-shift``, without wrapping around the border."""
+  coordinates: windows tiled from offset ``-shift``, without wrapping around the border; a 10x10
+  map is padded to 12x12 for 4x4 windows, its last windows holding 2 real rows / columns."""
   blk = SwinBlock(8, 2, 4, shift)
-  x = jax.random.normal(jax.random.key(0), (1, 8, 8, 8))
+  x = jax.random.normal(jax.random.key(0), (1, size, size, 8))
   params = blk.init(jax.random.key(1), x)
-  q = (5, 6)                  # with shift 2: window rows/cols 2..5 and 6..7 -> cell rows 2..5
-  jac = jax.jacobian(lambda x: blk.apply(params, x)[0, q[0], q[1]])(x)   # (8, 1, 8, 8, 8)
+  out = blk.apply(params, x)
+  assert out.shape == x.shape
+  jac = jax.jacobian(lambda x: blk.apply(params, x)[0, q[0], q[1]])(x)   # (8, 1, n, n, 8)
   dep = np.abs(np.asarray(jac)).sum(axis=(0, 1, 4)) > 0
   cell = lambda i: (i - shift) // 4 if i >= shift else -1
-  want = np.array([[cell(i) == cell(q[0]) and cell(j) == cell(q[1]) for j in range(8)]
-                   for i in range(8)])
+  want = np.array([[cell(i) == cell(q[0]) and cell(j) == cell(q[1]) for j in range(size)]
+                   for i in range(size)])
   np.testing.assert_array_equal(dep, want)
 
 
@@ -126,8 +129,7 @@ def test_build_backbone_and_config_checks():
   assert (b.embed_dim, tuple(b.depths), b.out_stride, b.feature_dim) == (96, (2, 2, 6, 2), 32,
                                                                          768)
   b.check_image_size(192)   # the SimMIM paper's 192 px with window 6: 48 / 24 / 12 / 6
-  with pytest.raises(ValueError, match='not divisible into 6x6 windows'):
-    b.check_image_size(224)   # 56 is not a multiple of 6
+  b.check_image_size(224)   # 56 / 28 / 14 / 7 maps: padded to 60 / 30 / 18 for 6x6 windows
   with pytest.raises(ValueError, match='multiple of the Swin output stride 32'):
     b.check_image_size(200)
 
@@ -140,7 +142,9 @@ def test_build_backbone_and_config_checks():
   with pytest.raises(ValueError, match='model.swin_heads'):
     config_lib.validate(c)
   c.model.swin_heads = (2, 4)
-  c.data.image_size = 20
+  c.data.image_size = 20     # 10x10 / 5x5 maps in 4x4 windows: padded
+  config_lib.validate(c)
+  c.data.image_size = 18     # not a multiple of the output stride 4
   with pytest.raises(ValueError, match='data.image_size'):
     config_lib.validate(c)
 
@@ -151,8 +155,27 @@ def test_multi_crop_method_checks_its_local_crops_against_the_windows():
   c = dino_config.get_config('builtin')
   c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
   c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 16, (2, 2), (2, 4)
-  c.data.image_size, c.method.local_crop_size = 16, 8    # maps 8 / 4 and 4 / 2: whole windows
-  assert isinstance(methods.build_method(c).backbone, Swin)
-  c.method.local_crop_size = 12                          # a 6x6 map in 4x4 windows
-  with pytest.raises(ValueError, match=r"DINO's 'local0' crops of 12 px.*6x6 .*4x4 windows"):
+  c.data.image_size, c.method.local_crop_size = 16, 10   # 5x5 tokens: patch merging needs even
+  with pytest.raises(ValueError, match=r"DINO's 'local0' crops of 10 px.*output stride 4"):
     methods.build_method(c)
+
+
+def test_windows_follow_img_size_and_other_sizes_are_padded():
+  """Windows and shifts come from img_size (as timm's), so DINO's 12 px local crops (6x6 / 3x3
+  maps, padded to whole 4x4 windows) run through the 20 px globals' weights (10x10 / 5x5 maps)."""
+  from configs import dino as dino_config  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  net = Swin(img_size=20, patch_size=2, embed_dim=8, depths=(1, 1), num_heads=(2, 2),
+             window_size=4)
+  assert [net.stage_window(i) for i in range(2)] == [(4, True), (4, True)]
+  small = Swin(img_size=16, patch_size=2, embed_dim=8, depths=(1, 1), num_heads=(2, 2),
+               window_size=4)
+  assert [small.stage_window(i) for i in range(2)] == [(4, True), (4, False)]   # 8x8, 4x4 maps
+  c = helpers.tiny(dino_config.get_config('builtin'), image_size=20)
+  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
+  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 8, (2, 2), (2, 2)
+  c.method.local_crop_size = 12
+  state, hist = helpers.run_steps(c, 1, 2)
+  assert all(np.isfinite(h['loss']) for h in hist)
+  table = state.params['backbone']['layers_1_blocks_1']['attn']['relative_position_bias_table']
+  assert table.shape == (49, 2)
