@@ -98,6 +98,8 @@ def mfu(flops_per_step: float | None, seconds_per_step: float, num_devices: int,
   if not flops_per_step or not peak_tflops_per_device:
     return None
   return flops_per_step / seconds_per_step / (num_devices * peak_tflops_per_device * 1e12)
+
+
 DEFAULT_LIGHTLY_PYTHON = os.path.join(ROOT, 'benchmarks', '.lightly_venv', 'bin', 'python')
 
 # DINO / MAE benchmark shapes (the issue's): 6 local crops of 16 px, head 65536; MAE decoder.
@@ -292,7 +294,7 @@ def print_table(rows, args, peak_jax, lightly_env, peak_device=None):
                 _fmt(r['flops'] and r['flops'] / 1e9, '.1f'), _fmt(r['gflops_s'], '.1f'),
                 _fmt(r['gflops_s'] and 100 * r['gflops_s'] / peak_jax, '.0f')]
       if with_mfu:
-        cells += [r['dtype'], _fmt(r['mfu'] and 100 * r['mfu'], '.1f', '-') + '%']
+        cells += [r['dtype'], f"{100 * r['mfu']:.1f}%" if r['mfu'] else '-']
       if vs:
         t = r['lightly']
         t_gflops_s = t['flops'] / (t['ms_step'] / 1000) / 1e9 if t['flops'] else None

@@ -105,6 +105,8 @@ def test_table_has_an_mfu_column_when_a_peak_is_known(throughput, capsys):
   out = capsys.readouterr().out
   assert '| dtype | MFU |' in out and '| MAE | ViT-B/16, 224 px |' in out
   assert '| bfloat16 | 6.1% |' in out and '989.4 TFLOP/s' in out
+  throughput.print_table([dict(row, mfu=None)], args, 100.0, None, peak_device=989.4)
+  assert '| bfloat16 | - |' in capsys.readouterr().out     # no FLOP count: no MFU
   throughput.print_table([row], args, 100.0, None)   # CPU: no peak, no column
   assert 'MFU' not in capsys.readouterr().out
 
