@@ -42,6 +42,13 @@ def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, step
   return c
 
 
+def tiny_swin(c: ConfigDict, embed_dim: int, depths, heads) -> ConfigDict:
+  """Switches a (tiny) config to a Swin with 2 px patches and 4x4 windows of these stage sizes."""
+  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
+  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = embed_dim, depths, heads
+  return c
+
+
 def mesh(n_devices: int):
   """A 1-D data mesh over the first ``n_devices`` devices."""
   return sharding.make_mesh(ConfigDict({'shape': (-1,), 'axes': ('data',)}),

@@ -225,8 +225,7 @@ def test_simmim_norm_targets_and_head_blocks_train_and_check_fields():
 
 def test_simmim_swin_predicts_from_the_last_stage_and_masks_it():
   c = tiny('simmim', image_size=16)
-  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
-  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 8, (1, 1), (2, 2)
+  helpers.tiny_swin(c, 8, (1, 1), (2, 2))
   m = build_method(c)      # 8x8 patch tokens -> 4x4 output tokens of 4 px; 2x2 mask grid of 8 px
   assert (m.out_stride, m.out_grid, m.mask_grid, m.scale) == (4, (4, 4), 2, 4)
   mask = simmim_lib.simmim_masks(jax.random.key(0), 3, 2, 4, 0.6)        # (3, 64)

@@ -12,6 +12,7 @@ from ssl_jax import config as config_lib
 from ssl_jax import models
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models.swin import Swin, SwinBlock
+from tests import helpers
 
 TINY = dict(patch_size=2, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)
 
@@ -129,13 +130,12 @@ def test_build_backbone_and_config_checks():
   assert (b.embed_dim, tuple(b.depths), b.out_stride, b.feature_dim) == (96, (2, 2, 6, 2), 32,
                                                                          768)
   b.check_image_size(192)   # the SimMIM paper's 192 px with window 6: 48 / 24 / 12 / 6
-  b.check_image_size(224)   # 56 / 28 / 14 / 7 maps: padded to 60 / 30 / 18 for 6x6 windows
+  b.check_image_size(224)   # 56 / 28 / 14 / 7 maps: padded to 60 / 30 / 18 / 12 for 6x6 windows
   with pytest.raises(ValueError, match='multiple of the Swin output stride 32'):
     b.check_image_size(200)
 
   c = config_lib.base_config()
-  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
-  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 16, (2, 2), (2, 4)
+  helpers.tiny_swin(c, 16, (2, 2), (2, 4))
   c.data.image_size = 16
   config_lib.validate(c)
   c.model.swin_heads = (2,)
@@ -153,8 +153,7 @@ def test_multi_crop_method_checks_its_local_crops_against_the_windows():
   from configs import dino as dino_config  # pylint: disable=g-import-not-at-top
   from ssl_jax import methods  # pylint: disable=g-import-not-at-top
   c = dino_config.get_config('builtin')
-  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
-  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 16, (2, 2), (2, 4)
+  helpers.tiny_swin(c, 16, (2, 2), (2, 4))
   c.data.image_size, c.method.local_crop_size = 16, 10   # 5x5 tokens: patch merging needs even
   with pytest.raises(ValueError, match=r"DINO's 'local0' crops of 10 px.*output stride 4"):
     methods.build_method(c)
@@ -164,7 +163,6 @@ def test_windows_follow_img_size_and_other_sizes_are_padded():
   """Windows and shifts come from img_size (as timm's), so DINO's 12 px local crops (6x6 / 3x3
   maps, padded to whole 4x4 windows) run through the 20 px globals' weights (10x10 / 5x5 maps)."""
   from configs import dino as dino_config  # pylint: disable=g-import-not-at-top
-  from tests import helpers  # pylint: disable=g-import-not-at-top
   net = Swin(img_size=20, patch_size=2, embed_dim=8, depths=(1, 1), num_heads=(2, 2),
              window_size=4)
   assert [net.stage_window(i) for i in range(2)] == [(4, True), (4, True)]
@@ -172,8 +170,7 @@ def test_windows_follow_img_size_and_other_sizes_are_padded():
                window_size=4)
   assert [small.stage_window(i) for i in range(2)] == [(4, True), (4, False)]   # 8x8, 4x4 maps
   c = helpers.tiny(dino_config.get_config('builtin'), image_size=20)
-  c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
-  c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = 8, (2, 2), (2, 2)
+  helpers.tiny_swin(c, 8, (2, 2), (2, 2))
   c.method.local_crop_size = 12
   state, hist = helpers.run_steps(c, 1, 2)
   assert all(np.isfinite(h['loss']) for h in hist)

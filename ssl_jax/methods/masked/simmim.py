@@ -62,10 +62,9 @@ class SimMIM(MaskedImageMethod):
     self.mask_ratio = m.mask_ratio
     self.mask_patch_size = m.mask_patch_size
     size = config.data.image_size
-    # Pixels per output token: the ViT's patch, the Swin's last-stage stride.
+    # Pixels per output token: the ViT's patch, the Swin's last-stage stride. (A Swin's image size
+    # is checked with every method's crops in methods.build_method.)
     self.out_stride = getattr(self.backbone, 'out_stride', self.patch_size)
-    if isinstance(self.backbone, Swin):
-      self.backbone.check_image_size(size)
     if self.mask_patch_size % self.out_stride or size % self.mask_patch_size:
       raise ValueError(f'config.method.mask_patch_size={self.mask_patch_size} must be a multiple '
                        f'of the backbone output stride {self.out_stride} (model.patch_size='
