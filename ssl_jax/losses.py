@@ -541,6 +541,110 @@ def memory_bank_update(bank, index, v, momentum: float = 0.5):
   return bank.at[target].set(new_rows, mode='drop')
 
 
+CMC_GRAPHS = ('full', 'core')
+
+
+def cmc_view_pairs(num_views: int, graph: str = 'full') -> list[tuple[int, int]]:
+  """The view pairs (a, b), a < b, that CMC contrasts: every pair ('full' graph) or the first view
+  with each other one ('core' view) (Tian et al. 2020, Sec. 3.4)."""
+  if graph not in CMC_GRAPHS:
+    raise ValueError(f'CMC graph {graph!r}: use one of {CMC_GRAPHS}')
+  if graph == 'core':
+    return [(0, b) for b in range(1, num_views)]
+  return [(a, b) for a in range(num_views) for b in range(a + 1, num_views)]
+
+
+def cmc_loss(feats, banks, index, temperature: float = 0.07, graph: str = 'full'):
+  r"""Contrastive Multiview Coding with memory banks and a full softmax over them.
+
+  Tian, Krishnan & Isola, "Contrastive Multiview Coding", ECCV 2020, Sec. 3.2-3.4. Every view
+  :math:`V_m` of an image (e.g. the L and ab channels of its Lab colour) has its own encoder and an
+  L2-normalised embedding :math:`z^m_i`; a memory bank :math:`M^m` per view holds a running average
+  of every training image's embedding in that view (:func:`memory_bank_update`). The two-view
+  objective contrasts one view's embedding against the *other* view's bank, the positive being the
+  same image's row:
+
+  .. math::
+     \mathcal{L}^{V_a, V_b} = -\frac{1}{B}\sum_i \log
+        \frac{\exp(z^a_i \cdot M^b_i / \tau)}{\sum_{j=1}^{n} \exp(z^a_i \cdot M^b_j / \tau)},
+     \qquad \mathcal{L}(V_a, V_b) = \mathcal{L}^{V_a, V_b} + \mathcal{L}^{V_b, V_a},
+
+  and with more views the *full graph* sums :math:`\mathcal{L}(V_a, V_b)` over all pairs a < b,
+  the *core view* over the pairs (1, b), b > 1 (:func:`cmc_view_pairs`). The softmax runs over all
+  n bank rows (the exact objective the official code's NCE / sampled-softmax with K = 16,384
+  negatives approximates), as :func:`instance_discrimination` does for one view. Banks get no
+  gradient.
+
+  Args:
+    feats: list of M (B, D) L2-normalised embeddings, one per view.
+    banks: list of M (n, D) memory banks, in the same view order.
+    index: (B,) int image indices into the banks.
+    temperature: tau (0.07).
+    graph: 'full' or 'core'.
+
+  Returns:
+    (loss, accuracy): accuracy = mean over the contrasted directions of the fraction of the batch
+    whose own row in the other view's bank scores highest.
+  """
+  if len(feats) != len(banks) or len(feats) < 2:
+    raise ValueError(f'cmc_loss needs one bank per view and >= 2 views, got {len(feats)} '
+                     f'embeddings and {len(banks)} banks')
+  total, accs = 0.0, []
+  for a, b in cmc_view_pairs(len(feats), graph):
+    for x, y in ((a, b), (b, a)):
+      loss, acc = instance_discrimination(feats[x], banks[y], index, temperature)
+      total, accs = total + loss, accs + [acc]
+  return total, sum(accs) / len(accs)
+
+
+def cpc_infonce(preds, targets, steps):
+  r"""Contrastive Predictive Coding InfoNCE over a grid of patch latents.
+
+  van den Oord, Li & Vinyals, "Representation Learning with Contrastive Predictive Coding", 2018
+  (Eq. 4, images: Sec. 3.3), and Henaff et al., "Data-Efficient Image Recognition with Contrastive
+  Predictive Coding", ICML 2020 (CPC v2, Sec. 3.1 and its appendix pseudocode). An image is a
+  grid of patch latents :math:`z_{i,j}`; a context network that sees rows :math:`\le i` gives
+  :math:`c_{i,j}`, and a linear map per step predicts :math:`\hat z_{i+k,j} = W_k c_{i,j}`. Each
+  prediction is scored against every patch latent of the batch (all positions of all images,
+  the set :math:`\mathcal{Z}`); the positive is the latent it predicts:
+
+  .. math::
+     \mathcal{L} = -\frac{1}{|\mathcal{P}|} \sum_{(b,i,j,k) \in \mathcal{P}} \log
+        \frac{\exp(\hat z^{\,b}_{i+k,j} \cdot z^{b}_{i+k,j})}
+             {\sum_{z_l \in \mathcal{Z}} \exp(\hat z^{\,b}_{i+k,j} \cdot z_l)},
+
+  where :math:`\mathcal{P}` holds every prediction whose target is inside the grid
+  (:math:`i + k < H`) for every k in ``steps``. The mean runs over all predictions of all steps (the
+  paper's pseudocode sums per-step means; with one step they coincide). Any scale (the paper's
+  ``emb_scale``, an inverse temperature) is applied to ``preds`` by the caller.
+
+  Args:
+    preds: sequence, one per k in ``steps``, of (B, H, W, D) predictions; ``preds[s][b, i, j]``
+      predicts ``targets[b, i + steps[s], j]`` (rows ``i >= H - k`` are ignored).
+    targets: (B, H, W, D) patch latents (the targets and the negatives).
+    steps: the row offsets k (ints >= 1 and < H), one per entry of ``preds``.
+
+  Returns:
+    (loss, accuracy): accuracy = fraction of predictions whose own target scores highest.
+  """
+  b, h, w, d = targets.shape
+  if len(preds) != len(steps):
+    raise ValueError(f'cpc_infonce: {len(preds)} prediction maps for {len(steps)} steps')
+  flat = targets.reshape(b * h * w, d).astype(jnp.float32)
+  nll, correct = [], []
+  for p, k in zip(preds, steps):
+    if not 1 <= k < h:
+      raise ValueError(f'cpc_infonce: step {k} is not in [1, {h - 1}] for a grid of {h} rows')
+    q = p[:, :h - k].reshape(-1, d).astype(jnp.float32)
+    logits = q @ flat.T
+    bi, ii, jj = jnp.meshgrid(jnp.arange(b), jnp.arange(h - k), jnp.arange(w), indexing='ij')
+    labels = (bi * h * w + (ii + k) * w + jj).reshape(-1)
+    log_prob = jax.nn.log_softmax(logits, axis=-1)
+    nll.append(-jnp.take_along_axis(log_prob, labels[:, None], axis=-1)[:, 0])
+    correct.append(jnp.argmax(logits, axis=-1) == labels)
+  return jnp.mean(jnp.concatenate(nll)), jnp.mean(jnp.concatenate(correct))
+
+
 # ------------------------------------------------------------------------------------------------
 # Self-distillation: DINO, iBOT, data2vec.
 # ------------------------------------------------------------------------------------------------

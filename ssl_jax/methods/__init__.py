@@ -27,6 +27,8 @@ METHODS = {
     'vicreg': 'ssl_jax.methods.contrastive.vicreg:VICReg',
     'swav': 'ssl_jax.methods.contrastive.swav:SwAV',
     'instdis': 'ssl_jax.methods.contrastive.instdis:InstDis',
+    'cpc': 'ssl_jax.methods.contrastive.cpc:CPC',
+    'cmc': 'ssl_jax.methods.contrastive.cmc:CMC',
     'rotation': 'ssl_jax.methods.pretext.rotation:RotNet',
     'jigsaw': 'ssl_jax.methods.pretext.jigsaw:Jigsaw',
     'sit': 'ssl_jax.methods.hybrid.sit:SiT',

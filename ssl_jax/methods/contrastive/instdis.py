@@ -26,6 +26,14 @@ from ssl_jax.data import sources
 from ssl_jax.methods.base import Method, apply_module, init_module
 
 
+def init_bank(rng, size: int, dim: int):
+  """(size, dim) memory bank, the official lemniscate init: uniform in [-stdv, stdv],
+  stdv = 1 / sqrt(dim / 3) (unit expected norm); rows are overwritten by momentum averages as
+  images are visited."""
+  stdv = 1.0 / math.sqrt(dim / 3)
+  return jax.random.uniform(rng, (size, dim), jnp.float32, -stdv, stdv)
+
+
 class InstDis(Method):
   """Instance discrimination with a memory bank and a full softmax over it."""
 
@@ -51,10 +59,7 @@ class InstDis(Method):
     x = jnp.zeros((2,) + batch['view0'].shape[1:], jnp.float32)
     bb_params, bb_stats = init_module(self.backbone, k1, x)
     head_params = self.head.init(k2, jnp.zeros((2, self.feature_dim)))['params']
-    # Official lemniscate init: uniform in [-stdv, stdv], stdv = 1 / sqrt(D / 3) (unit expected
-    # norm); rows are overwritten by momentum averages as images are visited.
-    stdv = 1.0 / math.sqrt(self.out_dim / 3)
-    bank = jax.random.uniform(k3, (self.bank_size, self.out_dim), jnp.float32, -stdv, stdv)
+    bank = init_bank(k3, self.bank_size, self.out_dim)
     params = {'backbone': bb_params, 'head': head_params}
     buffers = {'batch_stats': {'backbone': bb_stats}, 'bank': bank}
     return params, buffers
