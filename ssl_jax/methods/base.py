@@ -51,6 +51,9 @@ class Method:
 
   #: Default host crops: two views of ``data.image_size``.
   num_views = 2
+  #: False: the recipes' normalisation is dropped, so ``views`` gets [0, 1] crops and the method
+  #: normalises after its own ops (Lab conversion, corruption, pasting).
+  normalize_views = True
 
   def __init__(self, config):
     self.config = config
@@ -67,8 +70,10 @@ class Method:
     """Augmentation recipe for each view (``config.aug.recipe`` may be one name or one per view)."""
     recipe = self.config.aug.recipe
     names = [recipe] * self.num_views if isinstance(recipe, str) else list(recipe)
-    return tuple(augment.get_recipe(n, **dict(self.config.aug.get('overrides', {})))
-                 for n in names)
+    overrides = dict(self.config.aug.get('overrides', {}))
+    if not self.normalize_views:
+      overrides.update(mean=None, std=None)
+    return tuple(augment.get_recipe(n, **overrides) for n in names)
 
   def views(self, batch, rng):
     """Colour-augments each host crop with its recipe and per-example keys."""

@@ -88,6 +88,8 @@ class CMC(InstDis):
   InstDis's settings (temperature, feature_dim, bank momentum and size, the linear head) and its
   one host crop with the image's index; the views are that crop's channels."""
 
+  normalize_views = False   # [0, 1] crops: each view applies its own normalisation
+
   def __init__(self, config):
     super().__init__(config)
     m = config.method
@@ -111,10 +113,6 @@ class CMC(InstDis):
     self.feature_dim = self.encoder_dim * len(self.feature_views)
 
   # -- data ---------------------------------------------------------------------------------------
-  def view_recipes(self):
-    # [0, 1] images: each view applies its own normalisation.
-    return tuple(augment.get_recipe(r, mean=None, std=None) for r in super().view_recipes())
-
   def views(self, batch, rng):
     out = super().views(batch, rng)        # {'view0': [0, 1] crop, 'index'}
     rgb = out.pop('view0')
@@ -129,17 +127,22 @@ class CMC(InstDis):
     """The first view's entry is tree['backbone'], the others' tree['view_encoders'][name]."""
     return tree['backbone'] if name == self.view_names[0] else tree['view_encoders'][name]
 
+  def _set_encoder(self, tree, name, value):
+    """Writes ``value`` where :meth:`_encoder` reads it."""
+    if name == self.view_names[0]:
+      tree['backbone'] = value
+    else:
+      tree.setdefault('view_encoders', {})[name] = value
+
   def init(self, rng, batch):
     keys = jax.random.split(rng, 2 * len(self.view_names) + 1)
     size = batch['view0'].shape[1:3]
-    params, stats = {'view_encoders': {}, 'heads': {}}, {'view_encoders': {}}
+    params, stats = {'heads': {}}, {}
     for i, name in enumerate(self.view_names):
       x = jnp.zeros((2,) + size + (VIEWS[name].channels,), jnp.float32)
       p, s = init_module(self.backbone, keys[2 * i], x)
-      if i == 0:
-        params['backbone'], stats['backbone'] = p, s
-      else:
-        params['view_encoders'][name], stats['view_encoders'][name] = p, s
+      self._set_encoder(params, name, p)
+      self._set_encoder(stats, name, s)
       params['heads'][name] = self.head.init(keys[2 * i + 1],
                                              jnp.zeros((2, self.encoder_dim)))['params']
     bank_keys = jax.random.split(keys[-1], len(self.view_names))
@@ -150,15 +153,11 @@ class CMC(InstDis):
   # -- training -----------------------------------------------------------------------------------
   def loss(self, params, state, views, rng):
     stats = state.buffers['batch_stats']
-    new_stats = {'view_encoders': {}}
-    feats = []
+    new_stats, feats = {}, []
     for i, name in enumerate(self.view_names):
       h, s = apply_module(self.backbone, self._encoder(params, name), self._encoder(stats, name),
                           views[name], train=True, rngs={'dropout': jax.random.fold_in(rng, i)})
-      if i == 0:
-        new_stats['backbone'] = s
-      else:
-        new_stats['view_encoders'][name] = s
+      self._set_encoder(new_stats, name, s)
       feats.append(losses.l2_normalize(self.head.apply({'params': params['heads'][name]}, h)))
     banks, index = state.buffers['banks'], views['index']
     loss, acc = losses.cmc_loss(feats, [banks[n] for n in self.view_names], index,

@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
-from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods.base import Method, apply_module, init_module
 
 EVAL_FEATURES = ('patches', 'image')
@@ -163,10 +162,6 @@ class CPC(Method):
     self.eval_features = m.eval_features
     self.patch_flip, self.patch_color_drop = m.patch_flip, m.patch_color_drop
     self.head = CPCHead(self.steps, m.context_blocks, m.context_dim, m.target_dim, m.emb_scale)
-
-  def crop_specs(self):
-    d = self.config.data
-    return (CropSpec('view0', d.image_size, tuple(d.crop_scale), flip=d.flip),)
 
   def views(self, batch, rng):
     k_aug, k_patch = jax.random.split(rng)

@@ -98,6 +98,7 @@ class SiT(Method):
   """SiT: reconstruction + rotation + contrastive, uncertainty-weighted."""
 
   num_views = 2
+  normalize_views = False   # corruption ops assume [0, 1]; normalised after corrupting
 
   def __init__(self, config):
     super().__init__(config)
@@ -115,10 +116,6 @@ class SiT(Method):
     self.task_scale = tuple(m.get('task_scale', (1.0, 1.0, 1.0)))
     # The eval-time normalisation of ``Method.normalize``.
     self.mean, self.std = augment.IMAGENET_MEAN, augment.IMAGENET_STD
-
-  def view_recipes(self):
-    # Augment in [0, 1] (corruption ops assume it); normalise after corrupting.
-    return tuple(augment.get_recipe(r, mean=None, std=None) for r in super().view_recipes())
 
   def views(self, batch, rng):
     k_aug, k_rest = jax.random.split(rng)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ssl_jax.data import augment
-from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods.base import Method
 from ssl_jax.models import vit as vit_lib
 
@@ -58,10 +57,6 @@ class MaskedImageMethod(Method):
       raise ValueError(f"config.method.feature_pool={self.feature_pool!r}: use 'mean' or 'cls'")
     recipe = config.aug.recipe if isinstance(config.aug.recipe, str) else config.aug.recipe[0]
     self.recipe = augment.get_recipe(recipe, **dict(config.aug.get('overrides', {})))
-
-  def crop_specs(self):
-    d = self.config.data
-    return (CropSpec('view0', d.image_size, tuple(d.crop_scale), flip=d.flip),)
 
   def image(self, batch, rng):
     """The normalised (B, H, W, 3) float image of the single view."""

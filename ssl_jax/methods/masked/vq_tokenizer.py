@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 
 from ssl_jax import losses
-from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods.base import Method
 from ssl_jax.models.decoders import VQVAE
 
@@ -118,10 +117,6 @@ class VQTokenizer(Method):
     super().__init__(config)
     self.vqvae = build_vqvae(config.method)
     self.beta = config.method.beta
-
-  def crop_specs(self):
-    d = self.config.data
-    return (CropSpec('view0', d.image_size, tuple(d.crop_scale), flip=d.flip),)
 
   def init(self, rng, batch):
     x = jnp.zeros((2,) + batch['view0'].shape[1:3] + (3,), jnp.float32)

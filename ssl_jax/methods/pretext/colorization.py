@@ -135,6 +135,7 @@ class Colorization(Method):
   """Predict the quantised ab colour of every output cell from the lightness."""
 
   num_views = 1
+  normalize_views = False   # [0, 1] crops: Lab targets and the lightness input come from them
 
   def __init__(self, config):
     super().__init__(config)
@@ -149,9 +150,6 @@ class Colorization(Method):
     imgs = np.stack([src[i]['image'] for i in range(n)])
     self.class_weights = rebalance_weights(empirical_prior(imgs, self.centres), self.centres,
                                            m.get('rebalance_lambda', 0.5))
-
-  def view_recipes(self):
-    return tuple(augment.get_recipe(r, mean=None, std=None) for r in super().view_recipes())
 
   def views(self, batch, rng):
     m = self.config.method

@@ -88,10 +88,7 @@ class CutPaste(PretextClassifier):
 
   num_classes = NUM_CLASSES
   acc_metric = 'cutpaste_acc'
-
-  def view_recipes(self):
-    # Augment in [0, 1], paste, then normalise as ``Method.normalize`` does.
-    return tuple(augment.get_recipe(r, mean=None, std=None) for r in super().view_recipes())
+  normalize_views = False   # paste in [0, 1], then normalise as ``Method.normalize`` does
 
   def views(self, batch, rng):
     k_aug, k_cp, k_scar = jax.random.split(rng, 3)
