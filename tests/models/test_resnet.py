@@ -88,7 +88,7 @@ def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
     def loss(params, x, model=model):
       return jnp.sum(jnp.sin(model.apply({**v, 'params': params}, x)))   # eval-mode BN
     jaxpr = str(jax.make_jaxpr(loss)(v['params'], x))
-    results[impl] = jax.value_and_grad(loss, argnums=(0, 1))(v['params'], x), jaxpr
+    results[impl] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v['params'], x), jaxpr
   assert 'conv_general_dilated' in results['xla'][1]
   assert 'conv_general_dilated' not in results['im2col'][1]
   assert 'conv_general_dilated' not in results['winograd'][1]
