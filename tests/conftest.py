@@ -5,10 +5,9 @@
 * XLA:CPU backend optimisation off (compiles ~1.5x faster; the models are tiny). Results differ
   from optimised code by float rounding only (another summation order): the 1-vs-8-device tests
   hold at every level since BatchNorm computes a two-pass variance (ssl_jax/models/norm.py).
-* A JAX persistent compilation cache in a fresh temporary directory for this session, shared by the
-  pytest-xdist workers and inherited by the subprocesses tests start: tests that build the same
-  tiny experiment again (resume, checkpoint and engine tests) load its compiled step instead of
-  compiling it again.
+* A JAX persistent compilation cache in a fresh temporary directory for this session (inherited by
+  the subprocesses tests start): tests that build the same tiny experiment again (resume,
+  checkpoint and engine tests) load its compiled step instead of compiling it again.
 """
 import atexit
 import os
@@ -26,8 +25,6 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-  # A size limit turns on the cache's file lock around every read and write (jax's LRUCache; an
-  # unlimited cache writes entries unlocked, and a reader could see half a file): the xdist workers
-  # and their subprocesses then share one cache, so a program one worker compiled (the tiny SimCLR
-  # step of the engine, resume and checkpoint tests, kNN and probe functions) loads in the other.
-  os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(32 << 30)
+if os.environ.get('PYTEST_XDIST_WORKER'):   # pytest -n N: one cache per worker, below the shared one
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(os.environ['JAX_COMPILATION_CACHE_DIR'],
+                                                         os.environ['PYTEST_XDIST_WORKER'])
