@@ -1,5 +1,5 @@
 """The benchmarks' helpers: quality.py's --set parsing and DINO/iBOT collapse check;
-throughput.py's MFU rows, peak table and MFU column."""
+throughput.py's MFU rows, peak table and MFU column; block_knn.py's per-block readouts."""
 import importlib.util
 import math
 import os
@@ -130,3 +130,83 @@ def test_cost_analysis_of_a_partitioned_step_is_one_devices_share(throughput):
   compiled = jax.jit(lambda x, w: (x @ w).sum()).lower(x, jnp.ones((256, 512))).compile()
   per_device = 2 * (64 // 8) * 256 * 512
   assert throughput.step_flops(compiled) == pytest.approx(per_device, rel=0.01)
+
+
+# --------------------------------------------------------------------------- block_knn.py
+
+_BLOCK_KNN = os.path.join(os.path.dirname(_PATH), 'block_knn.py')
+
+
+@pytest.fixture(scope='module')
+def block_knn():
+  return _load('_block_knn_benchmark', _BLOCK_KNN)
+
+
+def _tiny_method_config(name):
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(_PATH))
+  spec = importlib.util.spec_from_file_location(f'_cfg_{name}',
+                                                os.path.join(root, 'configs', f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = helpers.tiny(mod.get_config('builtin'))     # 16 px, patch 4: 4x4 patches, D=32, depth 2
+  return c
+
+
+def test_block_readouts_last_block_is_the_eval_feature_and_masks_are_the_methods(block_knn):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ssl_jax.methods import build_method  # pylint: disable=g-import-not-at-top
+  c = _tiny_method_config('simmim')
+  c.method.mask_patch_size = 8                    # 2x2 mask grid of 2x2 patches, 3 hidden
+  method = build_method(c)
+  batch = {'view0': np.zeros((2, 16, 16, 3), np.uint8)}
+  params, _ = method.init(jax.random.PRNGKey(0), batch)
+  images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  out = block_knn.readouts(method, params, images)
+  assert set(out) == {'b0_mean', 'b0_mean_norm', 'b0_cls', 'b1_mean', 'b1_mean_norm', 'b1_cls',
+                      'mask_tokens', 'visible_tokens'}
+  assert all(v.shape == (3, 32) for v in out.values())
+  np.testing.assert_allclose(out['b1_mean_norm'], method.features(params, {}, images),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(out['b1_mean'], out['b1_mean_norm'])
+  mask = np.asarray(block_knn.readout_mask(method, 3, 16, jax.random.PRNGKey(0)))
+  assert mask.shape == (3, 16) and (mask.sum(1) == 12).all()     # ceil(0.6 * 4) = 3 blocks of 4
+  # The masked input's tokens: hidden and visible positions read out differently.
+  assert not np.allclose(out['mask_tokens'], out['visible_tokens'])
+
+
+def test_block_readouts_refuse_a_convnet(block_knn):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ssl_jax.methods import build_method  # pylint: disable=g-import-not-at-top
+  method = build_method(_tiny_method_config('simclr'))
+  with pytest.raises(ValueError, match='block_knn reads ViT blocks; SimCLR has backbone ResNet'):
+    block_knn.readouts(method, {'backbone': {}}, np.zeros((1, 16, 16, 3), np.uint8))
+
+
+def test_block_knn_extract_keeps_names_with_their_columns(block_knn, tmp_path):
+  """extract() concatenates the readouts into one feature array and splits it back by name; each
+  name must get its own readout (jax.eval_shape returns the names sorted, not in build order)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  c = _tiny_method_config('simmim')
+  c.method.mask_patch_size = 8
+  c.eval.batch_size = 512
+  with pytest.raises(ValueError, match='has no checkpoint of simmim'):
+    block_knn.extract(c, str(tmp_path), require_checkpoint=True)
+  tr, y_tr, te, y_te, step = block_knn.extract(c, str(tmp_path), require_checkpoint=False)
+  assert step == 0 and len(y_tr) == 4000 and len(y_te) == 1000
+  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
+  exp = loop.Experiment(c, str(tmp_path))
+  state, _ = exp.restore_or_init()
+  exp.checkpointer.close()
+  src = sources.get_source(c.data, c.data.eval_split)
+  from ssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  images, _, valid = next(iter(pipeline.eval_batches(src, 16, 8, c.data.eval_crop_frac, 0, 1)))
+  direct = block_knn.readouts(exp.method, state.params, images[valid])
+  assert set(tr) == set(direct)
+  for name, value in direct.items():
+    np.testing.assert_allclose(te[name][:len(value)], value, rtol=1e-4, atol=1e-5, err_msg=name)
+  acc = block_knn.score_all({'b': tr['b1_mean_norm']}, y_tr, {'b': te['b1_mean_norm']}, y_te,
+                            k=20, temperature=0.07, num_classes=10)
+  assert set(acc) == {'b', 'b_z'} and all(0.2 < a <= 1.0 for a in acc.values())
