@@ -142,22 +142,19 @@ def block_knn():
   return _load('_block_knn_benchmark', _BLOCK_KNN)
 
 
-def _tiny_method_config(name):
+def _tiny_method_config(quality, name):
+  """configs/<name>.py:builtin shrunk by helpers.tiny: 16 px, patch 4 (4x4 patches), D=32, depth 2."""
   from tests import helpers  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(_PATH))
-  spec = importlib.util.spec_from_file_location(f'_cfg_{name}',
-                                                os.path.join(root, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = helpers.tiny(mod.get_config('builtin'))     # 16 px, patch 4: 4x4 patches, D=32, depth 2
-  return c
+  return helpers.tiny(quality.load_config(os.path.join(root, 'configs', f'{name}.py:builtin')))
 
 
-def test_block_readouts_last_block_is_the_eval_feature_and_masks_are_the_methods(block_knn):
+def test_block_readouts_last_block_is_the_eval_feature_and_masks_are_the_methods(block_knn,
+                                                                              quality):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ssl_jax.methods import build_method  # pylint: disable=g-import-not-at-top
-  c = _tiny_method_config('simmim')
+  c = _tiny_method_config(quality, 'simmim')
   c.method.mask_patch_size = 8                    # 2x2 mask grid of 2x2 patches, 3 hidden
   method = build_method(c)
   batch = {'view0': np.zeros((2, 16, 16, 3), np.uint8)}
@@ -176,20 +173,20 @@ def test_block_readouts_last_block_is_the_eval_feature_and_masks_are_the_methods
   assert not np.allclose(out['mask_tokens'], out['visible_tokens'])
 
 
-def test_block_readouts_refuse_a_convnet(block_knn):
+def test_block_readouts_refuse_a_convnet(block_knn, quality):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ssl_jax.methods import build_method  # pylint: disable=g-import-not-at-top
-  method = build_method(_tiny_method_config('simclr'))
+  method = build_method(_tiny_method_config(quality, 'simclr'))
   with pytest.raises(ValueError, match='block_knn reads ViT blocks; SimCLR has backbone ResNet'):
     block_knn.readouts(method, {'backbone': {}}, np.zeros((1, 16, 16, 3), np.uint8))
 
 
-def test_block_knn_extract_keeps_names_with_their_columns(block_knn, tmp_path):
+def test_block_knn_extract_keeps_names_with_their_columns(block_knn, quality, tmp_path):
   """extract() concatenates the readouts into one feature array and splits it back by name; each
   name must get its own readout (jax.eval_shape returns the names sorted, not in build order)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top
-  c = _tiny_method_config('simmim')
+  c = _tiny_method_config(quality, 'simmim')
   c.method.mask_patch_size = 8
   c.eval.batch_size = 512
   with pytest.raises(ValueError, match='has no checkpoint of simmim'):
