@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.quality import apply_overrides, load_config  # pylint: disable=wrong-import-position
 from ssl_jax.eval import anomaly  # pylint: disable=wrong-import-position
-from ssl_jax.train import loop  # pylint: disable=wrong-import-position
+from ssl_jax.train import experiment, loop  # pylint: disable=wrong-import-position
 
 
 def main():
@@ -33,9 +33,8 @@ def main():
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.time()
     summary = loop.train_and_evaluate(config, workdir)
-    exp = loop.Experiment(config, workdir)
-    trained, _ = exp.restore_or_init()
-    exp.checkpointer.close()
+    exp = experiment.Experiment.for_reading(config, workdir)   # read-only, as eval does
+    trained = exp.restore_for_reading()
     aset = anomaly.builtin_anomaly_set(config.data)
     res = {'trained': anomaly.evaluate(exp, trained, aset),
            'random': anomaly.evaluate(exp, exp.initial_state(), aset)}

@@ -101,13 +101,17 @@ def score_all(tr: dict, y_tr, te: dict, y_te, *, k: int, temperature: float,
 def extract(config, workdir: str, *, require_checkpoint: bool):
   """(train readouts, train labels, test readouts, test labels, step) of ``workdir``'s latest
   checkpoint (a fresh init when it has none and ``require_checkpoint`` is False)."""
-  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
-  exp = loop.Experiment(config, workdir)
-  state, _ = exp.restore_or_init()
-  latest = exp.checkpointer.latest_step()
-  exp.checkpointer.close()
-  if latest is None and require_checkpoint:
-    raise ValueError(f'--workdir={workdir} has no checkpoint of {config.method.name}')
+  from ssl_jax.train import experiment  # pylint: disable=g-import-not-at-top
+  from ssl_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:   # the run's saved config and latest checkpoint, read-only
+    exp = experiment.Experiment.for_reading(config, workdir)
+    state = exp.restore_for_reading()
+  except workdir_lib.NoCheckpointError:
+    if require_checkpoint:
+      raise ValueError(f'--workdir={workdir} has no checkpoint of {config.method.name}') from None
+    exp = experiment.Experiment(config, workdir)
+    state = exp.initial_state()
+  config = exp.config
   method = exp.method
   shapes = jax.eval_shape(lambda p, im: readouts(method, p, im), state.params,
                           jax.ShapeDtypeStruct((2, config.data.image_size,

@@ -40,7 +40,7 @@ from PIL import Image  # pylint: disable=wrong-import-position
 
 from configs import simclr  # pylint: disable=wrong-import-position
 from ssl_jax.data import augment, pipeline, sources  # pylint: disable=wrong-import-position
-from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
+from ssl_jax.train import experiment, sharding, step as step_lib  # pylint: disable=wrong-import-position
 
 
 def make_jpeg_folder(root: str, n: int, size: int, seed: int = 0) -> str:
@@ -102,14 +102,18 @@ def step_rate(kind: str, size: int, batch: int, steps: int) -> float:
   data = iter(lambda: dict(views, label=np.zeros(batch, np.int32)), None)
   workdir = tempfile.mkdtemp()
   try:
-    exp = loop.Experiment(c, workdir, train_data=data)
+    exp = experiment.Experiment(c, workdir)
+    step_fn = step_lib.jit_train_step(exp.method, c, exp.mesh, exp.state_sharding,
+                                      exp.lr_schedule)
     state = exp.initial_state()
-    batch_arr = sharding.global_batch(exp.mesh, next(exp.train_iterator()))
-    state, _ = exp.step_fn(state, batch_arr)  # compile
+    train_input = pipeline.IterableInput(data, exp.method.crop_specs(), local_batch=batch,
+                                         seed=c.seed)
+    batch_arr = sharding.global_batch(exp.mesh, next(train_input))
+    state, _ = step_fn(state, batch_arr)  # compile
     jax.block_until_ready(state.step)
     t = time.perf_counter()
     for _ in range(steps):
-      state, _ = exp.step_fn(state, batch_arr)
+      state, _ = step_fn(state, batch_arr)
     jax.block_until_ready(state.step)
     return steps * batch / (time.perf_counter() - t)
   finally:

@@ -5,7 +5,7 @@
 
 MAE's encoder runs on the 25 % visible patches only (+ [CLS]) and adds a light decoder; SimMIM's
 encoder runs on every patch (mask tokens included) with a linear head. Both steps are the real
-jitted train step of ``loop.Experiment`` (augmentation, masking, loss, AdamW update) on one fixed
+jitted train step of ``experiment.Experiment`` (augmentation, masking, loss, AdamW update) on one fixed
 batch already on device, so the input pipeline is excluded; compilation is excluded too.
 Presets: ``builtin`` = the configs' builtin ViT (96-d, depth 4, patch 4, 24 px: 36 patches);
 ``vit_b16`` = ViT-B/16 at 224 px (196 patches) with MAE's 512-d x 8 decoder (for an accelerator).
@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=wrong-import-position
 
 from benchmarks import quality  # pylint: disable=wrong-import-position
-from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
+from ssl_jax.data import pipeline, sources  # pylint: disable=wrong-import-position
+from ssl_jax.train import experiment, sharding, step as step_lib  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,16 +54,20 @@ def make_config(method: str, preset: str, batch_size: int):
 
 def time_method(method: str, preset: str, batch_size: int, steps: int) -> dict:
   c = make_config(method, preset, batch_size)
-  exp = loop.Experiment(c, tempfile.mkdtemp())
+  exp = experiment.Experiment(c, tempfile.mkdtemp())
+  step_fn = step_lib.jit_train_step(exp.method, c, exp.mesh, exp.state_sharding, exp.lr_schedule)
   state = exp.initial_state()
-  batch = sharding.global_batch(exp.mesh, exp.train_ds[0])
+  train_ds = pipeline.train_dataset(sources.get_source(c.data, c.data.train_split),
+                                    exp.method.crop_specs(), global_batch=c.data.batch_size,
+                                    seed=c.seed)
+  batch = sharding.global_batch(exp.mesh, train_ds[0])
   t0 = time.perf_counter()
-  state, metrics = exp.step_fn(state, batch)
+  state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = exp.step_fn(state, batch)
+    state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   dt = (time.perf_counter() - t0) / steps
   m, bb = exp.method, exp.method.backbone

@@ -12,7 +12,7 @@ ResNet-18 (width 64) and on ViT-Tiny (embed 192, depth 12, heads 3, patch 4). Ea
 ``make_config``); the data source is switched to the built-in set (only the batch's shapes
 matter: one fixed batch is used).
 
-What is timed: the real jitted train step of ``loop.Experiment`` (on-device augmentation with the
+What is timed: the real jitted train step (``step.jit_train_step`` of ``experiment.Experiment``) (on-device augmentation with the
 config's recipes, forward, backward, optimizer update, EMA teacher / DINO center updates, the
 non-finite guard), compiled once with ``.lower().compile()`` and called on one batch already on
 device; compilation and ``--warmup`` steps are excluded, then every one of ``--steps`` steps is
@@ -61,7 +61,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from benchmarks import quality  # pylint: disable=wrong-import-position
 from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
-from ssl_jax.train import loop, sharding  # pylint: disable=wrong-import-position
+from ssl_jax.data import pipeline, sources  # pylint: disable=wrong-import-position
+from ssl_jax.train import experiment, sharding, step as step_lib  # pylint: disable=wrong-import-position
 
 METHODS = ('simclr', 'byol', 'dino', 'mae')
 BACKBONES = ('resnet18', 'vit_tiny')
@@ -209,11 +210,15 @@ def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool,
               conv_impl: str = 'auto', dtype: str = 'auto',
               peak_tflops_per_device: float | None = None) -> dict:
   c = make_config(row, batch_size, augment, conv_impl, dtype)
-  exp = loop.Experiment(c, tempfile.mkdtemp())
+  exp = experiment.Experiment(c, tempfile.mkdtemp())
+  step_fn = step_lib.jit_train_step(exp.method, c, exp.mesh, exp.state_sharding, exp.lr_schedule)
   state = exp.initial_state()
-  batch = sharding.global_batch(exp.mesh, exp.train_ds[0])
+  train_ds = pipeline.train_dataset(sources.get_source(c.data, c.data.train_split),
+                                    exp.method.crop_specs(), global_batch=c.data.batch_size,
+                                    seed=c.seed)
+  batch = sharding.global_batch(exp.mesh, train_ds[0])
   t0 = time.perf_counter()
-  compiled = exp.step_fn.lower(state, batch).compile()  # the jitted step's own program
+  compiled = step_fn.lower(state, batch).compile()  # the jitted step's own program
   compile_s = time.perf_counter() - t0
   # The cost analysis of a partitioned program counts one device's share.
   flops = step_flops(compiled)
@@ -313,7 +318,7 @@ def print_table(rows, args, peak_jax, lightly_env, peak_device=None):
   print(f'Float32 matmul ceiling (2048x2048, median of 20): JAX {peak_jax:.0f} GFLOP/s'
         + (f", torch {lightly_env['matmul_gflops']:.0f} GFLOP/s" if lightly_env else '') + '.')
   print(f'Median of {args.steps} timed steps after {args.warmup} warm-up step(s); compile '
-        f'excluded; batch already on device. Ours: the jitted train step of loop.Experiment '
+        f'excluded; batch already on device. Ours: the jitted train step of experiment.Experiment '
         f"({'with' if args.augment == 'on' else 'without'} on-device colour augmentation), "
         f'XLA CPU default threads ({os.cpu_count()}).')
   if lightly_env:

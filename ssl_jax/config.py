@@ -89,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.preemption_sync_every = 10  # multi-process: agree on a SIGTERM stop every N steps
   c.train.progress_bar = True
   c.train.final_eval = True      # kNN of the trained and of a random-init encoder at the end
+  # Resume with a config whose trajectory fields (batch size, steps, optim.*, method.*, model.*,
+  # data source, seed...) differ from WORKDIR/config.json: False stops with the differences,
+  # True continues with the new values (the table: FIELD_RULES in ssl_jax/train/workdir.py).
+  c.train.allow_config_change = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.knn_k = 20

@@ -92,6 +92,23 @@ def center_view(image: np.ndarray, size: int, crop_frac: float = 1.0) -> np.ndar
   return crop_resize(image, (x0, y0, x0 + side, y0 + side), size)
 
 
+#: dtypes of the non-image fields of every training record (sources, MultiCrop, IterableInput).
+LABEL_DTYPE = np.int32
+INDEX_DTYPE = np.int64
+
+
+def batch_spec(specs: Sequence[CropSpec], batch: int) -> dict:
+  """{key: (shape, numpy dtype)} of a training batch of ``batch`` records as the pipeline
+  delivers it: one uint8 (batch, size, size, 3) array per crop view, 'label' and 'index'.
+
+  The trainer, eval, export and the memory check build their sample batches from this, so they
+  need no training data; tests check it against real batches of both inputs.
+  """
+  out = {'label': ((batch,), LABEL_DTYPE), 'index': ((batch,), INDEX_DTYPE)}
+  out.update({s.name: ((batch, s.size, s.size, 3), np.uint8) for s in specs})
+  return out
+
+
 class MultiCrop(grain.transforms.RandomMap):
   """Record -> {view name: uint8 (size, size, 3) for each CropSpec, 'label', 'index'}."""
 
@@ -309,8 +326,8 @@ class IterableInput:
     if size != self.local_batch:
       raise ValueError(f'the training iterable yielded a batch of {size}; expected '
                        f'{self.local_batch} (config.data.batch_size / number of processes)')
-    out = {'label': np.asarray(raw.get('label', np.full(size, -1)), np.int32).reshape(size),
-           'index': np.asarray(raw.get('index', np.full(size, -1)), np.int64).reshape(size)}
+    out = {'label': np.asarray(raw.get('label', np.full(size, -1)), LABEL_DTYPE).reshape(size),
+           'index': np.asarray(raw.get('index', np.full(size, -1)), INDEX_DTYPE).reshape(size)}
     if views is None:
       images = _as_uint8_rgb(np.asarray(raw['image']))
       rng = np.random.default_rng([self.seed, number, self.process_index])

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax.eval import features as features_lib
+
 
 @functools.partial(jax.jit, static_argnames=('k', 'num_classes'))
 def _knn_chunk(train_feats, train_labels, queries, *, k: int, temperature: float,
@@ -51,3 +53,14 @@ def knn_top1(train_feats, train_labels, test_feats, test_labels, **kw) -> float:
   """Top-1 accuracy (in [0, 1]) of ``knn_predict``."""
   pred = knn_predict(train_feats, train_labels, test_feats, **kw)
   return float(np.mean(pred == np.asarray(test_labels)))
+
+
+def knn_eval(feature_fn, params, buffers, config, mesh, ks=None):
+  """({k: top-1} for every k in ``ks`` (default: ``eval.knn_k``), the EvalFeatures): the one kNN
+  evaluation of a state, used by the trainer's periodic/final kNN and by ``--mode=eval``."""
+  feats = features_lib.eval_split_features(feature_fn, params, buffers, config, mesh)
+  scores = {k: knn_top1(feats.train_feats, feats.train_labels, feats.test_feats,
+                        feats.test_labels, k=k, temperature=config.eval.knn_temperature,
+                        num_classes=feats.num_classes)
+            for k in (ks or (config.eval.knn_k,))}
+  return scores, feats

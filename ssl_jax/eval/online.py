@@ -4,7 +4,7 @@ self-supervised objective, so a run reports a label-aware accuracy at every logg
 cost of one extra eval-mode forward of one view.
 
 ``OnlineLinear(method, config)`` wraps *any* Method without changing it: the trainer sees a
-Method (``config.eval.online_linear=True`` makes loop.Experiment wrap it), and the wrapped method
+Method (``config.eval.online_linear=True`` makes experiment.build_method wrap it), and the wrapped method
 sees exactly its own buffers and views. The head and its optimizer state live next to the method's
 buffers (``buffers = {'method': ..., 'online': ...}``), so they are checkpointed and restored with
 the run, never touched by the pretraining optimizer, and no gradient reaches the encoder:

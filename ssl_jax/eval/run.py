@@ -10,6 +10,11 @@
 4. fine-tuning (``eval.finetune_steps > 0``; eval/finetune.py);
 5. a t-SNE / UMAP PNG of the test embeddings coloured by label (``eval.plot``).
 
+The trained model's config (method, model, data, optimizer, seed) is read from
+``DIR/config.json``, so training overrides need not be repeated; the command line's ``eval.*``,
+``export.*``, ``mesh.*`` and evaluation-split fields apply (``train/workdir.py``, FIELD_RULES).
+A workdir without a checkpoint is an error; checkpoints are opened read-only.
+
 Results go to ``DIR/eval.json`` and TensorBoard (``DIR/tensorboard``, tags ``eval/*`` at the
 checkpoint's step). Accuracies are fractions in [0, 1].
 """
@@ -22,43 +27,33 @@ import time
 import jax
 from absl import logging
 
-from ssl_jax.data import sources
-from ssl_jax.eval import embedding_plot, features as features_lib, finetune as finetune_lib
+from ssl_jax.eval import embedding_plot, finetune as finetune_lib
 from ssl_jax.eval import knn, linear
+from ssl_jax.train import experiment as experiment_lib
 
 
-def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = False) -> dict:
-  """Runs the protocols above on the latest checkpoint in ``workdir`` (a fresh, random-init state
-  when there is none, unless ``require_checkpoint``); returns and writes the results."""
-  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
-  c = config
-  exp = loop.Experiment(config, workdir, mesh)
-  state, _ = exp.restore_or_init()
-  latest = exp.checkpointer.latest_step()
-  exp.checkpointer.close()
-  if latest is None and require_checkpoint:
-    raise ValueError(f'--workdir={workdir} has no checkpoint to evaluate')
+def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True) -> dict:
+  """Runs the protocols above on the latest checkpoint in ``workdir``; returns and writes the
+  results. The trained model's config comes from ``WORKDIR/config.json`` (the command line's
+  eval/export/mesh settings apply: workdir.reader_config); checkpoints are opened read-only, so
+  a live trainer in the same workdir is undisturbed. A workdir without a checkpoint is an error
+  (``require_checkpoint`` is kept for callers; there is no random-init evaluation any more)."""
+  del require_checkpoint
+  exp = experiment_lib.Experiment.for_reading(config, workdir, mesh)
+  c = exp.config
+  state = exp.restore_for_reading()
   step = int(jax.device_get(state.step))
-  result = {'step': step, 'checkpoint': latest is not None, 'method': c.method.name,
+  result = {'step': step, 'checkpoint': True, 'method': c.method.name,
             'backbone': c.model.backbone, 'dataset': c.data.name}
 
   t0 = time.perf_counter()
-  kw = dict(mesh=exp.mesh, image_size=c.data.image_size, batch_size=c.eval.batch_size,
-            crop_frac=c.data.eval_crop_frac)
-  train_src = sources.get_source(c.data, c.data.eval_train_split)
-  test_src = sources.get_source(c.data, c.data.eval_split)
-  f_tr, y_tr = features_lib.extract_features(exp.feature_fn, state.params, state.buffers,
-                                             train_src, **kw)
-  f_te, y_te = features_lib.extract_features(exp.feature_fn, state.params, state.buffers,
-                                             test_src, **kw)
+  ks = sorted(set(tuple(c.eval.get('knn_ks', ())) + (c.eval.knn_k,)))
+  scores, feats = knn.knn_eval(exp.feature_fn, state.params, state.buffers, c, exp.mesh, ks)
+  f_tr, y_tr, f_te, y_te, nc, train_src, test_src = feats
   result['feature_dim'] = int(f_tr.shape[1])
   result['num_train'], result['num_test'] = int(len(y_tr)), int(len(y_te))
-
-  nc = train_src.num_classes
-  ks = sorted(set(tuple(c.eval.get('knn_ks', ())) + (c.eval.knn_k,)))
   for k in ks:
-    result[f'knn_top1_k{k}'] = knn.knn_top1(f_tr, y_tr, f_te, y_te, k=k,
-                                            temperature=c.eval.knn_temperature, num_classes=nc)
+    result[f'knn_top1_k{k}'] = scores[k]
   result['knn_top1'] = result[f'knn_top1_k{c.eval.knn_k}']   # the run's headline k
   result['knn_k'], result['knn_temperature'] = c.eval.knn_k, c.eval.knn_temperature
 

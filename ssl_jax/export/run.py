@@ -21,17 +21,16 @@ import jax
 from ssl_jax.data import augment
 from ssl_jax.export import encoder as encoder_lib
 from ssl_jax.export import timm as timm_lib
+from ssl_jax.train import experiment as experiment_lib
 
 
 def export(config, workdir: str, mesh=None) -> dict:
-  """Exports the latest checkpoint's encoder; a workdir without a checkpoint is an error."""
-  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
-  exp = loop.Experiment(config, workdir, mesh)
-  state, _ = exp.restore_or_init()
-  latest = exp.checkpointer.latest_step()
-  exp.checkpointer.close()
-  if latest is None:
-    raise ValueError(f'--workdir={workdir} has no checkpoint to export; pretrain first')
+  """Exports the latest checkpoint's encoder; a workdir without a checkpoint is an error. The
+  trained model's config comes from ``WORKDIR/config.json`` (``export.*`` from ``config``);
+  checkpoints are opened read-only."""
+  exp = experiment_lib.Experiment.for_reading(config, workdir, mesh)
+  config = exp.config
+  state = exp.restore_for_reading()
   out_dir = config.get('export', {}).get('dir', '') or os.path.join(exp.workdir, 'export')
   backbone = exp.method.backbone
   variables = exp.method.encoder_variables(state.params, state.buffers)

@@ -7,7 +7,8 @@ What is guaranteed (and tested in tests/train/test_checkpoint_safety.py):
 * Atomic writes. Orbax writes each step into ``<step>.orbax-checkpoint-tmp*`` and renames it when
   every item is complete; a directory with that suffix is never listed as a step, so a kill in the
   middle of an (async) save leaves the previous checkpoint as the latest. Leftover temporary
-  directories are removed when the next run opens the manager (``cleanup_tmp_directories``).
+  directories are removed when the next trainer opens the manager (``cleanup_tmp_directories``);
+  readers (eval, export, viz: ``read_only=True``) never create, clean or move anything.
 * Corruption detection. ``meta`` stores a fingerprint of every state leaf (an order-sensitive
   wrapping sum of its bit patterns, computed on device). ``restore_latest`` tries the newest step
   first; if it cannot be read (truncated/zero-byte files, bad JSON, missing items) or its
@@ -172,7 +173,11 @@ def check_workdir(workdir: str) -> str:
 class Checkpointer:
   """A thin wrapper over ``ocp.CheckpointManager`` (async, keep-last-N) with the guarantees above."""
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    # read_only: for readers (eval, export, viz, benchmarks) of a possibly live run: nothing is
+    # created, saved, cleaned up (a trainer's in-progress ``*.orbax-checkpoint-tmp*``) or moved.
+    self.read_only = read_only
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     self.quarantine_dir = os.path.join(self.workdir, 'checkpoints_corrupt')
@@ -183,9 +188,10 @@ class Checkpointer:
   def _open(self, keep, async_save):
     return ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not self.read_only,
                                              enable_async_checkpointing=async_save,
-                                             cleanup_tmp_directories=True),
+                                             cleanup_tmp_directories=not self.read_only,
+                                             read_only=self.read_only),
         item_names=('state', 'data', 'meta'))
 
   def latest_step(self):
@@ -204,6 +210,8 @@ class Checkpointer:
     Raises NonFiniteStateError if any leaf holds NaN/Inf, CheckpointSaveError if this or the
     previous (background) save failed.
     """
+    if self.read_only:
+      raise ValueError(f'{self.directory} was opened read-only; only the trainer saves')
     digests, bad = inspect_state(state)
     if bad:
       raise NonFiniteStateError(
@@ -324,6 +332,8 @@ class Checkpointer:
 
   def _quarantine(self, step: int):
     """Moves ``checkpoints/<step>`` aside so that it is neither listed nor overwritten."""
+    if self.read_only:  # a reader only skips it; the trainer moves it
+      return
     if jax.process_index() == 0:
       os.makedirs(self.quarantine_dir, exist_ok=True)
       dst = os.path.join(self.quarantine_dir, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')

@@ -1,5 +1,6 @@
-"""The pretraining loop, top to bottom: mesh -> input -> method & optimizer -> shard/restore ->
-compiled step -> loop (metrics, progress, online kNN, checkpoints) -> final evaluation.
+"""The pretraining loop: the workdir's lock -> the restorable run (train/experiment.py) plus the
+input pipeline and compiled step (Trainer) -> restore, checked against the saved config ->
+loop (metrics, progress, online kNN, checkpoints, preemption) -> final evaluation.
 
 The loop knows nothing of any particular method: everything method-specific sits behind the
 Method interface (ssl_jax/methods/base.py).
@@ -12,20 +13,16 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ssl_jax import config as config_lib
-from ssl_jax import methods
 from ssl_jax.data import pipeline, sources
-from ssl_jax.eval import features as features_lib
 from ssl_jax.eval import knn
-from ssl_jax.eval import online as online_lib
 from ssl_jax.train import checkpoint as ckpt_lib
+from ssl_jax.train import experiment as experiment_lib
 from ssl_jax.train import preemption
 from ssl_jax.train import sharding, step as step_lib
-from ssl_jax.train.state import TrainState
+from ssl_jax.train import workdir as workdir_lib
 
 
 class NonFiniteError(RuntimeError):
@@ -43,43 +40,24 @@ def _summary_writer(workdir):
   return SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
 
-def create_train_state(method, tx, rng, sample_batch):
-  params, buffers = method.init(rng, sample_batch)
-  state = TrainState.create(params=params, tx=tx, buffers=buffers)
-  # A strongly typed step (flax's is a weak-typed Python 0): a state restored from a checkpoint
-  # then has the same signature, so fresh and resumed runs compile and run the same program.
-  return state.replace(step=jnp.zeros((), jnp.int32))
+# Kept under their old names for callers of the loop (tests, notebooks).
+create_train_state = experiment_lib.create_train_state
+jit_train_step = step_lib.jit_train_step
 
 
-def jit_train_step(method, config, mesh, state_sharding, lr_schedule=None):
-  """The method's generic train step, jitted over ``mesh``: state in ``state_sharding`` (donated),
-  batch split over the data axes, metrics replicated."""
-  train_step = step_lib.make_train_step(method, config.seed, lr_schedule,
-                                        accum_steps=config.optim.get('grad_accum_steps', 1))
-  return jax.jit(train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+class Trainer(experiment_lib.Experiment):
+  """The restorable run (train/experiment.py) plus what only training needs: the input
+  pipeline, the compiled step, the workdir's lock and saved config, and saving.
 
-
-class Experiment:
-  """Everything a run needs, built from (config, workdir): usable from Python and tests.
-
-  Attributes: config, workdir, mesh, method, train_ds (grain MapDataset), tx, lr_schedule,
-  abstract_state, state_sharding, init_fn (jitted), step_fn (jitted), checkpointer.
+  Attributes beyond Experiment's: train_source, train_ds (grain MapDataset) or train_input
+  (pipeline.IterableInput), step_fn (jitted).
   """
 
   def __init__(self, config, workdir: str, mesh=None, train_data=None):
-    self.config = config
-    self.workdir = os.path.abspath(workdir)
-    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+    if '://' not in str(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
       raise ValueError(f'--workdir={workdir} exists and is not a directory')
-    ckpt_lib.check_workdir(self.workdir)
-    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
-    config_lib.validate(config, num_devices=self.mesh.size)
-    self.method = methods.build_method(config)
-    if config.eval.get('online_linear', False):  # BYOL's stop-gradient linear head (eval/online.py)
-      self.method = online_lib.OnlineLinear(self.method, config)
-
-    # -- input ----------------------------------------------------------------------------------
+    ckpt_lib.check_workdir(str(workdir))
+    super().__init__(config, workdir, mesh)
     # ``train_data``: any iterable of numpy batches (see pipeline.IterableInput) replaces the
     # grain pipeline over config.data; evaluation still reads config.data.
     if train_data is None:
@@ -88,7 +66,6 @@ class Experiment:
           self.train_source, self.method.crop_specs(), global_batch=config.data.batch_size,
           seed=config.seed, process_index=jax.process_index(),
           process_count=jax.process_count())
-      local_sample = self.train_ds[0]
       self.train_input = None
     else:
       self.train_source = self.train_ds = None
@@ -96,26 +73,14 @@ class Experiment:
           train_data, self.method.crop_specs(),
           local_batch=config.data.batch_size // jax.process_count(), seed=config.seed,
           process_index=jax.process_index())
-      local_sample = self.train_input.peek()
+    check_batch_spec(self.train_ds[0] if train_data is None else self.train_input.peek(),
+                     self.method, config.data.batch_size // jax.process_count())
     if config.train.final_eval or config.train.knn_every:
       sources.check_eval_sources(config.data)  # a missing/unlabelled eval split stops here
-    sample = jax.tree_util.tree_map(
-        lambda x: np.zeros((config.data.batch_size,) + x.shape[1:], x.dtype), local_sample)
-
-    # -- method & optimizer ---------------------------------------------------------------------
-    self.tx, self.lr_schedule = self.method.build_optimizer(config.train.steps)
-    init = lambda rng: create_train_state(self.method, self.tx, rng, sample)
-    self.abstract_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    self.state_sharding = sharding.state_shardings(self.mesh, self.abstract_state,
-                                                  config.mesh)
-    self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
-    self.meta = ckpt_lib.run_metadata(config, self.abstract_state)
-
-    # -- compiled step ----------------------------------------------------------------------------
-    self.step_fn = jit_train_step(self.method, config, self.mesh, self.state_sharding,
-                                  self.lr_schedule)
-    self.feature_fn = features_lib.make_feature_fn(self.method, self.mesh)
-    self.checkpointer = None
+    self.step_fn = step_lib.jit_train_step(self.method, config, self.mesh, self.state_sharding,
+                                           self.lr_schedule)
+    self.resolved_config = experiment_lib.resolved_config(config, self.method)
+    self._config_saved = False
 
   def train_iterator(self):
     """The checkpointable (get_state/set_state) iterator of this process's training batches."""
@@ -124,42 +89,49 @@ class Experiment:
     return pipeline.make_iterator(self.train_ds, self.config.data.num_workers,
                                   self.config.data.prefetch)
 
-  # -- state --------------------------------------------------------------------------------------
-  def initial_state(self):
-    return self.init_fn(jax.random.PRNGKey(self.config.seed))
-
   def restore_or_init(self):
-    """(state, data_state or None): the latest checkpoint in the workdir, else a fresh state."""
-    self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints)
-    abstract = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
-        self.state_sharding)
-    # The newest readable checkpoint; corrupt ones are reported, moved aside and skipped.
-    restored = self.checkpointer.restore_latest(abstract, self.meta)
+    """(state, data_state or None): the latest checkpoint in the workdir, else a fresh state.
+    A resumed run's config is compared with the saved one first (workdir.check_resume)."""
+    self.open_checkpointer(read_only=False)
+    self._config_saved = False  # a new session writes config.json with its first checkpoint
+    if self.checkpointer.committed_steps():
+      workdir_lib.check_resume(workdir_lib.load_config(self.workdir), self.resolved_config,
+                               self.workdir)
+    restored = self.restore_latest()
     if restored is None:
       return self.initial_state(), None
-    latest, state, data_state = restored
-    logging.info('Resumed from %s at step %d', self.checkpointer.directory, latest)
+    state, data_state, _ = restored
     return state, data_state
 
   def save(self, state, iterator, force=False):
+    """Starts a checkpoint save; the first save of this trainer also writes WORKDIR/config.json."""
     step = int(jax.device_get(state.step))
     self.checkpointer.save(step, state, iterator.get_state(), self.meta, force=force)
+    if not self._config_saved and _is_main():
+      workdir_lib.save_config(self.workdir, self.resolved_config)
+    self._config_saved = True
 
-  # -- evaluation ----------------------------------------------------------------------------------
   def knn_eval(self, state) -> float:
-    """Weighted kNN top-1 of the current encoder: memory bank = eval_train_split, queries = eval_split."""
-    c = self.config
-    kw = dict(mesh=self.mesh, image_size=c.data.image_size, batch_size=c.eval.batch_size,
-              crop_frac=c.data.eval_crop_frac)
-    train_src = sources.get_source(c.data, c.data.eval_train_split)
-    test_src = sources.get_source(c.data, c.data.eval_split)
-    f_tr, y_tr = features_lib.extract_features(self.feature_fn, state.params, state.buffers,
-                                               train_src, **kw)
-    f_te, y_te = features_lib.extract_features(self.feature_fn, state.params, state.buffers,
-                                               test_src, **kw)
-    return knn.knn_top1(f_tr, y_tr, f_te, y_te, k=c.eval.knn_k,
-                        temperature=c.eval.knn_temperature, num_classes=train_src.num_classes)
+    """Weighted kNN top-1 of the current encoder (eval/knn.py: memory bank = eval_train_split,
+    queries = eval_split) at ``eval.knn_k``."""
+    scores, _ = knn.knn_eval(self.feature_fn, state.params, state.buffers, self.config,
+                             self.mesh)
+    return scores[self.config.eval.knn_k]
+
+
+def check_batch_spec(local_batch: dict, method, local_size: int):
+  """The state was shaped from ``pipeline.batch_spec`` (no data read); a real batch that differs
+  would recompile or fail inside the step, so it stops here naming the key."""
+  want = pipeline.batch_spec(method.crop_specs(), local_size)
+  got = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in local_batch.items()}
+  for key in sorted(set(want) | set(got)):
+    w = (tuple(want[key][0]), np.dtype(want[key][1])) if key in want else None
+    if got.get(key) != w:
+      raise ValueError(f'the training batch\'s {key!r} is {got.get(key)} (shape, dtype); the '
+                       f'method expects {w}: give uint8 NHWC views of the crop sizes')
+
+
+Experiment = Trainer  # the name tests and notebooks know; readers use experiment.Experiment
 
 
 def _progress(total, initial, enabled):
@@ -176,8 +148,32 @@ def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict
   ``train_data``: optionally any iterable of numpy batches (e.g. ``tfds.as_numpy`` of a tf.data
   pipeline) to train on instead of ``config.data`` (see ``pipeline.IterableInput``).
   """
-  exp = Experiment(config, workdir, mesh, train_data)
-  c = config
+  lock = take_workdir_lock(workdir)
+  try:
+    return _train_and_evaluate(Experiment(config, workdir, mesh, train_data), config)
+  finally:
+    lock.release()
+
+
+def take_workdir_lock(workdir) -> workdir_lib.WorkdirLock:
+  """The workdir's one-writer lock, taken by process 0; every process raises if it is held."""
+  if '://' not in str(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir} exists and is not a directory')
+  ckpt_lib.check_workdir(str(workdir))  # a clear message for an unwritable workdir, first
+  lock = workdir_lib.WorkdirLock(workdir, is_writer=_is_main())
+  error = None
+  try:
+    lock.acquire()
+  except workdir_lib.WorkdirLockedError as e:
+    error = e
+  if preemption.any_process(error is not None):
+    raise error or workdir_lib.WorkdirLockedError(
+        f'{workdir} is in use by another trainer (see process 0\'s error)')
+  return lock
+
+
+def _train_and_evaluate(exp: Trainer, c) -> dict:
+  """train_and_evaluate once the workdir is held."""
   state, data_state = exp.restore_or_init()
   iterator = exp.train_iterator()
   if data_state is not None:
@@ -203,8 +199,9 @@ def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict
       exp.checkpointer.wait()
       raise NonFiniteError(
           f'non-finite loss or gradient at step {bad[0]} (update skipped; nan_policy=stop); last '
-          f'good checkpoint: {exp.checkpointer.last_good()}. Lower optim.lr, enable '
-          'optim.clip_grad_norm or set train.nan_policy=skip, then rerun the same command.')
+          f'good checkpoint: {exp.checkpointer.last_good()}. Lower optim.lr or enable '
+          'optim.clip_grad_norm (with --config.train.allow_config_change=True), or set '
+          'train.nan_policy=skip, then rerun the same command.')
     skipped = int(jax.device_get(state.skipped))
     if skipped > skipped_seen:
       logging.warning('%d update(s) skipped because of a non-finite loss or gradient (%d in '

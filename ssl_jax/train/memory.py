@@ -19,13 +19,12 @@ from XLA:TPU/GPU, so leave a margin (~20%).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import config as config_lib
-from ssl_jax import methods
-from ssl_jax.eval import online as online_lib
-from ssl_jax.train import sharding
+from ssl_jax.data import pipeline
+from ssl_jax.train import experiment, sharding
+from ssl_jax.train import step as step_lib
 
 GIB = 2.0 ** 30
 
@@ -33,13 +32,11 @@ GIB = 2.0 ** 30
 def abstract_batch(config, method, mesh) -> dict:
   """The global training batch as sharded ShapeDtypeStructs: one uint8 image array per crop of
   the method, plus int32 labels and example indices (what the input pipeline delivers)."""
-  b = config.data.batch_size
   s = sharding.batch_sharding(mesh)
-  batch = {spec.name: jax.ShapeDtypeStruct((b, spec.size, spec.size, 3), jnp.uint8, sharding=s)
-           for spec in method.crop_specs()}
-  batch['label'] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=s)
-  batch['index'] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=s)
-  return batch
+  spec = pipeline.batch_spec(method.crop_specs(), config.data.batch_size)
+  # On device a numpy int64 becomes int32 unless jax_enable_x64: the dtype the step really gets.
+  return {k: jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype), sharding=s)
+          for k, (shape, dtype) in spec.items()}
 
 
 def _bytes_per_device(abstract_tree, shardings) -> int:
@@ -52,22 +49,19 @@ def _bytes_per_device(abstract_tree, shardings) -> int:
 
 def memory_report(config, mesh=None) -> dict:
   """Compiles ``config``'s train step for ``mesh`` on abstract inputs; returns per-device bytes."""
-  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
   mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
   config_lib.validate(config, num_devices=mesh.size)
-  method = methods.build_method(config)
-  if config.eval.get('online_linear', False):
-    method = online_lib.OnlineLinear(method, config)
+  method = experiment.build_method(config)
   tx, schedule = method.build_optimizer(config.train.steps)
   batch = abstract_batch(config, method, mesh)
   abstract_state = jax.eval_shape(
-      lambda rng, sample: loop.create_train_state(method, tx, rng, sample),
+      lambda rng, sample: experiment.create_train_state(method, tx, rng, sample),
       jax.random.PRNGKey(config.seed), batch)
   state_sharding = sharding.state_shardings(mesh, abstract_state, config.mesh)
   state_in = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
       state_sharding)
-  step = loop.jit_train_step(method, config, mesh, state_sharding, schedule)
+  step = step_lib.jit_train_step(method, config, mesh, state_sharding, schedule)
   compiled = step.lower(state_in, batch).compile()
   stats = compiled.memory_analysis()
   report = {

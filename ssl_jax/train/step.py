@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssl_jax.train import sharding
+
 
 def _all_finite(tree):
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
@@ -92,3 +94,12 @@ def make_train_step(method, seed: int, lr_schedule=None, accum_steps: int = 1):
     return new_state, metrics
 
   return train_step
+
+
+def jit_train_step(method, config, mesh, state_sharding, lr_schedule=None):
+  """The method's generic train step, jitted over ``mesh``: state in ``state_sharding`` (donated),
+  batch split over the data axes, metrics replicated."""
+  train_step = make_train_step(method, config.seed, lr_schedule,
+                               accum_steps=config.optim.get('grad_accum_steps', 1))
+  return jax.jit(train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))

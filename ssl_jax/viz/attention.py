@@ -104,22 +104,21 @@ def load_images(paths, size: int) -> tuple[np.ndarray, list[str]]:
 def main(argv):
   del argv
   from ssl_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from ssl_jax.train import experiment  # pylint: disable=g-import-not-at-top
+  from ssl_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   if _WORKDIR.value is None or _OUT.value is None:
     raise app.UsageError('--workdir and --out are required')
+  try:   # the run's saved config and latest checkpoint, read-only
+    exp = experiment.Experiment.for_reading(config, _WORKDIR.value)
+    state = exp.restore_for_reading()
+  except workdir_lib.NoCheckpointError as e:
+    if not _ALLOW_INIT.value:
+      raise app.UsageError(f'{e} (or pass --allow_init to visualise a random-init encoder)')
+    exp = experiment.Experiment(config, _WORKDIR.value)
+    state = exp.initial_state()
+  config = exp.config
   size = _SIZE.value or config.data.image_size
-  exp = loop.Experiment(config, _WORKDIR.value)
-  if exp.checkpointer is None:
-    from ssl_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    probe = ckpt_lib.Checkpointer(exp.workdir, keep=1)
-    has_ckpt = probe.latest_step() is not None
-    probe.close()
-    if not has_ckpt and not _ALLOW_INIT.value:
-      raise app.UsageError(f'no checkpoint in {exp.workdir}/checkpoints (pass --allow_init to '
-                           'visualise a random-init encoder)')
-  state, _ = exp.restore_or_init()
-  exp.checkpointer.close()
   if _IMAGES.value:
     images, names = load_images(_IMAGES.value, size)
   else:

@@ -49,17 +49,13 @@ def reconstruction_grid(config, workdir: str, num_images: int = 8, seed: int = 0
   """The uint8 grid (originals / masked / reconstructions) of the latest checkpoint in workdir."""
   import jax  # pylint: disable=g-import-not-at-top
   from ssl_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
-  exp = loop.Experiment(config, workdir)
+  from ssl_jax.train import experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.Experiment.for_reading(config, workdir)   # its saved config, read-only
+  config = exp.config
   if not hasattr(exp.method, 'reconstruct'):
     raise ValueError(f'method {config.method.name!r} has no reconstruct(); use mae, simmim, '
                      'multimae or vqvae')
-  ckpt_dir = os.path.join(exp.workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
-    raise FileNotFoundError(f'--workdir={workdir} has no checkpoint; pretrain first with '
-                            f'python -m ssl_jax.main --config=... --workdir={workdir}')
-  state, _ = exp.restore_or_init()
-  exp.checkpointer.close()
+  state = exp.restore_for_reading()
   source = sources.get_source(config.data, config.data.eval_split)
   idx = np.linspace(0, len(source) - 1, num_images).round().astype(int)  # spread over classes
   images = np.stack([pipeline.center_view(source[int(i)]['image'], config.data.image_size,

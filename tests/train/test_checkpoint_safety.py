@@ -60,11 +60,11 @@ def exp(tmp_path_factory):
     method.loss = nan_at_steps
     return method
 
-  loop.methods.build_method = build_nan_method
+  methods.build_method = build_nan_method
   try:
     e = loop.Experiment(tiny_config(), str(tmp_path_factory.mktemp('exp')), helpers.mesh(1))
   finally:
-    loop.methods.build_method = real_build
+    methods.build_method = real_build
   return e
 
 
