@@ -100,13 +100,19 @@ def run_eval(config, workdir: str) -> dict:
   """kNN at every k of ``config.eval.knn_ks`` and the linear probe of the latest checkpoint in
   ``workdir`` (see ssl_jax/eval/run.py); writes ``workdir/eval.json``."""
   from ssl_jax.eval import run  # pylint: disable=g-import-not-at-top
-  return run.evaluate(config, workdir)
+  return run.evaluate(config, workdir, overrides=config_overrides(sys.argv))
 
 
 def run_export(config, workdir: str) -> dict:
   """The latest checkpoint's encoder to ``workdir/export`` (see ssl_jax/export/run.py)."""
   from ssl_jax.export import run  # pylint: disable=g-import-not-at-top
-  return run.export(config, workdir)
+  return run.export(config, workdir, overrides=config_overrides(sys.argv))
+
+
+def config_overrides(argv) -> tuple[str, ...]:
+  """The dotted fields given as ``--config.FIELD[=value]``: eval and export take the run's saved
+  config and only these from the command line (train/workdir.py, reader_config)."""
+  return tuple(a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.'))
 
 
 def _parse_flags(argv):

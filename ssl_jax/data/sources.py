@@ -34,6 +34,8 @@ Grey images are replicated to 3 channels so every backbone sees RGB.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 
 import numpy as np
 from absl import logging
@@ -266,6 +268,23 @@ def get_source(data_cfg, split: str):
   if get('image_size', 0):
     check_crop_fits(source, get('image_size', 0), get('max_upscale', 2.0))
   return source
+
+
+def fingerprint(source) -> dict:
+  """A cheap identity of a source's record list, which fixes the resumed data order: its size
+  and a SHA-256 of its labels and, for folders, of the file names relative to the root (the
+  listing is already cached; file contents are not read, so an edited image in place is not
+  seen). The trainer records it with the first checkpoint and refuses a resume when it changed.
+  """
+  inner = getattr(source, 'source', source)   # RobustSource wraps the real source
+  h = hashlib.sha256()
+  labels = getattr(inner, 'labels', None)
+  if labels is not None:
+    h.update(np.ascontiguousarray(labels, np.int64).tobytes())
+  root = getattr(inner, 'root', None)
+  for path in getattr(inner, 'paths', ()):
+    h.update(os.path.relpath(path, root).encode() + b'\n')
+  return {'num_records': len(inner), 'sha256': h.hexdigest()}
 
 
 def check_eval_sources(data_cfg):

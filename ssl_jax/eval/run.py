@@ -10,9 +10,10 @@
 4. fine-tuning (``eval.finetune_steps > 0``; eval/finetune.py);
 5. a t-SNE / UMAP PNG of the test embeddings coloured by label (``eval.plot``).
 
-The trained model's config (method, model, data, optimizer, seed) is read from
-``DIR/config.json``, so training overrides need not be repeated; the command line's ``eval.*``,
-``export.*``, ``mesh.*`` and evaluation-split fields apply (``train/workdir.py``, FIELD_RULES).
+The run's config is read from ``DIR/config.json``, so training overrides need not be repeated;
+``--config.*`` overrides of eval-side fields (``eval.*``, ``export.*``, ``mesh.*``, the
+evaluation splits: the 'harmless' fields of FIELD_RULES in ``train/workdir.py``) apply, others
+are ignored with a warning.
 A workdir without a checkpoint is an error; checkpoints are opened read-only.
 
 Results go to ``DIR/eval.json`` and TensorBoard (``DIR/tensorboard``, tags ``eval/*`` at the
@@ -32,14 +33,16 @@ from ssl_jax.eval import knn, linear
 from ssl_jax.train import experiment as experiment_lib
 
 
-def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True) -> dict:
+def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True,
+             overrides=None) -> dict:
   """Runs the protocols above on the latest checkpoint in ``workdir``; returns and writes the
-  results. The trained model's config comes from ``WORKDIR/config.json`` (the command line's
-  eval/export/mesh settings apply: workdir.reader_config); checkpoints are opened read-only, so
+  results. The run's config comes from ``WORKDIR/config.json`` with ``config``'s eval-side
+  fields (those named in ``overrides``, or all when it is None: workdir.reader_config);
+  checkpoints are opened read-only, so
   a live trainer in the same workdir is undisturbed. A workdir without a checkpoint is an error
   (``require_checkpoint`` is kept for callers; there is no random-init evaluation any more)."""
   del require_checkpoint
-  exp = experiment_lib.Experiment.for_reading(config, workdir, mesh)
+  exp = experiment_lib.Experiment.for_reading(config, workdir, mesh, overrides)
   c = exp.config
   state = exp.restore_for_reading()
   step = int(jax.device_get(state.step))

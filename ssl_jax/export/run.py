@@ -24,11 +24,12 @@ from ssl_jax.export import timm as timm_lib
 from ssl_jax.train import experiment as experiment_lib
 
 
-def export(config, workdir: str, mesh=None) -> dict:
+def export(config, workdir: str, mesh=None, *, overrides=None) -> dict:
   """Exports the latest checkpoint's encoder; a workdir without a checkpoint is an error. The
-  trained model's config comes from ``WORKDIR/config.json`` (``export.*`` from ``config``);
-  checkpoints are opened read-only."""
-  exp = experiment_lib.Experiment.for_reading(config, workdir, mesh)
+  run's config comes from ``WORKDIR/config.json`` with ``config``'s eval-side fields (those
+  named in ``overrides``, or all when it is None: workdir.reader_config); checkpoints are opened
+  read-only."""
+  exp = experiment_lib.Experiment.for_reading(config, workdir, mesh, overrides)
   config = exp.config
   state = exp.restore_for_reading()
   out_dir = config.get('export', {}).get('dir', '') or os.path.join(exp.workdir, 'export')

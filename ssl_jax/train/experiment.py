@@ -93,12 +93,12 @@ class Experiment:
     self.checkpointer = None
 
   @classmethod
-  def for_reading(cls, config, workdir, mesh=None) -> 'Experiment':
+  def for_reading(cls, config, workdir, mesh=None, overrides=None) -> 'Experiment':
     """The run of ``workdir`` for eval/export/viz: its saved config for everything that defines
-    the trained model, ``config`` (the command line) for eval/export/mesh settings
-    (workdir.reader_config). Raises NoCheckpointError when there is no checkpoint to read."""
+    the trained model, ``config``'s eval/export/mesh settings (all of them, or those named in
+    ``overrides``: workdir.reader_config). NoCheckpointError when there is no checkpoint."""
     check_has_checkpoint(workdir)
-    return cls(workdir_lib.reader_config(config, workdir), workdir, mesh)
+    return cls(workdir_lib.reader_config(config, workdir, overrides), workdir, mesh)
 
   # -- state --------------------------------------------------------------------------------------
   def initial_state(self):

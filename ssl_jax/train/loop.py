@@ -80,6 +80,8 @@ class Trainer(experiment_lib.Experiment):
     self.step_fn = step_lib.jit_train_step(self.method, config, self.mesh, self.state_sharding,
                                            self.lr_schedule)
     self.resolved_config = experiment_lib.resolved_config(config, self.method)
+    self.data_fingerprint = (sources.fingerprint(self.train_source)
+                             if self.train_source is not None else None)
     self._config_saved = False
 
   def train_iterator(self):
@@ -97,6 +99,8 @@ class Trainer(experiment_lib.Experiment):
     if self.checkpointer.committed_steps():
       workdir_lib.check_resume(workdir_lib.load_config(self.workdir), self.resolved_config,
                                self.workdir)
+      workdir_lib.check_data_fingerprint(self.workdir, self.data_fingerprint,
+                                         self.config.train.get('allow_config_change', False))
     restored = self.restore_latest()
     if restored is None:
       return self.initial_state(), None
@@ -104,11 +108,12 @@ class Trainer(experiment_lib.Experiment):
     return state, data_state
 
   def save(self, state, iterator, force=False):
-    """Starts a checkpoint save; the first save of this trainer also writes WORKDIR/config.json."""
+    """Starts a checkpoint save; the first save of a session also writes WORKDIR/config.json
+    and the training source's fingerprint (workdir.save_config)."""
     step = int(jax.device_get(state.step))
     self.checkpointer.save(step, state, iterator.get_state(), self.meta, force=force)
     if not self._config_saved and _is_main():
-      workdir_lib.save_config(self.workdir, self.resolved_config)
+      workdir_lib.save_config(self.workdir, self.resolved_config, self.data_fingerprint)
     self._config_saved = True
 
   def knn_eval(self, state) -> float:

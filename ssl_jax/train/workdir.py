@@ -7,6 +7,8 @@
   checkpoint of every trainer session. On resume the differences are printed and the ones that
   change the trajectory stop the run (``FIELD_RULES`` below, the one place that decides);
   ``--mode=eval`` / ``--mode=export`` take the trained model's fields from it.
+* ``WORKDIR/data_fingerprint.json``: size and hash of the training source's record list
+  (``sources.fingerprint``), written with it; a resume on changed data stops.
 
 Limits of the lock. Locally it is created with ``O_CREAT | O_EXCL`` (atomic). On object stores
 (``gs://``) there is no exclusive create through ``etils.epath``: the lock is checked, then
@@ -29,6 +31,7 @@ import ml_collections
 
 LOCK_NAME = 'trainer.lock'
 CONFIG_NAME = 'config.json'
+DATA_NAME = 'data_fingerprint.json'
 
 
 class WorkdirLockedError(RuntimeError):
@@ -230,18 +233,41 @@ def _atomic_write_text(path: epath.Path, text: str):
   tmp.rename(path)
 
 
-def save_config(workdir, config):
-  """Writes the resolved ``config`` to ``WORKDIR/config.json`` atomically (process 0 only)."""
+def save_config(workdir, config, data_fingerprint: dict | None = None):
+  """Writes the resolved ``config`` to ``WORKDIR/config.json`` (and the training source's
+  fingerprint to ``WORKDIR/data_fingerprint.json``) atomically; the caller is process 0."""
   _atomic_write_text(as_path(workdir) / CONFIG_NAME,
                      json.dumps(_plain(config), indent=1, sort_keys=True))
+  if data_fingerprint is not None:
+    _atomic_write_text(as_path(workdir) / DATA_NAME, json.dumps(data_fingerprint, indent=1))
+
+
+def _load_json(workdir, name) -> dict | None:
+  path = as_path(workdir) / name
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())
 
 
 def load_config(workdir) -> dict | None:
   """The saved config of ``workdir`` as a nested dict, or None when there is none."""
-  path = as_path(workdir) / CONFIG_NAME
-  if not path.exists():
-    return None
-  return json.loads(path.read_text())
+  return _load_json(workdir, CONFIG_NAME)
+
+
+def check_data_fingerprint(workdir, current: dict | None, allow: bool):
+  """Refuses (ConfigChangeError) to resume when the training source's record list differs
+  from the one recorded with the first checkpoint: the resumed data order would silently
+  change. ``allow`` (train.allow_config_change) turns the stop into a warning."""
+  saved = _load_json(workdir, DATA_NAME)
+  if saved is None or current is None or saved == current:
+    return
+  msg = (f'the training data of {workdir} changed since its checkpoints were written '
+         f'({saved["num_records"]} -> {current["num_records"]} records, file list / labels '
+         f'{"same" if saved.get("sha256") == current.get("sha256") else "differ"})')
+  if not allow:
+    raise ConfigChangeError(f'{msg}: the resumed data order would differ. Restore the data, use '
+                            'a new --workdir, or pass --config.train.allow_config_change=True')
+  logging.warning('%s; continuing (train.allow_config_change).', msg)
 
 
 def check_resume(saved: dict | None, current, workdir) -> list[str]:
@@ -273,11 +299,18 @@ def _tupled(value):
   return value
 
 
-def reader_config(current, workdir):
-  """The config that eval/export/viz use on ``workdir``: its saved config for every 'run'
-  field (so training overrides need not be repeated), the command line's ``current`` for the
-  'harmless' ones (eval.*, export.*, mesh.*...). Without a saved config (a run made before
-  config.json existed), ``current`` with a warning."""
+def overridden(name: str, overrides) -> bool:
+  """Whether field ``name`` is (inside) one of the dotted ``overrides``."""
+  return any(name == o or name.startswith(o + '.') for o in overrides)
+
+
+def reader_config(current, workdir, overrides=None):
+  """The config that eval/export/viz use on ``workdir``: the saved one, so training overrides
+  need not be repeated, with the 'harmless' fields (eval.*, export.*, mesh.*, evaluation
+  splits...) taken from ``current``: all of them when ``overrides`` is None (a Python caller's
+  config), else only those named in ``overrides`` (the ``--config.*`` fields given on the
+  command line). 'run' fields of ``current`` that differ are ignored with a warning. Without a
+  saved config (a run made before config.json existed), ``current`` with a warning."""
   saved = load_config(workdir)
   if saved is None:
     logging.warning('%s has no %s (a run from an older version?); using the config given on the '
@@ -285,13 +318,14 @@ def reader_config(current, workdir):
     return current
   cur = flatten(current)
   ignored = [f'{k}: {a!r} (workdir) vs {b!r} (command line)' for k, a, b in
-             config_diff(saved, current) if field_kind(k) == 'run' and k in cur]
+             config_diff(saved, current) if field_kind(k) == 'run' and k in cur
+             and (overrides is None or overridden(k, overrides))]
   if ignored:
     logging.warning('Using the trained run\'s config from %s; these command-line values are '
                     'ignored:\n  %s', as_path(workdir) / CONFIG_NAME, '\n  '.join(ignored))
   out = ml_collections.ConfigDict(_tupled(saved))
   for key, value in cur.items():
-    if field_kind(key) == 'harmless':
+    if field_kind(key) == 'harmless' and (overrides is None or overridden(key, overrides)):
       _set(out, key, _tupled(value))
   return out
 

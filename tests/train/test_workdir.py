@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from configs import dino, simclr
-from ssl_jax import methods
-from ssl_jax.data import pipeline, sources
+from ssl_jax import main, methods
+from ssl_jax.data import folder, pipeline, sources
 from ssl_jax.eval import run as eval_run
 from ssl_jax.export import run as export_run
 from ssl_jax.train import checkpoint as ckpt_lib
@@ -110,6 +110,20 @@ def test_resume_check_refuses_trajectory_changes(tmp_path):
   assert len(workdir_lib.check_resume(saved, c, tmp_path)) == 4
 
 
+def test_reader_config_is_the_saved_run_plus_eval_side_overrides(tmp_path):
+  trained = helpers.tiny(simclr.get_config('builtin'))
+  trained.optim.lr, trained.data.eval_split, trained.eval.knn_k = 0.2, 'val', 5
+  workdir_lib.save_config(tmp_path, trained)
+  cli = helpers.tiny(simclr.get_config('builtin'))
+  cli.eval.knn_k, cli.optim.lr = 7, 1.0
+  r = workdir_lib.reader_config(cli, tmp_path, overrides=('eval.knn_k', 'optim.lr'))
+  assert (r.optim.lr, r.data.eval_split, r.eval.knn_k) == (0.2, 'val', 7)
+  r = workdir_lib.reader_config(cli, tmp_path)   # Python callers: every eval-side field of cli
+  assert (r.optim.lr, r.data.eval_split, r.eval.knn_k) == (0.2, 'test', 7)
+  assert r.data.crop_scale == trained.data.crop_scale and isinstance(r.mesh.shape, tuple)
+  assert workdir_lib.config_diff(trained, workdir_lib.reader_config(trained, tmp_path)) == []
+
+
 def test_batch_spec_matches_both_inputs():
   """The sample batch every mode shapes the state from equals what the pipeline delivers (DINO:
   global and local crops; label and index)."""
@@ -199,6 +213,21 @@ def test_resume_with_changed_config(folder_run):
   assert not os.path.exists(os.path.join(workdir, 'trainer.lock'))
 
 
+def test_resume_on_a_changed_file_list_is_refused(folder_run):
+  c, workdir, root = folder_run
+  assert json.load(open(os.path.join(workdir, 'data_fingerprint.json')))['num_records'] == 24
+  extra = root / 'train' / 'a' / 'extra.png'
+  shutil.copy(root / 'train' / 'a' / '0.png', extra)
+  folder.list_folder.cache_clear()   # a new process lists the folder again
+  try:
+    with pytest.raises(workdir_lib.ConfigChangeError, match='training data .* changed'):
+      loop.train_and_evaluate(c, workdir, helpers.mesh(1))
+  finally:
+    extra.unlink()
+    folder.list_folder.cache_clear()
+  assert loop.train_and_evaluate(c, workdir, helpers.mesh(1))['resumed_from_step'] == 2
+
+
 def test_a_second_trainer_is_refused_before_any_work(folder_run, tmp_path):
   c, workdir, _ = folder_run
   with workdir_lib.WorkdirLock(workdir):
@@ -216,13 +245,17 @@ def test_eval_and_export_use_the_saved_config_without_training_data(folder_run, 
   try:
     cli = helpers.tiny(simclr.get_config('builtin'), batch_size=8, steps=2)
     cli.eval.linear, cli.eval.plot, cli.eval.knn_ks = False, '', (3,)
-    result = eval_run.evaluate(cli, workdir, helpers.mesh(1))
+    overrides = main.config_overrides(['main.py', '--mode=eval', '--config.eval.linear=False',
+                                       '--config.eval.plot=', '--config.eval.knn_ks=(3,)',
+                                       '--config.optim.lr=1.0'])
+    assert overrides == ('eval.linear', 'eval.plot', 'eval.knn_ks', 'optim.lr')
+    result = eval_run.evaluate(cli, workdir, helpers.mesh(1), overrides=overrides)
     assert result['step'] == 2 and result['checkpoint']
     assert result['num_train'] == 16 and result['num_test'] == 12   # val/ and test/ of the folder
     assert set(k for k in result if k.startswith('knn_top1_k')) == {'knn_top1_k3',
                                                                    'knn_top1_k20'}
     assert 'linear_top1' not in result           # the command line's eval settings apply
-    out = export_run.export(cli, workdir, helpers.mesh(1))
+    out = export_run.export(cli, workdir, helpers.mesh(1), overrides=())
     assert out['step'] == 2 and os.path.isdir(out['encoder'])
   finally:
     shutil.move(str(moved), root / 'train')
