@@ -259,3 +259,27 @@ def test_eval_and_export_use_the_saved_config_without_training_data(folder_run, 
     assert out['step'] == 2 and os.path.isdir(out['encoder'])
   finally:
     shutil.move(str(moved), root / 'train')
+
+
+def test_readers_do_not_import_the_loop():
+  """Eval, export, viz, the memory check and the non-training benchmarks build on the restorable
+  run (train/experiment.py), never on the trainer (train/loop.py)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  top = pathlib.Path(__file__).resolve().parents[2]
+  files = [*(top / 'ssl_jax').glob('eval/*.py'), *(top / 'ssl_jax').glob('export/*.py'),
+           *(top / 'ssl_jax').glob('viz/*.py'), top / 'ssl_jax/train/memory.py',
+           top / 'ssl_jax/train/experiment.py',
+           # quality.py and anomaly.py pretrain through loop.train_and_evaluate on purpose.
+           *[p for p in (top / 'benchmarks').glob('*.py')
+             if p.name not in ('quality.py', 'anomaly.py')]]
+  offenders = []
+  for path in files:
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom))
+               else [])
+      module = getattr(node, 'module', None) or ''
+      if 'ssl_jax.train.loop' in [module, *names] or (module == 'ssl_jax.train'
+                                                      and 'loop' in names):
+        offenders.append(str(path.relative_to(top)))
+  assert len(files) > 15 and not offenders, offenders
