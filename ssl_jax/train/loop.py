@@ -134,8 +134,12 @@ class Experiment:
     abstract = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
         self.state_sharding)
-    # The newest readable checkpoint; corrupt ones are reported, moved aside and skipped.
-    restored = self.checkpointer.restore_latest(abstract, self.meta)
+    # The newest readable checkpoint; corrupt ones are reported, moved aside and skipped; one
+    # that does not fit this config stops the run unless train.warm_start (checkpoint.py).
+    restored = self.checkpointer.restore_latest(
+        abstract, self.meta,
+        warm_start=self.initial_state if self.config.train.get('warm_start', False) else None,
+        ignore_quarantined=self.config.train.get('ignore_quarantined', False))
     if restored is None:
       return self.initial_state(), None
     latest, state, data_state = restored
