@@ -195,10 +195,12 @@ def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict
   watcher = preemption.PreemptionWatcher(sync_every=c.train.get('preemption_sync_every', 10))
   watcher.__enter__()
   preempted_at, unchecked, skipped_seen = None, [], int(jax.device_get(state.skipped))
+  streak = []  # the steps of the current run of consecutive skipped updates (counted on the host)
 
   def check_nonfinite():
-    """Under nan_policy='stop', raises at the first skipped step since the last check (the
-    per-step flags are fetched only here, so there is no extra host sync per step)."""
+    """Under nan_policy='stop', raises at the first skipped step since the last check; under
+    'skip', once train.max_consecutive_skips updates in a row were skipped (the per-step flags
+    are fetched only here, so there is no extra host sync per step)."""
     nonlocal skipped_seen
     flags = [(s, int(v)) for s, v in jax.device_get(unchecked)]
     unchecked.clear()
@@ -209,6 +211,16 @@ def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict
           f'non-finite loss or gradient at step {bad[0]} (update skipped; nan_policy=stop); last '
           f'good checkpoint: {exp.checkpointer.last_good()}. Lower optim.lr, enable '
           'optim.clip_grad_norm or set train.nan_policy=skip, then rerun the same command.')
+    limit = c.train.get('max_consecutive_skips', 0)
+    for s, v in flags:
+      streak[:] = streak + [s] if v else []
+      if limit and len(streak) >= limit:
+        exp.checkpointer.wait()
+        raise NonFiniteError(
+            f'{len(streak)} consecutive updates skipped (steps {streak[0]}-{s}) because of a '
+            f'non-finite loss or gradient (nan_policy=skip, train.max_consecutive_skips={limit}); '
+            f'the run is not learning. Last good checkpoint: {exp.checkpointer.last_good()}. Lower '
+            'optim.lr or enable optim.clip_grad_norm, then rerun the same command.')
     skipped = int(jax.device_get(state.skipped))
     if skipped > skipped_seen:
       logging.warning('%d update(s) skipped because of a non-finite loss or gradient (%d in '

@@ -213,7 +213,8 @@ def test_disk_full_during_save_is_reported_and_older_checkpoints_stay(exp, refer
 def test_nonfinite_steps_are_skipped_and_counted(exp, reference, tmp_path, monkeypatch, caplog):
   run = copy_run(reference, tmp_path)
   with caplog.at_level('WARNING'):
-    summary = train(exp, run, monkeypatch, steps=8, nan_policy='skip', log_every=4)
+    summary = train(exp, run, monkeypatch, steps=8, nan_policy='skip', log_every=4,
+                    max_consecutive_skips=3)
   assert summary['skipped_updates'] == len(NAN_STEPS)
   assert np.isfinite(summary['final_loss'])
   assert any('2 update(s) skipped' in r.getMessage() for r in caplog.records)
@@ -334,3 +335,14 @@ def test_quarantined_run_is_not_silently_restarted(exp, reference, tmp_path):
     assert int(restore(exp, run).step) == 0
   finally:
     exp.config.train.ignore_quarantined = False
+
+
+def test_skip_policy_stops_after_consecutive_skips(exp, reference, tmp_path, monkeypatch):
+  run = copy_run(reference, tmp_path)
+  # Steps 5 and 6 are skipped; the check at the step-6 checkpoint sees two in a row.
+  with pytest.raises(loop.NonFiniteError) as e:
+    train(exp, run, monkeypatch, steps=8, nan_policy='skip', log_every=4, max_consecutive_skips=2)
+  msg = str(e.value)
+  assert '2 consecutive updates skipped (steps 5-6)' in msg, msg
+  assert f'Last good checkpoint: step 4 in {run}' in msg, msg
+  assert ckpt_lib.Checkpointer(str(run)).committed_steps() == [2, 4]
