@@ -86,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.knn_every = 0          # online kNN every N steps (0: off)
   c.train.nan_policy = 'skip'    # 'skip' the update and count it | 'stop' the run
+  c.train.max_consecutive_skips = 20  # 'skip': stop after this many skips in a row (0: never)
+  # Resuming a checkpoint that does not fit the config (e.g. optim.* changed) stops the run;
+  # True loads its params (+ buffers whose shapes agree) and step into a fresh optimizer state.
+  c.train.warm_start = False
+  c.train.ignore_quarantined = False  # start at step 0 although checkpoints_corrupt/ holds the run
   c.train.preemption_sync_every = 10  # multi-process: agree on a SIGTERM stop every N steps
   c.train.progress_bar = True
   c.train.final_eval = True      # kNN of the trained and of a random-init encoder at the end

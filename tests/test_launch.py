@@ -1,6 +1,10 @@
 """Smoke tests of the launch scripts' --dry-run (what CI can check without a cluster)."""
 import os
+import signal
 import subprocess
+import time
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMD = ['python', '-m', 'ssl_jax.main', '--config=configs/simclr.py:imagenet', '--workdir=gs://b/r']
@@ -39,6 +43,51 @@ def test_slurm_dry_run():
   lines = run('launch/slurm.sbatch', '--dry-run', *CMD)
   assert lines[0].startswith('srun ') and '--gpus-per-task=1' in lines[0]
   assert 'ssl_jax.main' in lines[0]
+  assert lines[1] == '# on exit status 143: scontrol requeue $SLURM_JOB_ID'
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+echo "srun $*" >> "$LOG"
+if [[ "$FAKE" == term ]]; then trap 'echo got-TERM >> "$LOG"; exit 143' TERM; sleep 60 & wait; fi
+exit "$FAKE_RC"
+"""
+
+
+def _slurm_env(tmp_path, **env):
+  """PATH with fake srun/scontrol that log their arguments to tmp_path/log."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir(exist_ok=True)
+  (bin_dir / 'srun').write_text(FAKE_SRUN)
+  (bin_dir / 'scontrol').write_text('#!/usr/bin/env bash\necho "scontrol $*" >> "$LOG"\n')
+  for f in bin_dir.iterdir():
+    f.chmod(0o755)
+  return {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'LOG': str(tmp_path / 'log'),
+          'SLURM_JOB_ID': '4242', 'FAKE_RC': '0', 'FAKE': '', **env}
+
+
+@pytest.mark.parametrize('rc,requeued', [(0, False), (1, False), (143, True)])
+def test_slurm_requeues_after_a_signal_triggered_stop(tmp_path, rc, requeued):
+  env = _slurm_env(tmp_path, FAKE_RC=str(rc))
+  p = subprocess.run(['bash', 'launch/slurm.sbatch', *CMD], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=60)
+  log = (tmp_path / 'log').read_text().splitlines()
+  assert p.returncode == rc and log[0].startswith('srun ') and 'ssl_jax.main' in log[0]
+  assert ('scontrol requeue 4242' in log) == requeued, log
+
+
+def test_slurm_passes_the_signal_on_and_requeues(tmp_path):
+  # Slurm's --signal=B:TERM signals the batch shell; srun must get it, and its 143 requeues.
+  p = subprocess.Popen(['bash', 'launch/slurm.sbatch', *CMD], cwd=ROOT,
+                       env=_slurm_env(tmp_path, FAKE='term'), stderr=subprocess.PIPE, text=True)
+  log = tmp_path / 'log'
+  for _ in range(200):
+    if log.exists() and log.read_text().startswith('srun '):
+      break
+    time.sleep(0.05)
+  time.sleep(0.2)
+  p.send_signal(signal.SIGTERM)
+  assert p.wait(timeout=60) == 143, p.stderr.read()
+  assert log.read_text().splitlines()[1:] == ['got-TERM', 'scontrol requeue 4242']
 
 
 def test_hugepage_env_adds_the_malloc_tunable_once():

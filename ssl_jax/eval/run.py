@@ -22,15 +22,33 @@ checkpoint's step). Accuracies are fractions in [0, 1].
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
 import jax
+import numpy as np
 from absl import logging
 
 from ssl_jax.eval import embedding_plot, finetune as finetune_lib
 from ssl_jax.eval import knn, linear
 from ssl_jax.train import experiment as experiment_lib
+
+
+class NonFiniteMetricError(ValueError):
+  """An evaluation produced NaN/Inf: a broken encoder or probe, not a number for a table."""
+
+
+def check_finite(result: dict, where: str) -> dict:
+  """``result`` unchanged if every number in it is finite; else NonFiniteMetricError naming them."""
+  bad = [k for k, v in result.items()
+         if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)]
+  if bad:
+    raise NonFiniteMetricError(
+        f'evaluation of {where} gave non-finite {", ".join(f"{k}={result[k]}" for k in bad)}; '
+        'nothing was written. Check the checkpoint (train.nan_policy, skipped_updates in '
+        'summary.json) and the eval.* settings of that protocol (e.g. eval.linear_lr).')
+  return result
 
 
 def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True,
@@ -53,6 +71,12 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
   ks = sorted(set(tuple(c.eval.get('knn_ks', ())) + (c.eval.knn_k,)))
   scores, feats = knn.knn_eval(exp.feature_fn, state.params, state.buffers, c, exp.mesh, ks)
   f_tr, y_tr, f_te, y_te, nc, train_src, test_src = feats
+  for split, f in ((c.data.eval_train_split, f_tr), (c.data.eval_split, f_te)):
+    if not np.all(np.isfinite(f)):  # kNN would still print an accuracy for NaN features
+      raise NonFiniteMetricError(
+          f'the encoder of {exp.workdir} at step {step} gives non-finite features on '
+          f'{split!r}: kNN, linear probe and fine-tuning would be meaningless. Check the '
+          'checkpoint (train.nan_policy, skipped_updates in summary.json).')
   result['feature_dim'] = int(f_tr.shape[1])
   result['num_train'], result['num_test'] = int(len(y_tr)), int(len(y_te))
   for k in ks:
@@ -88,6 +112,7 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
     except ImportError as e:   # matplotlib / scikit-learn missing: the numbers still count
       logging.warning('embedding plot skipped: %s', e)
   result['eval_seconds'] = time.perf_counter() - t0
+  check_finite(result, f'{exp.workdir} at step {step}')
 
   if is_main:
     with open(os.path.join(exp.workdir, 'eval.json'), 'w') as f:

@@ -95,12 +95,34 @@ def import_vit(checkpoint: dict, layout: str = 'auto', num_heads: int | None = N
   return model, timm_export.from_timm_state_dict(model, sd)
 
 
+class UnsafeCheckpointError(ValueError):
+  """A ``.pth`` file holds more than tensors and plain containers (a pickle that could run code)."""
+
+
+def load_torch_file(path: str) -> dict:
+  """The state dict in a ``.pth`` file, unpickled with ``torch.load(weights_only=True)``.
+
+  A downloaded ``.pth`` is a pickle, and unpickling runs any callable it names (``__reduce__``);
+  ``weights_only`` allows only tensors, numbers, strings and containers, so a file that holds
+  anything else is refused before any of it runs.
+  """
+  import pickle  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise UnsafeCheckpointError(
+        f'{path} holds more than tensors (torch.load(weights_only=True) refused it: '
+        f'{str(e).splitlines()[0][:200]}); it was not loaded. Use a .safetensors file, or '
+        'convert it yourself in a sandbox if you trust its source.') from e
+
+
 def load_vit_checkpoint(path: str, layout: str = 'auto', num_heads: int | None = None):
-  """:func:`import_vit` of a ``.pth`` (needs torch) or ``.safetensors`` file."""
+  """:func:`import_vit` of a ``.safetensors`` (preferred: no code can hide in it) or ``.pth``
+  file (needs torch; loaded with :func:`load_torch_file`, tensors only)."""
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     checkpoint = load_file(path)
   else:
-    import torch  # pylint: disable=g-import-not-at-top
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    checkpoint = load_torch_file(path)
   return import_vit(checkpoint, layout, num_heads)

@@ -14,8 +14,15 @@ What is guaranteed (and tested in tests/train/test_checkpoint_safety.py):
   first; if it cannot be read (truncated/zero-byte files, bad JSON, missing items) or its
   fingerprint differs, it logs why, moves it aside to ``WORKDIR/checkpoints_corrupt/`` and falls
   back to the previous step.
-* A checkpoint written by a different model is refused with a message saying what differs
-  (method, backbone, parameter names/shapes) instead of a shape error deep inside Orbax.
+* A checkpoint written by a different model, or whose train-state tree differs from the config's
+  (optimizer layout after an optim.* change, shapes, dtypes; compared on Orbax's tree metadata, no
+  array is read), is refused with a message saying what differs, and nothing is moved: only proven
+  damage is quarantined. ``train.warm_start=True`` instead loads its parameters (and the buffers
+  whose shapes agree) into the new optimizer state.
+* Transient read errors (an OSError other than 'not found', HTTP 5xx/429 of a remote store) are
+  retried with backoff, then stop the run (``CheckpointIOError``) without moving anything.
+* A workdir whose checkpoints were all quarantined by an earlier run refuses to start again from
+  step 0 unless ``train.ignore_quarantined=True``.
 * A failed write (disk full, permissions) raises ``CheckpointSaveError`` naming the step, the cause
   and the steps that are still intact; older checkpoints are only deleted after a newer one has
   been committed, so they stay intact.
@@ -23,6 +30,7 @@ What is guaranteed (and tested in tests/train/test_checkpoint_safety.py):
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -33,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +62,22 @@ class CheckpointMismatchError(ValueError):
 
 class NonFiniteStateError(RuntimeError):
   """The state to be saved holds NaN or Inf; it is not written."""
+
+
+class CheckpointIOError(CheckpointError):
+  """Reading a checkpoint failed with an I/O error that may pass (network, quota, permissions):
+  retried, then raised; the checkpoint is not moved, since nothing shows it is damaged."""
+
+
+# Outcomes of one restore attempt, in the order in which processes agree on the worst one.
+_OUTCOMES = (None, CorruptCheckpointError, CheckpointMismatchError, CheckpointIOError)
+_FIELDS = {'params': 'the parameters (params)',
+           'opt_state': 'the optimizer state (opt_state: did optim.* change?)',
+           'buffers': 'the buffers (BatchNorm statistics, EMA teacher, queues...)'}
+# HTTP / gRPC statuses of a remote store (gs://) that a retry can fix.
+_TRANSIENT = re.compile(r'\b(UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b|'
+                        r'\b(HTTP|status|code)\D{0,12}(408|429|5\d\d)\b|'
+                        r'Connection (reset|refused|aborted)|timed out', re.I)
 
 
 def run_metadata(config, abstract_state) -> dict:
@@ -82,6 +107,107 @@ def describe_mismatch(saved: dict, current: dict) -> str | None:
       parts.append('shape differences: ' + ', '.join(f'{k} {a[k]} vs {b[k]}' for k in diff))
     return '; '.join(parts) or 'parameter shapes differ'
   return None
+
+
+def _leaf_name(path) -> str:
+  """'opt_state.0.mu.conv.kernel': a leaf's path as Orbax names it on disk (attribute, key and
+  index alike), so that a saved tree and a live one compare by name."""
+  parts = []
+  for k in path:
+    for attr in ('name', 'key', 'idx'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return '.'.join(parts)
+
+
+def tree_signature(tree) -> dict:
+  """{leaf name: (shape, dtype)} of a tree of arrays, ShapeDtypeStructs or Orbax metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))[0]
+  return {_leaf_name(p): (tuple(x.shape), str(np.dtype(x.dtype))) for p, x in leaves
+          if hasattr(x, 'shape')}
+
+
+def _examples(names, n=3) -> str:
+  return ', '.join(names[:n]) + (f' and {len(names) - n} more' if len(names) > n else '')
+
+
+def describe_tree_mismatch(saved: dict, current: dict) -> str | None:
+  """What differs between two ``tree_signature``s: entries on one side only, shapes, dtypes."""
+  only_saved = sorted(set(saved) - set(current))
+  only_here = sorted(set(current) - set(saved))
+  common = sorted(set(saved) & set(current))
+  shapes = [k for k in common if saved[k][0] != current[k][0]]
+  dtypes = [k for k in common if saved[k][0] == current[k][0] and saved[k][1] != current[k][1]]
+  if not (only_saved or only_here or shapes or dtypes):
+    return None
+  fields = sorted({k.split('.')[0] for k in only_saved + only_here + shapes + dtypes})
+  parts = []
+  if only_saved:
+    parts.append(f'{len(only_saved)} entries only in the checkpoint: {_examples(only_saved)}')
+  if only_here:
+    parts.append(f'{len(only_here)} entries only in this config: {_examples(only_here)}')
+  if shapes:
+    parts.append('shapes differ: ' + _examples(
+        [f'{k} {list(saved[k][0])} vs {list(current[k][0])}' for k in shapes]))
+  if dtypes:
+    parts.append('dtypes differ: ' + _examples(
+        [f'{k} {saved[k][1]} vs {current[k][1]}' for k in dtypes]))
+  return ('differs in ' + ', '.join(_FIELDS.get(f, f) for f in fields) + ': '
+          + '; '.join(parts))
+
+
+def _chain(err: BaseException):
+  """``err`` and everything in its cause/context chain or exception group."""
+  seen, todo = set(), [err]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    yield e
+    todo += [e.__cause__, e.__context__] + list(getattr(e, 'exceptions', ()))
+
+
+def is_transient(err: BaseException) -> bool:
+  """An I/O error a retry may fix: an OSError other than 'not found', or a retryable HTTP/gRPC
+  status of a remote store. Damaged content (parse errors, truncated arrays) is not."""
+  for e in _chain(err):
+    if isinstance(e, OSError) and not isinstance(
+        e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+      return True
+    if _TRANSIENT.search(str(e)):
+      return True
+  return False
+
+
+@contextlib.contextmanager
+def _classified(where: str, what: str):
+  """Turns a failure while reading ``what`` of checkpoint ``where`` into a CheckpointIOError
+  (transient), CheckpointMismatchError (Orbax's tree-structure check) or CorruptCheckpointError."""
+  try:
+    yield
+  except (CheckpointError, CheckpointMismatchError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    text = f'{type(e).__name__}: {str(e)[:300]}'
+    if is_transient(e):
+      raise CheckpointIOError(f'reading {what} of checkpoint {where} failed: {text}') from e
+    if 'structures do not match' in str(e):
+      raise CheckpointMismatchError(
+          f'the checkpoint at {where} does not fit this config\'s train state ({text}); nothing '
+          'was moved. Either use a new --workdir, or rerun with --config.train.warm_start=True.'
+      ) from e
+    raise CorruptCheckpointError(f'{what} of checkpoint {where} is unreadable ({text})') from e
+
+
+def _max_over_processes(code: int) -> int:
+  """The largest ``code`` over all JAX processes (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return code
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.max(multihost_utils.process_allgather(np.asarray(code, np.int32))))
 
 
 # -- fingerprints & finiteness -------------------------------------------------------------------
@@ -172,6 +298,9 @@ def check_workdir(workdir: str) -> str:
 
 class Checkpointer:
   """A thin wrapper over ``ocp.CheckpointManager`` (async, keep-last-N) with the guarantees above."""
+
+  retries = 3       # transient read errors: attempts after the first, waiting backoff_s * 2**i
+  backoff_s = 2.0
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
@@ -276,50 +405,166 @@ class Checkpointer:
         logging.error('closing the checkpoint manager failed: %s', e)
 
   # -- restore -------------------------------------------------------------------------------------
+  def _read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def saved_tree(self, step: int) -> dict:
+    """{leaf name: (shape, dtype)} of the train state saved at ``step``, read from Orbax's tree
+    metadata (no array is read)."""
+    path = epath.Path(self.directory) / str(step) / 'state'
+    return tree_signature(ocp.StandardCheckpointHandler().metadata(path).tree)
+
   def restore(self, step: int, abstract_state, meta: dict):
-    """Restores (state, data_state) at ``step`` after checking ``meta`` matches and the state's
-    fingerprint matches the one recorded at save time."""
-    saved_meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    saved_meta = saved_meta['meta']
+    """Restores (state, data_state) at ``step``.
+
+    Raises CheckpointMismatchError if the checkpoint was written by another model or its state
+    tree (optimizer layout, shapes, dtypes) differs from ``abstract_state``; CheckpointIOError on
+    a transient I/O error; CorruptCheckpointError if it cannot be read although it matches, or
+    its contents differ from the fingerprint recorded at save time.
+    """
+    where = f'{self.directory}/{step}'
+    with _classified(where, 'its metadata'):
+      saved_meta = self._read_meta(step)
     reason = describe_mismatch(saved_meta, meta)
     if reason:
       raise CheckpointMismatchError(
-          f'the checkpoint at {self.directory}/{step} was written by a different model and cannot '
-          f'be resumed ({reason}). Use a new --workdir or the matching config.')
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+          f'the checkpoint at {where} was written by a different model and cannot be resumed '
+          f'({reason}). Use a new --workdir or the matching config.')
+    if abstract_state is not None:
+      with _classified(where, 'its tree metadata'):
+        saved = self.saved_tree(step)
+      reason = describe_tree_mismatch(saved, tree_signature(abstract_state))
+      if reason:
+        raise CheckpointMismatchError(
+            f'the checkpoint at {where} does not fit this config\'s train state ({reason}); '
+            f'nothing was moved. Either use a new --workdir, or rerun with '
+            f'--config.train.warm_start=True to load its parameters (and the buffers whose shapes '
+            f'agree) into a fresh optimizer state and continue from step {step}.')
+    with _classified(where, 'the train state'):
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     expected = saved_meta.get('fingerprint')
     if expected is not None:
       got, _ = inspect_state(out['state'])
       bad = [k for k in expected if got.get(k) != expected[k]]
       if bad or set(got) != set(expected):
         raise CorruptCheckpointError(
-            f'checkpoint {self.directory}/{step}: contents differ from the fingerprint recorded '
-            f'at save time in {bad[:3] or sorted(set(got) ^ set(expected))[:3]}')
+            f'checkpoint {where}: contents differ from the fingerprint recorded at save time in '
+            f'{bad[:3] or sorted(set(got) ^ set(expected))[:3]}')
     return out['state'], out['data']
 
-  def restore_latest(self, abstract_state, meta: dict):
+  def warm_start(self, step: int, fresh_state, meta: dict):
+    """(state, data_state): ``fresh_state`` (this config's new optimizer state) with the
+    parameters, step, skip count and data position of the checkpoint at ``step``, and each buffer
+    (EMA teacher, BatchNorm statistics...) whose name and shape agree.
+
+    The parameters must match by name and shape (a cast to this config's dtype is allowed);
+    otherwise CheckpointMismatchError. Arrays are read into host memory first.
+    """
+    where = f'{self.directory}/{step}'
+    with _classified(where, 'its metadata'):
+      saved_meta = self._read_meta(step)
+    reason = describe_mismatch(saved_meta, meta)
+    if reason:
+      raise CheckpointMismatchError(
+          f'the checkpoint at {where} was written by a different model and cannot be '
+          f'warm-started from ({reason}). Use a new --workdir or the matching config.')
+    with _classified(where, 'the train state'):
+      md = ocp.StandardCheckpointHandler().metadata(epath.Path(where) / 'state').tree
+      args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), md)
+      with ocp.PyTreeCheckpointer() as reader:
+        tree = reader.restore(epath.Path(where) / 'state', restore_args=args)
+      data = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+    saved = {_leaf_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    kept, fresh = [], []
+
+    def take(path, leaf, required):
+      name = _leaf_name(path)
+      value = saved.get(name)
+      if value is None or tuple(value.shape) != tuple(leaf.shape):
+        if required:
+          raise CheckpointMismatchError(
+              f'cannot warm-start from {where}: {name} is '
+              f'{"missing" if value is None else f"{list(value.shape)}"} there, '
+              f'{list(leaf.shape)} here. Use a new --workdir.')
+        fresh.append(name)
+        return leaf
+      kept.append(name)
+      value = value.astype(leaf.dtype)
+      return jax.make_array_from_callback(value.shape, leaf.sharding, lambda i: value[i])
+
+    state = fresh_state
+    for field, required in (('params', True), ('buffers', False), ('step', True),
+                            ('skipped', False)):
+      sub = jax.tree_util.tree_map_with_path(
+          lambda p, x, f=field, r=required: take((jax.tree_util.GetAttrKey(f),) + p, x, r),
+          getattr(state, field))
+      state = state.replace(**{field: sub})
+    logging.warning(
+        'Warm start (train.warm_start=True) from %s: restored the parameters, step %d and %d of '
+        '%d buffers; fresh from this config: the optimizer state%s.', where, step,
+        sum(n.startswith('buffers') for n in kept),
+        len(jax.tree_util.tree_leaves(fresh_state.buffers)),
+        f' and buffers {fresh[:5]}' if fresh else '')
+    return state, data['data']
+
+  def quarantined(self) -> list[str]:
+    """Names of the checkpoints moved to ``checkpoints_corrupt/`` by earlier runs."""
+    if not os.path.isdir(self.quarantine_dir):
+      return []
+    return sorted(os.listdir(self.quarantine_dir))
+
+  def _agreed_restore(self, step, abstract_state, meta):
+    """(outcome, state/data or the local error) of one restore attempt; the outcome is the
+    same on every process (the worst one), as a corrupt shard may be seen by one host only."""
+    result, error = None, None
+    try:
+      result = self.restore(step, abstract_state, meta)
+    except (CheckpointMismatchError, CheckpointIOError, CorruptCheckpointError) as e:
+      error = e
+    code = 0 if error is None else _OUTCOMES.index(type(error))
+    return _OUTCOMES[_max_over_processes(code)], (result if error is None else error)
+
+  def restore_latest(self, abstract_state, meta: dict, warm_start=None,
+                     ignore_quarantined: bool = False):
     """(step, state, data_state) of the newest readable checkpoint, or None if there is none.
 
-    Unreadable or corrupt checkpoints are reported, moved to ``checkpoints_corrupt/`` and skipped;
-    a checkpoint of a different model raises CheckpointMismatchError; if checkpoints exist but none
-    is readable, CorruptCheckpointError.
+    * Corrupt checkpoints (fingerprint differs, unreadable files, bad JSON) are reported, moved
+      to ``checkpoints_corrupt/`` and skipped; if checkpoints exist but none is readable,
+      CorruptCheckpointError.
+    * A checkpoint that does not fit (another model, optimizer layout, shapes, dtypes) raises
+      CheckpointMismatchError and nothing is moved, unless ``warm_start`` (a function returning a
+      fresh concrete state) is given: then its parameters/buffers are loaded into that state.
+    * Transient I/O errors are retried ``retries`` times with exponential backoff, then raise
+      CheckpointIOError; nothing is moved.
+    * No checkpoint but quarantined ones from an earlier run: CorruptCheckpointError unless
+      ``ignore_quarantined`` (starting over silently would set that run aside).
     """
-    from ssl_jax.train import preemption  # pylint: disable=g-import-not-at-top
     steps = sorted(self.manager.all_steps(), reverse=True)
     failures = []
     for step in steps:
-      error = None
-      try:
-        state, data_state = self.restore(step, abstract_state, meta)
-      except CheckpointMismatchError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
-      # Every process must take the same decision (a corrupt shard may be seen by one host only).
-      if not preemption.any_process(error is not None):
-        return step, state, data_state
-      why = f'{type(error).__name__}: {str(error)[:300]}' if error else 'corrupt on another host'
+      for attempt in range(self.retries + 1):
+        outcome, result = self._agreed_restore(step, abstract_state, meta)
+        if outcome is not CheckpointIOError or attempt == self.retries:
+          break
+        delay = self.backoff_s * 2 ** attempt
+        logging.warning('Reading checkpoint %s/%d failed with an I/O error (%s); retrying in '
+                        '%.0f s (%d/%d).', self.directory, step, result, delay, attempt + 1,
+                        self.retries)
+        time.sleep(delay)
+      if outcome is None:
+        return (step,) + tuple(result)
+      if not isinstance(result, Exception):
+        result = outcome(f'checkpoint {self.directory}/{step}: {outcome.__name__} on another host')
+      if outcome is CheckpointIOError:
+        raise CheckpointIOError(
+            f'{result} (tried {self.retries + 1} times); nothing was moved. Check the storage '
+            '(network, permissions, quota) and rerun the same command.') from result
+      if outcome is CheckpointMismatchError:
+        if warm_start is None:
+          raise result
+        return (step,) + tuple(self.warm_start(step, warm_start(), meta))
+      why = f'{type(result).__name__}: {str(result)[:300]}'
       logging.error('Checkpoint %s/%d is unreadable (%s); moving it to %s and falling back to the '
                     'previous checkpoint.', self.directory, step, why, self.quarantine_dir)
       failures.append(f'step {step}: {why}')
@@ -328,6 +573,13 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f'no readable checkpoint in {self.directory} (moved to {self.quarantine_dir}): '
           + '; '.join(failures) + '. Start again in a new --workdir or restore a backup.')
+    moved = self.quarantined()
+    if moved and not ignore_quarantined:
+      raise CorruptCheckpointError(
+          f'{self.directory} has no checkpoint, but {self.quarantine_dir} holds {moved} set aside '
+          'as unreadable by an earlier run; starting from step 0 here would silently replace '
+          'that run. Inspect them, use a new --workdir, or rerun with '
+          '--config.train.ignore_quarantined=True to start over in this one.')
     return None
 
   def _quarantine(self, step: int):

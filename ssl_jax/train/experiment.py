@@ -115,10 +115,12 @@ class Experiment:
                                               read_only=read_only)
     return self.checkpointer
 
-  def restore_latest(self):
+  def restore_latest(self, warm_start=None, ignore_quarantined: bool = False):
     """(state, data_state, step) of the newest readable checkpoint of the opened checkpointer,
-    or None when there is none."""
-    restored = self.checkpointer.restore_latest(self.restore_target(), self.meta)
+    or None when there is none (``warm_start``, ``ignore_quarantined``: Checkpointer.restore_latest)."""
+    restored = self.checkpointer.restore_latest(self.restore_target(), self.meta,
+                                                warm_start=warm_start,
+                                                ignore_quarantined=ignore_quarantined)
     if restored is None:
       return None
     step, state, data_state = restored

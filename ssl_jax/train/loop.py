@@ -101,7 +101,11 @@ class Trainer(experiment_lib.Experiment):
                                self.workdir)
       workdir_lib.check_data_fingerprint(self.workdir, self.data_fingerprint,
                                          self.config.train.get('allow_config_change', False))
-    restored = self.restore_latest()
+    # Corrupt checkpoints are moved aside and skipped; one that does not fit this config stops
+    # the run unless train.warm_start (checkpoint.py).
+    restored = self.restore_latest(
+        warm_start=self.initial_state if self.config.train.get('warm_start', False) else None,
+        ignore_quarantined=self.config.train.get('ignore_quarantined', False))
     if restored is None:
       return self.initial_state(), None
     state, data_state, _ = restored
@@ -192,10 +196,12 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
   watcher = preemption.PreemptionWatcher(sync_every=c.train.get('preemption_sync_every', 10))
   watcher.__enter__()
   preempted_at, unchecked, skipped_seen = None, [], int(jax.device_get(state.skipped))
+  streak = []  # the steps of the current run of consecutive skipped updates (counted on the host)
 
   def check_nonfinite():
-    """Under nan_policy='stop', raises at the first skipped step since the last check (the
-    per-step flags are fetched only here, so there is no extra host sync per step)."""
+    """Under nan_policy='stop', raises at the first skipped step since the last check; under
+    'skip', once train.max_consecutive_skips updates in a row were skipped (the per-step flags
+    are fetched only here, so there is no extra host sync per step)."""
     nonlocal skipped_seen
     flags = [(s, int(v)) for s, v in jax.device_get(unchecked)]
     unchecked.clear()
@@ -207,6 +213,16 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
           f'good checkpoint: {exp.checkpointer.last_good()}. Lower optim.lr or enable '
           'optim.clip_grad_norm (with --config.train.allow_config_change=True), or set '
           'train.nan_policy=skip, then rerun the same command.')
+    limit = c.train.get('max_consecutive_skips', 0)
+    for s, v in flags:
+      streak[:] = streak + [s] if v else []
+      if limit and len(streak) >= limit:
+        exp.checkpointer.wait()
+        raise NonFiniteError(
+            f'{len(streak)} consecutive updates skipped (steps {streak[0]}-{s}) because of a '
+            f'non-finite loss or gradient (nan_policy=skip, train.max_consecutive_skips={limit}); '
+            f'the run is not learning. Last good checkpoint: {exp.checkpointer.last_good()}. Lower '
+            'optim.lr or enable optim.clip_grad_norm, then rerun the same command.')
     skipped = int(jax.device_get(state.skipped))
     if skipped > skipped_seen:
       logging.warning('%d update(s) skipped because of a non-finite loss or gradient (%d in '

@@ -282,12 +282,16 @@ def check_resume(saved: dict | None, current, workdir) -> list[str]:
     logging.warning('The config differs from the one saved in %s:\n  %s',
                     as_path(workdir) / CONFIG_NAME, '\n  '.join(lines))
   trajectory = [k for k, _, _ in diff if field_kind(k) == 'run']
-  if trajectory and not current.train.get('allow_config_change', False):
+  # A warm start (train.warm_start) is an explicit request to continue with a changed config.
+  allowed = current.train.get('allow_config_change', False) or current.train.get('warm_start',
+                                                                                   False)
+  if trajectory and not allowed:
     raise ConfigChangeError(
         f'resuming {workdir} with a config that changes the trajectory '
         f'({", ".join(l for l in lines if l.endswith("(run)"))[:600]}); rerun with the saved '
         'values, use a new --workdir, or pass --config.train.allow_config_change=True to continue '
-        'with the new ones')
+        'with the new ones (--config.train.warm_start=True when the optimizer state no longer '
+        'fits)')
   return lines
 
 

@@ -80,3 +80,27 @@ def test_export_without_checkpoint_is_an_error(trained):
   c, _, mesh, _, _ = trained
   with pytest.raises(ValueError, match='no checkpoint'):
     export_run.export(c, tempfile.mkdtemp(), mesh)
+
+
+def test_nonfinite_eval_metrics_are_errors(trained, monkeypatch, tmp_path):
+  c, workdir, mesh, exp, state = trained
+  with pytest.raises(eval_run.NonFiniteMetricError, match=r'linear_top1=nan'):
+    eval_run.check_finite({'knn_top1': 0.5, 'linear_top1': float('nan'), 'step': 2}, 'run')
+  assert eval_run.check_finite({'knn_top1': 0.5, 'checkpoint': True}, 'run')['knn_top1'] == 0.5
+  # End to end: a probe that diverges stops the evaluation and nothing is written.
+  c = c.copy_and_resolve_references()
+  c.eval.finetune_steps, c.eval.plot, c.eval.knn_ks = 0, '', (10,)
+  monkeypatch.setattr(eval_run.linear, 'linear_probe',
+                      lambda *a, **k: {'top1': float('nan'), 'top5': float('inf')})
+  before = open(os.path.join(workdir, 'eval.json')).read() if os.path.exists(
+      os.path.join(workdir, 'eval.json')) else None
+  with pytest.raises(eval_run.NonFiniteMetricError) as e:
+    eval_run.evaluate(c, workdir, mesh, require_checkpoint=True)
+  assert 'linear_top1=nan' in str(e.value) and 'linear_top5=inf' in str(e.value)
+  after = open(os.path.join(workdir, 'eval.json')).read() if os.path.exists(
+      os.path.join(workdir, 'eval.json')) else None
+  assert before == after
+  nan_features = lambda *a, **k: (np.full((4, 8), np.nan, np.float32), np.zeros(4, np.int32))
+  monkeypatch.setattr(eval_run.features_lib, 'extract_features', nan_features)
+  with pytest.raises(eval_run.NonFiniteMetricError, match='non-finite features'):
+    eval_run.evaluate(c, workdir, mesh, require_checkpoint=True)

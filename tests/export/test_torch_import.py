@@ -66,3 +66,34 @@ def test_load_file_and_errors(timm_vit, tmp_path):
   broken = {k: v for k, v in sd.items() if k != 'blocks.1.mlp.fc2.bias'}
   with pytest.raises(KeyError, match='blocks.1.mlp.fc2.bias'):
     torch_import.import_vit(broken, num_heads=3)
+
+
+class _Payload:
+  """Unpickling this calls os.mkdir(marker): what a malicious .pth could do instead."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    import os  # pylint: disable=g-import-not-at-top
+    return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize('container', ['torch_save', 'raw_pickle'])
+def test_pickle_with_code_is_refused_and_nothing_runs(timm_vit, tmp_path, container):
+  import pickle  # pylint: disable=g-import-not-at-top
+  torch, sd, _, _ = timm_vit
+  marker = tmp_path / 'pwned'
+  path = str(tmp_path / 'evil.pth')
+  checkpoint = {'model': dict(sd), 'extra': _Payload(str(marker))}
+  if container == 'torch_save':   # the zip container torch.save writes
+    torch.save(checkpoint, path)
+  else:                           # a bare pickle (torch's legacy format path)
+    with open(path, 'wb') as f:
+      pickle.dump(checkpoint, f)
+  with pytest.raises(torch_import.UnsafeCheckpointError, match='weights_only=True'):
+    torch_import.load_vit_checkpoint(path, layout='mae', num_heads=3)
+  assert not marker.exists(), 'the payload ran'
+  torch.save({'model': dict(sd)}, path)   # the same tensors without the payload load fine
+  model, _ = torch_import.load_vit_checkpoint(path, layout='mae', num_heads=3)
+  assert model.embed_dim == 48

@@ -213,7 +213,8 @@ def test_disk_full_during_save_is_reported_and_older_checkpoints_stay(exp, refer
 def test_nonfinite_steps_are_skipped_and_counted(exp, reference, tmp_path, monkeypatch, caplog):
   run = copy_run(reference, tmp_path)
   with caplog.at_level('WARNING'):
-    summary = train(exp, run, monkeypatch, steps=8, nan_policy='skip', log_every=4)
+    summary = train(exp, run, monkeypatch, steps=8, nan_policy='skip', log_every=4,
+                    max_consecutive_skips=3)
   assert summary['skipped_updates'] == len(NAN_STEPS)
   assert np.isfinite(summary['final_loss'])
   assert any('2 update(s) skipped' in r.getMessage() for r in caplog.records)
@@ -250,3 +251,98 @@ def test_nonfinite_state_is_never_saved(exp, reference, tmp_path):
   assert f'last good checkpoint: step 4 in {run}' in str(e.value)
   assert ckpt_lib.Checkpointer(str(run)).committed_steps() == [2, 4]
   assert not any('tmp' in n for n in os.listdir(run / 'checkpoints'))
+
+
+# -- restore errors classified (issue 30 item 2) ---------------------------------------------------
+def other_optimizer_experiment(workdir, **train):
+  """The module's config with optim.clip_grad_norm=1.0 (what the NaN-stop message recommends):
+  same model, another optimizer-state tree. Only eval_shape runs: nothing is compiled."""
+  c = tiny_config(**train)
+  c.optim.clip_grad_norm = 1.0
+  return loop.Experiment(c, str(workdir), helpers.mesh(1))
+
+
+def test_changed_optimizer_is_refused_and_nothing_is_quarantined(reference, tmp_path):
+  run = copy_run(reference, tmp_path)
+  other = other_optimizer_experiment(run)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    other.restore_or_init()
+  other.checkpointer.close()
+  msg = str(e.value)
+  assert 'opt_state' in msg and 'only in the checkpoint' in msg and 'only in this config' in msg, msg
+  assert '--workdir' in msg and 'train.warm_start=True' in msg, msg
+  assert ckpt_lib.Checkpointer(str(run)).committed_steps() == [2, 4], 'nothing moved'
+  assert not (run / 'checkpoints_corrupt').exists()
+  # The original config still resumes from the newest step.
+  assert int(restore(loop.Experiment(tiny_config(), str(run), helpers.mesh(1)), run).step) == 4
+
+
+def test_warm_start_loads_params_into_the_new_optimizer_state(exp, reference, tmp_path):
+  run = copy_run(reference, tmp_path)
+  other = other_optimizer_experiment(run, warm_start=True)
+  state, data_state = other.restore_or_init()
+  other.checkpointer.close()
+  assert int(state.step) == 4 and data_state is not None
+  assert ckpt_lib.tree_signature(state) == ckpt_lib.tree_signature(other.abstract_state)
+  helpers.assert_trees_close(state.params, reference[1].params, rtol=0, atol=0)
+  helpers.assert_trees_close(state.buffers, reference[1].buffers, rtol=0, atol=0)
+  fresh = other.initial_state()
+  helpers.assert_trees_close(state.opt_state, fresh.opt_state, rtol=0, atol=0)
+  assert not (run / 'checkpoints_corrupt').exists()
+
+
+@pytest.mark.parametrize('error', [OSError(errno.EIO, 'Input/output error'),
+                                   ValueError('UNAVAILABLE: HTTP response code: 503')])
+def test_transient_read_errors_are_retried_then_stop_without_quarantine(exp, reference, tmp_path,
+                                                                       monkeypatch, error):
+  run = copy_run(reference, tmp_path)
+  real, calls = ckpt_lib.Checkpointer._read_meta, []
+
+  def flaky(self, step, fail=2):
+    calls.append(step)
+    if len(calls) <= fail:
+      raise error
+    return real(self, step)
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'backoff_s', 0.0)
+  monkeypatch.setattr(ckpt_lib.Checkpointer, '_read_meta', flaky)
+  assert int(restore(exp, run).step) == 4 and calls == [4, 4, 4]   # two failures, then read
+  calls.clear()
+  monkeypatch.setattr(ckpt_lib.Checkpointer, '_read_meta', lambda s, step: flaky(s, step, 99))
+  exp.workdir = str(run)
+  with pytest.raises(ckpt_lib.CheckpointIOError, match='tried 4 times') as e:
+    exp.restore_or_init()
+  exp.checkpointer.close()
+  assert calls == [4] * 4 and 'nothing was moved' in str(e.value)
+  assert ckpt_lib.Checkpointer(str(run)).committed_steps() == [2, 4]
+  assert not (run / 'checkpoints_corrupt').exists()
+
+
+def test_quarantined_run_is_not_silently_restarted(exp, reference, tmp_path):
+  run = copy_run(reference, tmp_path)
+  for step in (2, 4):
+    for f in step_files(run, step, 'state/**/d/*'):
+      open(f, 'wb').close()
+  exp.workdir = str(run)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match='no readable checkpoint'):
+    exp.restore_or_init()
+  exp.checkpointer.close()
+  with pytest.raises(ckpt_lib.CorruptCheckpointError) as e:   # the next run: nothing left to list
+    exp.restore_or_init()
+  exp.checkpointer.close()
+  assert 'train.ignore_quarantined=True' in str(e.value) and '4-' in str(e.value)
+  exp.config.train.ignore_quarantined = True
+  try:
+    assert int(restore(exp, run).step) == 0
+  finally:
+    exp.config.train.ignore_quarantined = False
+
+
+def test_skip_policy_stops_after_consecutive_skips(exp, reference, tmp_path, monkeypatch):
+  run = copy_run(reference, tmp_path)
+  # Steps 5 and 6 are skipped; the check at the step-6 checkpoint sees two in a row.
+  with pytest.raises(loop.NonFiniteError) as e:
+    train(exp, run, monkeypatch, steps=8, nan_policy='skip', log_every=4, max_consecutive_skips=2)
+  msg = str(e.value)
+  assert '2 consecutive updates skipped (steps 5-6)' in msg, msg
+  assert f'Last good checkpoint: step 4 in {run}' in msg, msg
+  assert ckpt_lib.Checkpointer(str(run)).committed_steps() == [2, 4]
