@@ -154,7 +154,8 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# Sections whose every field is defined in base_config(); 'method' and 'aug' hold per-method extras.
+# Sections whose every field is defined in base_config(); 'aug' holds per-method extras, 'method'
+# the fields of the method's Hparams, checked when the method is built (methods/hparams.py).
 _CHECKED_SECTIONS = ('model', 'data', 'optim', 'train', 'eval', 'mesh')
 
 
@@ -244,7 +245,7 @@ def validate(config, num_devices: int | None = None):
   from ssl_jax import methods, models  # pylint: disable=g-import-not-at-top
   _check_field_names(config)
   _check_types(config)
-  methods.method_class(config.method.name)
+  methods.check_name(config.method.name)   # the method's own fields: methods.build_method
   _choice(config.model.backbone, 'model.backbone', models.BACKBONES)
   _choice(config.optim.name, 'optim.name', ('lars', 'adamw', 'sgd'))
   _choice(config.optim.lr_scaling, 'optim.lr_scaling', ('linear', 'sqrt', 'none'))

@@ -1,12 +1,15 @@
 """Methods by short key: the one explicit dict that ``config.method.name`` maps through.
 
 Values are ``module:Class`` paths imported on use, so importing ssl_jax imports no method and no
-registry is filled by import side effects.
+registry is filled by import side effects (``config.validate`` checks the name with
+``check_name`` alone; a method's ``config.method`` fields are checked when it is built).
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+
+from ssl_jax.methods import hparams
 
 METHODS = {
     'simclr': 'ssl_jax.methods.contrastive.simclr:SimCLR',
@@ -39,19 +42,34 @@ METHODS = {
 }
 
 
-def method_class(name: str):
-  """The Method class for ``name``; unknown names raise ValueError with a suggestion."""
+def check_name(name: str):
+  """Raises ValueError with a suggestion when ``name`` is not a key of METHODS (imports nothing)."""
   if name not in METHODS:
     close = difflib.get_close_matches(name, METHODS, n=1)
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise ValueError(f'config.method.name={name!r} is not a known method{hint}; '
                      f'choose one of {sorted(METHODS)}')
+
+
+def method_class(name: str):
+  """The Method class for ``name``; unknown names raise ValueError with a suggestion."""
+  check_name(name)
   module, cls = METHODS[name].split(':')
   return getattr(importlib.import_module(module), cls)
 
 
+def method_hparams(config):
+  """``config.method`` parsed into the method's typed ``Hparams`` (see ``methods/hparams.py``):
+  imports the method's module, builds nothing. ``build_method`` does the same check first."""
+  return hparams.parse(method_class(config.method.name).Hparams, config.method,
+                       config.method.name)
+
+
 def build_method(config):
-  """The method for ``config``, its crop sizes checked against the backbone (see below)."""
+  """The method for ``config``, its crop sizes checked against the backbone (see below).
+
+  ``Method.__init__`` parses ``config.method`` into ``method.hp`` before anything else, so an
+  unknown, misspelled or mistyped method field stops here, at the start of a run."""
   method = method_class(config.method.name)(config)
   check_crop_sizes(method)
   return method

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from ssl_jax import models
 from ssl_jax.data import augment
 from ssl_jax.data.pipeline import CropSpec
+from ssl_jax.methods import hparams
 from ssl_jax.train import schedules
 
 
@@ -54,9 +55,14 @@ class Method:
   #: False: the recipes' normalisation is dropped, so ``views`` gets [0, 1] crops and the method
   #: normalises after its own ops (Lab conversion, corruption, pasting).
   normalize_views = True
+  #: The ``config.method`` fields this method reads (see ``methods/hparams.py``); subclasses
+  #: extend it. Parsed into ``self.hp`` first thing, so a bad field stops before any other work.
+  Hparams = hparams.Hparams
 
   def __init__(self, config):
     self.config = config
+    self.hp = hparams.parse(type(self).Hparams, config.method,
+                            config.method.get('name', type(self).__name__))
     self.backbone = models.build_backbone(config.model)
     self.feature_dim = models.feature_dim(self.backbone)
 

@@ -1,6 +1,8 @@
 """Pieces several methods share: EMA target networks and fixed-size queues (functional)."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from ssl_jax.train import schedules
@@ -16,12 +18,41 @@ def ema_update(target, online, momentum):
   return jax.tree_util.tree_map(lambda t, o: t + (1.0 - momentum) * (o - t), target, online)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EMAHparams:
+  """``config.method`` fields of an EMA target / teacher on ``momentum_schedule``."""
+  momentum: float = 0.996
+  momentum_final: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProjectorHparams:
+  """``config.method.proj_*``: the projector MLP of ``siamese.mlp_from_config`` (``proj_layers``
+  counts Dense layers; 0 = none, which the methods that need one refuse)."""
+  proj_layers: int = 0
+  proj_hidden_dim: int
+  proj_dim: int
+  proj_bn: bool = True
+  proj_last_bn: bool = False
+  proj_last_bn_affine: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PredictorHparams:
+  """``config.method.pred_*``: the predictor MLP, as ``ProjectorHparams``."""
+  pred_layers: int = 0
+  pred_hidden_dim: int
+  pred_dim: int
+  pred_bn: bool = True
+  pred_last_bn: bool = False
+  pred_last_bn_affine: bool = True
+
+
 def momentum_schedule(method_cfg, total_steps: int):
   """EMA momentum as a pure function of the step: cosine from ``momentum`` to
-  ``momentum_final`` (BYOL/DINO), constant when they are equal (MoCo)."""
-  base = method_cfg.get('momentum', 0.996)
-  final = method_cfg.get('momentum_final', 1.0)
-  return schedules.cosine_increase(base, final, total_steps)
+  ``momentum_final`` (BYOL/DINO), constant when they are equal (MoCo). ``method_cfg`` holds
+  ``EMAHparams``' fields."""
+  return schedules.cosine_increase(method_cfg.momentum, method_cfg.momentum_final, total_steps)
 
 
 def enqueue(queue, ptr, items):

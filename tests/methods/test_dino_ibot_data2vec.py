@@ -291,6 +291,7 @@ def _dino_optimizer(total_steps, freeze_steps):
   method.config = _Cfg(optim=optim, method=_Cfg(weight_decay_end=0.4,
                                                 freeze_last_layer_steps=freeze_steps),
                        data=_Cfg(batch_size=256))
+  method.hp = _Cfg(method.config.method)   # what Method.__init__ parses config.method into
   return method.build_optimizer(total_steps)
 
 

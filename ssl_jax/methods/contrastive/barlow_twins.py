@@ -11,6 +11,8 @@ Config (``config.method``): lambd, proj_hidden_dim, proj_dim, proj_layers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ssl_jax import losses
 from ssl_jax.methods.contrastive.projected import ProjectedPair
 
@@ -18,9 +20,13 @@ from ssl_jax.methods.contrastive.projected import ProjectedPair
 class BarlowTwins(ProjectedPair):
   """Barlow Twins with the cross-correlation computed over the global batch."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(ProjectedPair.Hparams):
+    lambd: float
+
   def __init__(self, config):
     super().__init__(config)
-    self.lambd = config.method.lambd
+    self.lambd = self.hp.lambd
 
   def pair_loss(self, z1, z2):
     return losses.barlow_twins(z1, z2, self.lambd)

@@ -18,9 +18,12 @@ pred_{layers,hidden_dim,dim}.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from ssl_jax import losses
+from ssl_jax.methods import common
 from ssl_jax.methods.contrastive.siamese import SiameseMethod
 
 
@@ -29,6 +32,10 @@ class BYOL(SiameseMethod):
 
   use_target = True
   use_predictor = True
+
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(SiameseMethod.Hparams, common.PredictorHparams, common.EMAHparams):
+    pass
 
   def loss(self, params, state, views, rng):
     k1, k2, k3, k4 = jax.random.split(rng, 4)

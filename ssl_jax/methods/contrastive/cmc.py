@@ -90,9 +90,15 @@ class CMC(InstDis):
 
   normalize_views = False   # [0, 1] crops: each view applies its own normalisation
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(InstDis.Hparams):
+    views: tuple[str, ...]
+    graph: str = 'full'
+    feature_views: tuple[str, ...] = ()   # (): all views
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.view_names = tuple(m.views)
     unknown = [v for v in self.view_names if v not in VIEWS]
     if unknown or len(self.view_names) < 2 or len(set(self.view_names)) < len(self.view_names):
@@ -102,9 +108,9 @@ class CMC(InstDis):
       raise ValueError(f'config.method.views[0]={self.view_names[0]!r}: the first view\'s encoder '
                        "is the exported / fine-tuned one and needs a 3-channel view ('L' or "
                        "'rgb'); put it first")
-    self.graph = m.get('graph', 'full')
+    self.graph = m.graph
     losses.cmc_view_pairs(len(self.view_names), self.graph)   # validates the name
-    self.feature_views = tuple(m.get('feature_views', ()) or self.view_names)
+    self.feature_views = tuple(m.feature_views or self.view_names)
     bad = [v for v in self.feature_views if v not in self.view_names]
     if bad:
       raise ValueError(f'config.method.feature_views={self.feature_views}: {bad} not among '

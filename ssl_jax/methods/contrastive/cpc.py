@@ -40,6 +40,8 @@ context_dim, target_dim, emb_scale, patch_flip, patch_color_drop, eval_features.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,9 +142,23 @@ class CPC(Method):
 
   num_views = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    patch_size: int
+    patch_stride: int
+    min_step: int
+    max_step: int
+    context_blocks: int
+    context_dim: int
+    target_dim: int
+    emb_scale: float
+    patch_flip: float
+    patch_color_drop: float
+    eval_features: str   # one of EVAL_FEATURES
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.patch_size, self.patch_stride = m.patch_size, m.patch_stride
     self.grid = grid_size(config.data.image_size, self.patch_size, self.patch_stride)
     if not 1 <= m.min_step <= m.max_step:
@@ -156,8 +172,9 @@ class CPC(Method):
       raise ValueError(f'config.method.eval_features={m.eval_features!r}: use one of '
                        f'{EVAL_FEATURES}')
     for field in ('patch_flip', 'patch_color_drop'):
-      if not 0.0 <= m[field] <= 1.0:
-        raise ValueError(f'config.method.{field}={m[field]!r} must be a probability in [0, 1]')
+      if not 0.0 <= getattr(m, field) <= 1.0:
+        raise ValueError(f'config.method.{field}={getattr(m, field)!r} must be a probability in '
+                         '[0, 1]')
     self.steps = tuple(range(m.min_step, m.max_step + 1))
     self.eval_features = m.eval_features
     self.patch_flip, self.patch_color_drop = m.patch_flip, m.patch_color_drop

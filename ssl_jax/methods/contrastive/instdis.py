@@ -15,6 +15,8 @@ Config (``config.method``): temperature, feature_dim, bank_momentum, bank_size (
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import flax.linen as nn
@@ -39,13 +41,20 @@ class InstDis(Method):
 
   num_views = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    temperature: float
+    feature_dim: int
+    bank_momentum: float
+    bank_size: int = 0   # 0: the size of data.train_split
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.temperature = m.temperature
     self.out_dim = m.feature_dim
     self.bank_momentum = m.bank_momentum
-    self.bank_size = m.get('bank_size', 0) or len(sources.get_source(config.data,
+    self.bank_size = m.bank_size or len(sources.get_source(config.data,
                                                                      config.data.train_split))
     self.head = nn.Dense(self.out_dim)
 

@@ -40,6 +40,8 @@ Both keep the key encoder's BatchNorm in training mode with its own running stat
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -56,9 +58,16 @@ class MoCo(SiameseMethod):
   use_target = True
   use_predictor = False
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(SiameseMethod.Hparams, common.EMAHparams):
+    temperature: float
+    queue_size: int
+    lr_schedule: str = 'cosine'   # 'cosine' | 'step' (MoCo v1, SGD)
+    version: int = 2              # documentation only: v1 / v2 differ by the fields above
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.temperature = m.temperature
     self.queue_size = m.queue_size
     if self.queue_size % config.data.batch_size:
@@ -67,7 +76,7 @@ class MoCo(SiameseMethod):
                        'global batches)')
 
   def init_extra(self, rng):
-    return {'queue': random_unit_rows(rng, self.queue_size, self.config.method.proj_dim),
+    return {'queue': random_unit_rows(rng, self.queue_size, self.hp.proj_dim),
             'queue_ptr': jnp.zeros((), jnp.int32)}
 
   def keys(self, target, x, rng):
@@ -89,7 +98,7 @@ class MoCo(SiameseMethod):
     """MoCo v1's step schedule (``method.lr_schedule='step'``, SGD): lr x0.1 at 60% and 80% of
     training; otherwise the configured optimizer with warmup + cosine."""
     o = self.config.optim
-    if self.config.method.get('lr_schedule', 'cosine') != 'step':
+    if self.hp.lr_schedule != 'step':
       return super().build_optimizer(total_steps)
     if o.name != 'sgd':
       raise ValueError("config.method.lr_schedule='step' needs config.optim.name='sgd'")
@@ -108,15 +117,21 @@ class MoCoV3(SiameseMethod):
   use_predictor = True
   momentum_step_offset = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(SiameseMethod.Hparams, common.PredictorHparams, common.EMAHparams):
+    temperature: float
+    frozen_patch_embed: bool = False
+    sincos_pos_embed: bool = False
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.temperature = m.temperature
     if config.model.backbone.startswith('vit'):
       self.backbone = self.backbone.clone(
-          frozen_patch_embed=bool(m.get('frozen_patch_embed', False)),
-          pos_embed='sincos' if m.get('sincos_pos_embed', False) else self.backbone.pos_embed)
-    elif m.get('frozen_patch_embed', False):
+          frozen_patch_embed=m.frozen_patch_embed,
+          pos_embed='sincos' if m.sincos_pos_embed else self.backbone.pos_embed)
+    elif m.frozen_patch_embed:
       raise ValueError('config.method.frozen_patch_embed needs a ViT backbone')
 
   def loss(self, params, state, views, rng):
@@ -131,7 +146,7 @@ class MoCoV3(SiameseMethod):
                   dict(state.buffers, batch_stats=stats, target=target))
 
   def param_label(self, path: str) -> str:
-    if self.config.method.get('frozen_patch_embed', False) and path.startswith(
+    if self.hp.frozen_patch_embed and path.startswith(
         "['backbone']['patch_embed']"):
       return 'frozen'
     return 'train'

@@ -17,6 +17,8 @@ Config (``config.method``): temperature, support_size, proj_*, pred_*.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -31,9 +33,14 @@ class NNCLR(SiameseMethod):
   use_target = False
   use_predictor = True
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(SiameseMethod.Hparams, common.PredictorHparams):
+    temperature: float
+    support_size: int
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.temperature = m.temperature
     self.support_size = m.support_size
     if self.support_size % config.data.batch_size:
@@ -41,7 +48,7 @@ class NNCLR(SiameseMethod):
                        f'config.data.batch_size={config.data.batch_size}')
 
   def init_extra(self, rng):
-    return {'support': random_unit_rows(rng, self.support_size, self.config.method.proj_dim),
+    return {'support': random_unit_rows(rng, self.support_size, self.hp.proj_dim),
             'support_ptr': jnp.zeros((), jnp.int32)}
 
   def loss(self, params, state, views, rng):

@@ -10,6 +10,8 @@ The projector is Linear-BN-ReLU x (proj_layers - 1), Linear (+ BN if ``proj_last
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -20,11 +22,18 @@ from ssl_jax.models.heads import MLP
 class ProjectedPair(Method):
   """Backbone + projector on two views; the loss of the two embeddings comes from the subclass."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    proj_layers: int
+    proj_hidden_dim: int
+    proj_dim: int
+    proj_last_bn: bool = False
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.projector = MLP(hidden_dims=(m.proj_hidden_dim,) * (m.proj_layers - 1),
-                         out_dim=m.proj_dim, use_bn=True, last_bn=m.get('proj_last_bn', False))
+                         out_dim=m.proj_dim, use_bn=True, last_bn=m.proj_last_bn)
 
   def pair_loss(self, z1, z2):
     """(scalar loss, dict of metrics) of the two views' embeddings (N, D) each."""

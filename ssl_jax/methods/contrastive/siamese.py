@@ -21,6 +21,8 @@ one forward per view.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,14 +35,15 @@ from ssl_jax.train import schedules
 
 
 def mlp_from_config(m, prefix: str) -> MLP | None:
-  """An MLP head from ``config.method.<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}``;
-  None when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
-  layers = m.get(f'{prefix}_layers', 0)
+  """An MLP head from ``<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}`` of ``m`` (the
+  method's hparams: ``common.ProjectorHparams`` / ``PredictorHparams``); None when
+  ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
+  field = lambda name: getattr(m, f'{prefix}_{name}')
+  layers = field('layers')
   if not layers:
     return None
-  return MLP(hidden_dims=(m[f'{prefix}_hidden_dim'],) * (layers - 1), out_dim=m[f'{prefix}_dim'],
-             use_bn=m.get(f'{prefix}_bn', True), last_bn=m.get(f'{prefix}_last_bn', False),
-             last_bn_affine=m.get(f'{prefix}_last_bn_affine', True))
+  return MLP(hidden_dims=(field('hidden_dim'),) * (layers - 1), out_dim=field('dim'),
+             use_bn=field('bn'), last_bn=field('last_bn'), last_bn_affine=field('last_bn_affine'))
 
 
 def random_unit_rows(rng, rows: int, dim: int):
@@ -62,16 +65,22 @@ class SiameseMethod(Method):
   #: iteration t+1 with m(t+1), which is the same arithmetic done one call earlier.
   momentum_step_offset = 0
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams, common.ProjectorHparams):
+    """The projector; subclasses add ``common.PredictorHparams`` / ``EMAHparams`` as they use
+    them."""
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.projector = mlp_from_config(m, 'proj')
     if self.projector is None:
       raise ValueError('config.method.proj_layers must be >= 1')
     self.predictor = mlp_from_config(m, 'pred') if self.use_predictor else None
     if self.use_predictor and self.predictor is None:
       raise ValueError('config.method.pred_layers must be >= 1 for this method')
-    self.momentum_fn = common.momentum_schedule(m, config.train.steps)
+    self.momentum_fn = (common.momentum_schedule(m, config.train.steps) if self.use_target
+                        else None)
 
   # -- modules ------------------------------------------------------------------------------------
   def _modules(self):

@@ -10,6 +10,8 @@ Config (``config.method``): temperature, proj_hidden_dim, proj_dim, proj_layers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ssl_jax import losses
 from ssl_jax.methods.contrastive.projected import ProjectedPair
 
@@ -17,9 +19,13 @@ from ssl_jax.methods.contrastive.projected import ProjectedPair
 class SimCLR(ProjectedPair):
   """SimCLR with a 2-view NT-Xent loss over the global batch."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(ProjectedPair.Hparams):
+    temperature: float
+
   def __init__(self, config):
     super().__init__(config)
-    self.temperature = config.method.temperature
+    self.temperature = self.hp.temperature
 
   def pair_loss(self, z1, z2):
     loss, acc = losses.nt_xent(z1, z2, self.temperature)

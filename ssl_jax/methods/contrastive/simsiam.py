@@ -16,10 +16,13 @@ L2-normalised projection, about 1/sqrt(d) when healthy and 0 when collapsed.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.methods import common
 from ssl_jax.methods.contrastive.siamese import SiameseMethod
 
 
@@ -28,6 +31,10 @@ class SimSiam(SiameseMethod):
 
   use_target = False
   use_predictor = True
+
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(SiameseMethod.Hparams, common.PredictorHparams):
+    fix_pred_lr: bool = False
 
   def loss(self, params, state, views, rng):
     k1, k2 = jax.random.split(rng)
@@ -40,6 +47,6 @@ class SimSiam(SiameseMethod):
     return loss, ({'z_std': sg(z_std)}, dict(state.buffers, batch_stats=stats))
 
   def param_label(self, path: str) -> str:
-    if self.config.method.get('fix_pred_lr', False) and path.startswith("['predictor']"):
+    if self.hp.fix_pred_lr and path.startswith("['predictor']"):
       return 'fixed_lr'
     return 'train'

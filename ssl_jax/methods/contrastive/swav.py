@@ -23,6 +23,8 @@ freeze_prototypes_steps.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import NamedTuple
 
 import jax
@@ -70,9 +72,24 @@ class SwAV(Method):
 
   assign_crops = (0, 1)
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    temperature: float
+    epsilon: float
+    sinkhorn_iterations: int
+    num_prototypes: int
+    proj_hidden_dim: int
+    proj_dim: int
+    num_local: int
+    local_size: int
+    local_scale: tuple[float, float]
+    queue_length: int = 0
+    queue_start_step: int = 0
+    freeze_prototypes_steps: int = 0
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.num_local = m.num_local
     self.num_views = 2 + m.num_local
     self.temperature = m.temperature
@@ -80,9 +97,9 @@ class SwAV(Method):
     self.iterations = m.sinkhorn_iterations
     self.num_prototypes = m.num_prototypes
     self.proj_dim = m.proj_dim
-    self.queue_length = m.get('queue_length', 0)
-    self.queue_start = m.get('queue_start_step', 0)
-    self.freeze_steps = m.get('freeze_prototypes_steps', 0)
+    self.queue_length = m.queue_length
+    self.queue_start = m.queue_start_step
+    self.freeze_steps = m.freeze_prototypes_steps
     self.projector = MLP(hidden_dims=(m.proj_hidden_dim,), out_dim=m.proj_dim, use_bn=True)
     if self.queue_length and self.queue_length < config.data.batch_size:
       raise ValueError(f'config.method.queue_length={self.queue_length} must be 0 (no queue) or '
@@ -90,7 +107,7 @@ class SwAV(Method):
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self):
-    d, m = self.config.data, self.config.method
+    d, m = self.config.data, self.hp
     specs = [CropSpec(f'view{i}', d.image_size, tuple(d.crop_scale), flip=d.flip) for i in range(2)]
     specs += [CropSpec(f'view{i}', m.local_size, tuple(m.local_scale), flip=d.flip)
               for i in range(2, self.num_views)]

@@ -11,6 +11,8 @@ proj_dim, proj_layers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ssl_jax import losses
 from ssl_jax.methods.contrastive.projected import ProjectedPair
 
@@ -18,11 +20,16 @@ from ssl_jax.methods.contrastive.projected import ProjectedPair
 class VICReg(ProjectedPair):
   """VICReg with configurable invariance / variance / covariance weights."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(ProjectedPair.Hparams):
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
-    self.coeffs = dict(sim_coeff=m.get('sim_coeff', 25.0), std_coeff=m.get('std_coeff', 25.0),
-                       cov_coeff=m.get('cov_coeff', 1.0))
+    m = self.hp
+    self.coeffs = dict(sim_coeff=m.sim_coeff, std_coeff=m.std_coeff, cov_coeff=m.cov_coeff)
 
   def pair_loss(self, z1, z2):
     return losses.vicreg(z1, z2, **self.coeffs)

@@ -49,6 +49,8 @@ weighted [CLS] term; 0 for 1.0).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -76,27 +78,52 @@ class Data2Vec(Method):
 
   num_views = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    top_k: int
+    mask_ratio: float
+    loss_beta: float
+    target_layer_norm: str = 'instance'
+    target_final_norm: str = 'none'
+    feature_pool: str = 'mean'
+    student: str = 'mask_token'   # one of STUDENTS
+    # student='mask_token' (data2vec 1.0): block masks
+    mask_bank_size: int
+    mask_min_patches: int | None = None   # None / 0: no minimum
+    # student='visible' (data2vec 2.0)
+    clone_batch: int = 1
+    decoder_dim: int
+    decoder_layers: int
+    decoder_kernel: int
+    decoder_groups: int
+    mask_noise_std: float
+    cls_loss: float = 0.0
+    # the teacher's EMA: momentum -> momentum_final linearly over momentum_anneal_steps (0: all)
+    momentum: float
+    momentum_final: float
+    momentum_anneal_steps: int
+
   def __init__(self, config):
     super().__init__(config)
     if not isinstance(self.backbone, ViT):
       raise ValueError(f'config.model.backbone={config.model.backbone!r}: data2vec needs a ViT')
-    m = config.method
+    m = self.hp
     if not 0 < m.top_k <= self.backbone.depth:
       raise ValueError(f'config.method.top_k={m.top_k} must be in [1, depth={self.backbone.depth}]')
     self.grid = config.data.image_size // config.model.patch_size
     self.num_patches = self.grid * self.grid
-    self.student = m.get('student', 'mask_token')
+    self.student = m.student
     if self.student not in STUDENTS:
       raise ValueError(f'config.method.student={self.student!r}: use one of {STUDENTS} '
                        "('mask_token' = data2vec 1.0, 'visible' = data2vec 2.0)")
     if self.student == 'visible':
-      self.clone_batch = int(m.get('clone_batch', 1))
+      self.clone_batch = m.clone_batch
       if self.clone_batch < 1:
         raise ValueError(f'config.method.clone_batch={self.clone_batch} must be >= 1')
       if not 0 < masking.num_kept(self.num_patches, m.mask_ratio) < self.num_patches:
         raise ValueError(f'config.method.mask_ratio={m.mask_ratio} leaves no visible or no '
                          f'masked patch of {self.num_patches}')
-      if m.get('cls_loss', 0.0) > 0 and not self.backbone.num_prefix_tokens:
+      if m.cls_loss > 0 and not self.backbone.num_prefix_tokens:
         raise ValueError('config.method.cls_loss > 0 needs a ViT with a [CLS] token '
                          '(num_prefix_tokens >= 1)')
       g = m.decoder_groups
@@ -109,7 +136,7 @@ class Data2Vec(Method):
     else:
       self.mask_bank = BlockMaskBank(self.grid, (m.mask_ratio, m.mask_ratio),
                                      size=m.mask_bank_size, seed=config.seed,
-                                     min_num_patches=m.get('mask_min_patches', None) or None)
+                                     min_num_patches=m.mask_min_patches or None)
       self.regression_head = Dense(self.feature_dim, name='regression_head')
     self.momentum_fn = linear_anneal(m.momentum, m.momentum_final,
                                      m.momentum_anneal_steps or config.train.steps)
@@ -120,7 +147,7 @@ class Data2Vec(Method):
     b = batch['view0'].shape[0]
     if self.student == 'visible':   # clone_batch independent masks per image, clones adjacent
       out.update(masking.random_masking(k_mask, b * self.clone_batch, self.num_patches,
-                                        self.config.method.mask_ratio))
+                                        self.hp.mask_ratio))
     else:
       out['mask'] = self.mask_bank.sample(k_mask, b)
     return out
@@ -143,10 +170,9 @@ class Data2Vec(Method):
     out = self.backbone.apply({'params': teacher_backbone}, x, train=False,
                               return_layers=True, method=ViT.encode)
     p = self.backbone.num_prefix_tokens
-    m = self.config.method
+    m = self.hp
     return losses.data2vec_targets([l[:, p:] for l in out['layers']], m.top_k,
-                                   m.get('target_layer_norm', 'instance'),
-                                   m.get('target_final_norm', 'none'))
+                                   m.target_layer_norm, m.target_final_norm)
 
   def _student_mask_token(self, params, x, views, target, rng):
     """data2vec 1.0: mask tokens in the encoder input, linear head on every patch token."""
@@ -159,7 +185,7 @@ class Data2Vec(Method):
   def _student_visible(self, params, x, views, target, rng):
     """data2vec 2.0: encoder on the visible patches of clone_batch masked copies, conv decoder on
     the grid with noise at the masked positions; returns the extra [CLS] loss too."""
-    m = self.config.method
+    m = self.hp
     k_drop, k_noise = jax.random.split(rng)
     xs = jnp.repeat(x, self.clone_batch, axis=0)
     target = jnp.repeat(target, self.clone_batch, axis=0)
@@ -172,14 +198,14 @@ class Data2Vec(Method):
     grid = masking.unshuffle(jnp.concatenate([vis, noise], axis=1), views['ids_restore'])
     pred = self.decoder.apply({'params': params['decoder']}, grid)
     cls = 0.0
-    if m.get('cls_loss', 0.0) > 0:
+    if m.cls_loss > 0:
       cls_target = jnp.mean(target, axis=1, keepdims=True)
       cls = m.cls_loss * losses.data2vec_loss(enc['prefix'][:, :1], cls_target,
                                               jnp.ones((b, 1)), m.loss_beta)
     return pred, target, cls
 
   def loss(self, params, state, views, rng):
-    m = self.config.method
+    m = self.hp
     x, mask = views['view0'], views['mask']
     target = jax.lax.stop_gradient(
         self.targets(jax.lax.stop_gradient(state.buffers['teacher']['backbone']), x))
@@ -205,7 +231,7 @@ class Data2Vec(Method):
     """Student features, eval mode: the mean of the final-normed patch tokens
     (``feature_pool='mean'``, the default: in data2vec 1.0 the [CLS] token gets no training
     signal) or the [CLS] token (``'cls'``; data2vec 2.0's ``cls_loss`` trains it)."""
-    if self.config.method.get('feature_pool', 'mean') == 'cls':
+    if self.hp.feature_pool == 'cls':
       return super().features(params, buffers, images_uint8)
     out = self.backbone.apply({'params': params['backbone']}, self.normalize(images_uint8),
                               method=ViT.encode)

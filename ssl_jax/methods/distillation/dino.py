@@ -37,6 +37,8 @@ weight_decay_end, freeze_last_layer_steps, use_bn_in_head (optional, default Fal
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -92,9 +94,29 @@ class DINO(Method):
   #: params subtrees that have an EMA copy in ``buffers['teacher']``.
   teacher_keys = ('backbone', 'head')
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams, common.EMAHparams):
+    out_dim: int
+    hidden_dim: int
+    bottleneck_dim: int
+    num_layers: int
+    norm_last_layer: bool
+    use_bn_in_head: bool = False
+    global_crop_scale: tuple[float, float]
+    num_local_crops: int
+    local_crop_size: int
+    local_crop_scale: tuple[float, float]
+    student_temp: float
+    teacher_temp: float
+    warmup_teacher_temp: float
+    warmup_teacher_temp_steps: int
+    center_momentum: float
+    weight_decay_end: float | None = None   # None: optim.weight_decay throughout
+    freeze_last_layer_steps: int = 0
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.num_local = m.num_local_crops
     self.head = self._make_head()
     total = config.train.steps
@@ -104,14 +126,14 @@ class DINO(Method):
 
   def _make_head(self, **extra):
     """The DINO head from ``config.method``; ``extra`` DINOHead fields (iBOT's patch head)."""
-    m = self.config.method
+    m = self.hp
     return DINOHead(out_dim=m.out_dim, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim,
                     num_layers=m.num_layers, norm_last_layer=m.norm_last_layer,
-                    use_bn=m.get('use_bn_in_head', False), **extra)
+                    use_bn=m.use_bn_in_head, **extra)
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self):
-    d, m = self.config.data, self.config.method
+    d, m = self.config.data, self.hp
     specs = [CropSpec(f'global{i}', d.image_size, tuple(m.global_crop_scale), flip=d.flip)
              for i in range(2)]
     specs += [CropSpec(f'local{i}', m.local_crop_size, tuple(m.local_crop_scale), flip=d.flip)
@@ -150,7 +172,7 @@ class DINO(Method):
     """Teacher = a copy of the student; centers start at 0 (as the official code). BatchNorm
     statistics (ResNet backbone, ``use_bn_in_head``) are kept apart for student and teacher."""
     buffers = {'teacher': {k: params[k] for k in self.teacher_keys},
-               'center': jnp.zeros((1, self.config.method.out_dim), jnp.float32)}
+               'center': jnp.zeros((1, self.hp.out_dim), jnp.float32)}
     stats = {}
     if bb_stats:
       stats.update(backbone=bb_stats, teacher_backbone=bb_stats)
@@ -206,7 +228,7 @@ class DINO(Method):
 
   # -- training ---------------------------------------------------------------------------------
   def loss(self, params, state, views, rng):
-    m = self.config.method
+    m = self.hp
     buffers = state.buffers
     b = views['global0'].shape[0]
     n_crops = 2 + self.num_local
@@ -239,11 +261,11 @@ class DINO(Method):
   def build_optimizer(self, total_steps: int):
     """AdamW (or SGD) with DINO's weight-decay schedule, per-tensor clipping and the frozen last
     layer; LARS falls back to the shared optimiser (constant weight decay)."""
-    o, m = self.config.optim, self.config.method
+    o, m = self.config.optim, self.hp
     peak = schedules.scaled_lr(o, self.config.data.batch_size)
     lr = schedules.warmup_cosine(peak, o.warmup_steps, total_steps, peak * o.min_lr_ratio)
-    wd = schedules.cosine_increase(o.weight_decay, m.get('weight_decay_end', o.weight_decay),
-                                   total_steps)
+    wd_end = o.weight_decay if m.weight_decay_end is None else m.weight_decay_end
+    wd = schedules.cosine_increase(o.weight_decay, wd_end, total_steps)
     if o.name == 'adamw':
       tx = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=wd, mask=schedules.decay_mask)
     elif o.name == 'sgd':
@@ -255,7 +277,7 @@ class DINO(Method):
     if o.clip_grad_norm > 0 and o.name in ('adamw', 'sgd'):
       parts.append(clip_by_leaf_norm(o.clip_grad_norm))
     parts.append(tx)
-    if m.get('freeze_last_layer_steps', 0) > 0:
+    if m.freeze_last_layer_steps > 0:
       parts.append(zero_updates_until(m.freeze_last_layer_steps, last_layer_mask))
     return optax.chain(*parts), lr
 

@@ -28,6 +28,8 @@ ViT backbones only. Extra metrics: ``cls_loss``, ``patch_loss``, ``mask_ratio``,
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -44,12 +46,25 @@ class IBOT(DINO):
 
   teacher_keys = ('backbone', 'head')
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(DINO.Hparams):
+    patch_out_dim: int
+    shared_head: bool
+    mask_ratio_range: tuple[float, float]
+    mask_prob: float
+    mask_bank_size: int
+    mask_min_patches: int | None = None   # None / 0: no minimum
+    teacher_patch_temp: float
+    warmup_teacher_patch_temp: float
+    lambda1: float
+    lambda2: float
+
   def __init__(self, config):
     super().__init__(config)
     if not isinstance(self.backbone, ViT):
       raise ValueError(f'config.model.backbone={config.model.backbone!r}: iBOT needs a ViT '
                        '(patch tokens and a mask token)')
-    m = config.method
+    m = self.hp
     if self.backbone.num_prefix_tokens != 1:
       raise ValueError('iBOT needs a ViT with exactly one prefix ([CLS]) token')
     if m.shared_head and m.patch_out_dim != m.out_dim:
@@ -58,12 +73,12 @@ class IBOT(DINO):
     self.grid = config.data.image_size // config.model.patch_size
     self.mask_bank = BlockMaskBank(
         self.grid, tuple(m.mask_ratio_range), size=m.mask_bank_size, seed=config.seed,
-        min_num_patches=m.get('mask_min_patches', None) or None, mask_prob=m.mask_prob)
+        min_num_patches=m.mask_min_patches or None, mask_prob=m.mask_prob)
     self.teacher_patch_temp_fn = schedules.linear_warmup_constant(
         m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_steps)
 
   def _make_head(self):
-    m = self.config.method
+    m = self.hp
     return super()._make_head(patch_out_dim=0 if m.shared_head else m.patch_out_dim)
 
   def _head_tokens(self, head_params, stats, tokens):
@@ -93,12 +108,12 @@ class IBOT(DINO):
     params = {'backbone': bb_params, 'head': hd_params,
               'mask_token': jnp.zeros((self.feature_dim,), jnp.float32)}
     buffers = self._buffers(params, bb_stats, hd_stats)
-    buffers['patch_center'] = jnp.zeros((1, self.config.method.patch_out_dim), jnp.float32)
+    buffers['patch_center'] = jnp.zeros((1, self.hp.patch_out_dim), jnp.float32)
     return params, buffers
 
   # -- training -------------------------------------------------------------------------------------
   def loss(self, params, state, views, rng):
-    m = self.config.method
+    m = self.hp
     buffers = state.buffers
     b = views['global0'].shape[0]
     k_g, k_l = jax.random.split(rng)

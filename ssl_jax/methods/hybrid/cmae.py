@@ -50,6 +50,8 @@ temperature, contrastive_weight, momentum, momentum_final, max_shift, feature_po
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -95,10 +97,21 @@ def shifted_windows(images, offsets, size: int):
 class CMAE(MAE):
   """MAE + feature decoder, projector and predictor against an EMA encoder of a shifted view."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(MAE.Hparams, common.ProjectorHparams, common.PredictorHparams,
+                common.EMAHparams):
+    mask_unit: int = 1
+    max_shift: int
+    feature_decoder_dim: int
+    feature_decoder_depth: int
+    feature_decoder_heads: int
+    temperature: float
+    contrastive_weight: float
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
-    self.mask_unit = int(m.get('mask_unit', 1))
+    m = self.hp
+    self.mask_unit = m.mask_unit
     if self.mask_unit < 1 or self.grid[0] % self.mask_unit or self.grid[1] % self.mask_unit:
       raise ValueError(f'config.method.mask_unit={self.mask_unit} must be >= 1 and divide the '
                        f'patch grid {self.grid}')
@@ -152,7 +165,7 @@ class CMAE(MAE):
     params['feature_decoder'] = self.feature_decoder.init({'params': k_feat}, tokens, ids)['params']
     params['projector'], proj_stats = init_module(self.projector, k_proj, jnp.zeros((2, d)))
     params['predictor'], pred_stats = init_module(
-        self.predictor, k_pred, jnp.zeros((2, self.config.method.proj_dim)))
+        self.predictor, k_pred, jnp.zeros((2, self.hp.proj_dim)))
     buffers = {
         'batch_stats': {'projector': proj_stats, 'predictor': pred_stats},
         # The momentum encoder starts as a copy of the online backbone and projector.

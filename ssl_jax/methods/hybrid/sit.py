@@ -27,6 +27,8 @@ projector's hidden layer; the paper's head has none), corrupt_blocks, corrupt_ma
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -100,27 +102,37 @@ class SiT(Method):
   num_views = 2
   normalize_views = False   # corruption ops assume [0, 1]; normalised after corrupting
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    temperature: float = 0.5
+    proj_hidden_dim: int
+    proj_dim: int
+    proj_bn: bool = False
+    task_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    corrupt_blocks: int = 3
+    corrupt_max_frac: float = 0.5
+
   def __init__(self, config):
     super().__init__(config)
     if not isinstance(self.backbone, ViT):
       raise ValueError(f'SiT needs a ViT backbone (config.model.backbone=vit_*), '
                        f'got {config.model.backbone!r}')
     self.backbone = self.backbone.clone(num_prefix_tokens=2)
-    m = config.method
-    self.temperature = m.get('temperature', 0.5)
+    m = self.hp
+    self.temperature = m.temperature
     self.patch = self.backbone.patch_size
     self.rot_head = nn.Dense(NUM_ROTATIONS, name='rotation_head')
     self.projector = MLP(hidden_dims=(m.proj_hidden_dim,), out_dim=m.proj_dim,
-                         use_bn=m.get('proj_bn', False))
+                         use_bn=m.proj_bn)
     self.decoder = LinearDecoder(self.patch * self.patch * 3)
-    self.task_scale = tuple(m.get('task_scale', (1.0, 1.0, 1.0)))
+    self.task_scale = m.task_scale
     # The eval-time normalisation of ``Method.normalize``.
     self.mean, self.std = augment.IMAGENET_MEAN, augment.IMAGENET_STD
 
   def views(self, batch, rng):
     k_aug, k_rest = jax.random.split(rng)
     clean = super().views(batch, k_aug)
-    m = self.config.method
+    m = self.hp
     out = {}
     for i, key in enumerate(jax.random.split(k_rest, self.num_views)):
       x = clean[f'view{i}']
@@ -130,7 +142,7 @@ class SiT(Method):
       other = jnp.roll(x, 1, axis=0)
       keys = jax.random.split(k_cor, x.shape[0])
       corrupted, _ = jax.vmap(lambda k, a, b: corrupt_image(
-          k, a, b, m.get('corrupt_blocks', 3), m.get('corrupt_max_frac', 0.5)))(keys, x, other)
+          k, a, b, m.corrupt_blocks, m.corrupt_max_frac))(keys, x, other)
       out[f'input{i}'] = augment.normalize(corrupted, self.mean, self.std)
       out[f'target{i}'] = augment.normalize(x, self.mean, self.std)
       out[f'rotation{i}'] = ks

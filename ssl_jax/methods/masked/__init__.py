@@ -18,6 +18,8 @@ eval features (the encoder on *all* patches, no mask) and reconstruction-grid he
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from ssl_jax.data import augment
@@ -39,6 +41,10 @@ class MaskedImageMethod(Method):
   backbone_types: tuple = (vit_lib.ViT,)
   backbone_names = 'vit_tiny/vit_small/vit_base'
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    feature_pool: str = 'mean'   # 'mean' | 'cls'
+
   def __init__(self, config):
     super().__init__(config)
     if not isinstance(self.backbone, self.backbone_types):
@@ -52,7 +58,7 @@ class MaskedImageMethod(Method):
     self.grid = (size // self.patch_size, size // self.patch_size)
     self.num_patches = self.grid[0] * self.grid[1]
     self.patch_dim = self.patch_size ** 2 * 3
-    self.feature_pool = config.method.get('feature_pool', 'mean')
+    self.feature_pool = self.hp.feature_pool
     if self.feature_pool not in ('mean', 'cls'):
       raise ValueError(f"config.method.feature_pool={self.feature_pool!r}: use 'mean' or 'cls'")
     recipe = config.aug.recipe if isinstance(config.aug.recipe, str) else config.aug.recipe[0]

@@ -22,6 +22,8 @@ tokenizer (VQ-VAE sizes, see ``vq_tokenizer.TOKENIZERS``), tokenizer_workdir, fe
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import flax.linen as nn
@@ -82,26 +84,35 @@ def blockwise_masks_device(rng, batch: int, grid_h: int, grid_w: int, num_maskin
 class BEiT(MaskedImageMethod):
   """Mask-token ViT predicting the VQ tokenizer's code of each block-wise masked patch."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(MaskedImageMethod.Hparams):
+    mask_ratio: float
+    min_mask_patches: int
+    mask_attempts: int = 50
+    tokenizer: vq_tokenizer.TokenizerHparams
+    tokenizer_workdir: str = ''
+    tokenizer_random_init: bool = False   # tests only
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.tokenizer = vq_tokenizer.build_vqvae(m.tokenizer)
     if m.tokenizer.downsample != self.patch_size:
       raise ValueError(f'config.method.tokenizer.downsample={m.tokenizer.downsample} must equal '
                        f'model.patch_size={self.patch_size} (one visual token per patch)')
     self.num_mask = int(round(m.mask_ratio * self.num_patches))
     self.min_mask_patches = m.min_mask_patches
-    self.mask_attempts = m.get('mask_attempts', 50)
+    self.mask_attempts = m.mask_attempts
     self.lm_head = Dense(self.tokenizer.num_codes, kernel_init=nn.initializers.truncated_normal(
         0.02), name='lm_head')
     # Loaded here, eagerly: init() runs under jax.eval_shape / jit, where Orbax cannot restore.
     self._tokenizer_params = self._load_tokenizer() if (
-        m.get('tokenizer_workdir', '') or m.get('tokenizer_random_init', False)) else None
+        m.tokenizer_workdir or m.tokenizer_random_init) else None
 
   def _load_tokenizer(self):
     """The frozen tokenizer params from ``tokenizer_workdir`` (or random, tests only), numpy."""
-    m, size = self.config.method, self.config.data.image_size
-    if m.get('tokenizer_random_init', False):
+    m, size = self.hp, self.config.data.image_size
+    if m.tokenizer_random_init:
       x = jnp.zeros((1, size, size, 3))
       key = jax.random.PRNGKey(self.config.seed + 7)
       return jax.device_get(self.tokenizer.init(key, x)['params'])
@@ -117,7 +128,7 @@ class BEiT(MaskedImageMethod):
     head = self.lm_head.init(k2, jnp.zeros((2, d)))['params']
     mask_token = 0.02 * jax.random.truncated_normal(k3, -2.0, 2.0, (d,), jnp.float32)
     if self._tokenizer_params is None:   # raises the error that names the command to run
-      vq_tokenizer.load_tokenizer_params(self.config.method.get('tokenizer_workdir', ''))
+      vq_tokenizer.load_tokenizer_params(self.hp.tokenizer_workdir)
     tok = jax.tree_util.tree_map(jnp.asarray, self._tokenizer_params)
     return {'backbone': bb, 'lm_head': head, 'mask_token': mask_token}, {'tokenizer': tok}
 

@@ -18,6 +18,8 @@ feature_pool ('mean' | 'cls', see :class:`MaskedImageMethod`).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import re
 
 import jax
@@ -34,9 +36,17 @@ from ssl_jax.models.decoders import MAEDecoder
 class MAE(MaskedImageMethod):
   """Masked autoencoder: visible-only encoder, light decoder, masked-patch MSE."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(MaskedImageMethod.Hparams):
+    mask_ratio: float
+    norm_pix_loss: bool
+    decoder_dim: int
+    decoder_depth: int
+    decoder_heads: int
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.mask_ratio = m.mask_ratio
     self.num_keep = masking.num_kept(self.num_patches, self.mask_ratio)
     self.norm_pix_loss = m.norm_pix_loss

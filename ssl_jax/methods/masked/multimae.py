@@ -132,9 +132,19 @@ def _encode_tokens(vit, rgb, others, ids_keep, train):
 class MultiMAE(MaskedImageMethod):
   """RGB + other modalities, Dirichlet token allocation, shared ViT, per-modality decoders."""
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(MaskedImageMethod.Hparams):
+    modalities: tuple[str, ...]   # 'rgb' first
+    mask_ratio: float
+    dirichlet_alpha: float
+    norm_pix_loss: bool
+    decoder_dim: int
+    decoder_depth: int
+    decoder_heads: int
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.names = tuple(m.modalities)
     if not self.names or self.names[0] != 'rgb':
       raise ValueError(f"config.method.modalities={self.names}: the first modality must be 'rgb'")

@@ -24,6 +24,8 @@ paper's Table 3 ablation).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import jax
@@ -56,9 +58,18 @@ class SimMIM(MaskedImageMethod):
   backbone_types = (vit_lib.ViT, Swin)
   backbone_names = 'vit_tiny/vit_small/vit_base/swin_tiny/swin_small/swin_base'
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(MaskedImageMethod.Hparams):
+    mask_ratio: float
+    mask_patch_size: int
+    head_depth: int
+    head_heads: int
+    loss: str = 'l1'   # one of losses.SIMMIM_LOSSES
+    norm_target_window: int
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.mask_ratio = m.mask_ratio
     self.mask_patch_size = m.mask_patch_size
     size = config.data.image_size
@@ -73,7 +84,7 @@ class SimMIM(MaskedImageMethod):
     self.scale = self.mask_patch_size // self.patch_size
     self.out_grid = (size // self.out_stride,) * 2
     self.head = SimMIMHead(self.out_stride ** 2 * 3, depth=m.head_depth, num_heads=m.head_heads)
-    self.loss_kind = m.get('loss', 'l1')
+    self.loss_kind = m.loss
     if self.loss_kind not in losses.SIMMIM_LOSSES:
       raise ValueError(f'config.method.loss={self.loss_kind!r}: use one of '
                        f'{", ".join(losses.SIMMIM_LOSSES)}')

@@ -19,6 +19,8 @@ l2_codes, beta. Eval features (kNN) are the flattened quantised code vectors of 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 
@@ -32,6 +34,18 @@ from ssl_jax.methods.base import Method
 from ssl_jax.models.decoders import VQVAE
 
 TOKENIZER_FIELDS = ('num_codes', 'code_dim', 'hidden', 'num_res', 'downsample', 'l2_codes')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerHparams:
+  """The VQ-VAE's sizes (:data:`TOKENIZER_FIELDS`): ``config.method`` of a vqvae run and
+  ``config.method.tokenizer`` of a BEiT run, which rebuilds the same module."""
+  num_codes: int
+  code_dim: int
+  hidden: int
+  num_res: int
+  downsample: int   # a power of two: BEiT's patch size
+  l2_codes: bool
 
 
 # Tokenizer sizes per config variant; configs/vqvae.py trains with these and configs/beit.py
@@ -113,10 +127,14 @@ class VQTokenizer(Method):
 
   num_views = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams, TokenizerHparams):
+    beta: float
+
   def __init__(self, config):
     super().__init__(config)
-    self.vqvae = build_vqvae(config.method)
-    self.beta = config.method.beta
+    self.vqvae = build_vqvae(self.hp)
+    self.beta = self.hp.beta
 
   def init(self, rng, batch):
     x = jnp.zeros((2,) + batch['view0'].shape[1:3] + (3,), jnp.float32)

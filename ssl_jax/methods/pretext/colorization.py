@@ -24,6 +24,8 @@ prior_images.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 
 import flax.linen as nn
@@ -137,28 +139,36 @@ class Colorization(Method):
   num_views = 1
   normalize_views = False   # [0, 1] crops: Lab targets and the lightness input come from them
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    decoder_dim: int = 64
+    prior_images: int = 500
+    rebalance_lambda: float = 0.5
+    soft_neighbours: int = 5
+    soft_sigma: float = 5.0
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
+    m = self.hp
     self.centres = ab_gamut_bins()
     size = config.data.image_size
     if size % OUTPUT_STRIDE:
       raise ValueError(f'config.data.image_size={size} must be a multiple of {OUTPUT_STRIDE}')
-    self.decoder = ColorDecoder(size // OUTPUT_STRIDE, m.get('decoder_dim', 64), len(self.centres))
+    self.decoder = ColorDecoder(size // OUTPUT_STRIDE, m.decoder_dim, len(self.centres))
     src = sources.get_source(config.data, config.data.train_split)
-    n = min(len(src), m.get('prior_images', 500))
+    n = min(len(src), m.prior_images)
     imgs = np.stack([src[i]['image'] for i in range(n)])
     self.class_weights = rebalance_weights(empirical_prior(imgs, self.centres), self.centres,
-                                           m.get('rebalance_lambda', 0.5))
+                                           m.rebalance_lambda)
 
   def views(self, batch, rng):
-    m = self.config.method
+    m = self.hp
     rgb = super().views(batch, rng)['view0']                   # [0, 1]
     lab = rgb_to_lab(rgb)
     ab = pool_ab(lab, OUTPUT_STRIDE)
     centres = jnp.asarray(self.centres)
     flat = ab.reshape(-1, 2)
-    target = soft_encode(flat, centres, m.get('soft_neighbours', 5), m.get('soft_sigma', 5.0))
+    target = soft_encode(flat, centres, m.soft_neighbours, m.soft_sigma)
     weight = jnp.asarray(self.class_weights)[jnp.argmax(target, axis=-1)]
     return {'gray': lightness_input(rgb), 'target': target.reshape(ab.shape[:3] + (-1,)),
             'weight': weight.reshape(ab.shape[:3])}

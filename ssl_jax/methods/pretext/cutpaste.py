@@ -18,6 +18,8 @@ image side), scar_angle (degrees), patch_jitter, head_hidden_dim, head_layers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import jax
@@ -90,10 +92,19 @@ class CutPaste(PretextClassifier):
   acc_metric = 'cutpaste_acc'
   normalize_views = False   # paste in [0, 1], then normalise as ``Method.normalize`` does
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(PretextClassifier.Hparams):
+    area_ratio: tuple[float, float]
+    aspect_ratio: float
+    scar_width: tuple[float, float]
+    scar_length: tuple[float, float]
+    scar_angle: float
+    patch_jitter: float
+
   def views(self, batch, rng):
     k_aug, k_cp, k_scar = jax.random.split(rng, 3)
     x = super().views(batch, k_aug)['view0']
-    m = self.config.method
+    m = self.hp
     b = x.shape[0]
     cp = jax.vmap(lambda k, im: cutpaste(k, im, tuple(m.area_ratio), m.aspect_ratio,
                                          m.patch_jitter)[0])(jax.random.split(k_cp, b), x)

@@ -17,6 +17,8 @@ permutation_seed.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import itertools
 
@@ -100,16 +102,24 @@ class Jigsaw(Method):
 
   num_views = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    grid: int = 3
+    tile_size: int
+    num_permutations: int
+    permutation_seed: int = 0
+    tile_dim: int = 128
+    head_hidden_dim: int = 512
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
-    self.grid = m.get('grid', 3)
+    m = self.hp
+    self.grid = m.grid
     self.num_tiles = self.grid * self.grid
     self.tile_size = m.tile_size
     self.permutations = max_hamming_permutations(m.num_permutations, self.num_tiles,
-                                                 m.get('permutation_seed', 0))
-    self.head = JigsawHead(self.num_tiles, m.get('tile_dim', 128), m.get('head_hidden_dim', 512),
-                           m.num_permutations)
+                                                 m.permutation_seed)
+    self.head = JigsawHead(self.num_tiles, m.tile_dim, m.head_hidden_dim, m.num_permutations)
 
   def crop_specs(self):
     d = self.config.data

@@ -25,6 +25,8 @@ loss_lambda, bank_size (0 = the size of the training split).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -53,16 +55,27 @@ class PIRL(Method):
 
   num_views = 1
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    grid: int = 3
+    tile_size: int
+    proj_dim: int = 128
+    temperature: float
+    num_negatives: int
+    bank_momentum: float = 0.5
+    bank_size: int = 0   # 0: the size of data.train_split
+    loss_lambda: float = 0.5
+
   def __init__(self, config):
     super().__init__(config)
-    m = config.method
-    self.grid = m.get('grid', 3)
+    m = self.hp
+    self.grid = m.grid
     self.num_tiles = self.grid * self.grid
     self.tile_size = m.tile_size
-    self.proj_dim = m.get('proj_dim', 128)
+    self.proj_dim = m.proj_dim
     self.f_head = nn.Dense(self.proj_dim, name='f_head')
     self.g_head = TileHead(self.num_tiles, self.proj_dim)
-    self.bank_size = m.get('bank_size', 0) or len(
+    self.bank_size = m.bank_size or len(
         sources.get_source(config.data, config.data.train_split))
 
   def crop_specs(self):
@@ -89,7 +102,7 @@ class PIRL(Method):
     return params, {'batch_stats': {'backbone': bb_stats}, 'bank': bank}
 
   def loss(self, params, state, views, rng):
-    m = self.config.method
+    m = self.hp
     stats = state.buffers['batch_stats']['backbone']
     tiles = views['tiles'].reshape((-1,) + views['tiles'].shape[2:])
     # BatchNorm statistics are per input kind (images vs tiles differ in scale); run twice.
@@ -106,9 +119,9 @@ class PIRL(Method):
     negatives = bank[neg_idx]
     l_g, acc_g = losses.memory_bank_info_nce(g, positives, negatives, m.temperature)
     l_f, acc_f = losses.memory_bank_info_nce(f, positives, negatives, m.temperature)
-    lam = m.get('loss_lambda', 0.5)
+    lam = m.loss_lambda
     loss = lam * l_g + (1 - lam) * l_f
-    mom = m.get('bank_momentum', 0.5)
+    mom = m.bank_momentum
     new_rows = losses.l2_normalize(mom * positives + (1 - mom) * jax.lax.stop_gradient(f))
     bank = bank.at[idx].set(new_rows)
     buffers = dict(state.buffers, batch_stats={'backbone': stats}, bank=bank)

@@ -14,6 +14,8 @@ Config (``config.method``): head_hidden_dim, head_layers (1 = a linear classifie
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -52,9 +54,10 @@ def all_rotations(images):
 
 def classifier_head(method_cfg, num_classes: int) -> MLP:
   """The pretext classifier on the pooled feature: ``head_layers - 1`` hidden Linear-BN-ReLU
-  layers of ``head_hidden_dim``, then a linear layer to ``num_classes`` logits."""
-  layers = method_cfg.get('head_layers', 2)
-  hidden = method_cfg.get('head_hidden_dim', 256)
+  layers of ``head_hidden_dim``, then a linear layer to ``num_classes`` logits (``method_cfg``:
+  ``PretextClassifier.Hparams``)."""
+  layers = method_cfg.head_layers
+  hidden = method_cfg.head_hidden_dim
   return MLP(hidden_dims=(hidden,) * (layers - 1), out_dim=num_classes, use_bn=True)
 
 
@@ -69,9 +72,14 @@ class PretextClassifier(Method):
   num_classes: int = 0
   acc_metric: str = 'pretext_acc'
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    head_layers: int = 2   # 1 = a linear classifier
+    head_hidden_dim: int = 256
+
   def __init__(self, config):
     super().__init__(config)
-    self.head = classifier_head(config.method, self.num_classes)
+    self.head = classifier_head(self.hp, self.num_classes)
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
