@@ -39,7 +39,7 @@ def export(config, workdir: str, mesh=None) -> dict:
             'backbone': config.model.backbone}
   result['encoder'] = encoder_lib.save_encoder(
       os.path.join(out_dir, 'encoder'), backbone, variables, mean=augment.IMAGENET_MEAN,
-      std=augment.IMAGENET_STD)
+      std=augment.IMAGENET_STD, model_config=config.model)
   if config.get('export', {}).get('timm', True) and jax.process_index() == 0:
     try:
       arch, _ = timm_lib.timm_model_args(backbone)

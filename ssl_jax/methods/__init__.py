@@ -1,7 +1,8 @@
 """Methods by short key: the one explicit dict that ``config.method.name`` maps through.
 
 Values are ``module:Class`` paths imported on use, so importing ssl_jax imports no method and no
-registry is filled by import side effects.
+registry is filled by import side effects. A user's own method joins with one explicit call,
+``register_method(name, cls)`` (also ``ssl_jax.register_method``), whose value is the class.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ METHODS = {
     'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
 }
 
+_BUILTIN_METHODS = dict(METHODS)
+
 
 def method_class(name: str):
   """The Method class for ``name``; unknown names raise ValueError with a suggestion."""
@@ -46,8 +49,22 @@ def method_class(name: str):
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise ValueError(f'config.method.name={name!r} is not a known method{hint}; '
                      f'choose one of {sorted(METHODS)}')
+  if not isinstance(METHODS[name], str):   # a class given to register_method
+    return METHODS[name]
   module, cls = METHODS[name].split(':')
   return getattr(importlib.import_module(module), cls)
+
+
+def register_method(name: str, method_class) -> None:
+  """Makes ``config.method.name=name`` build ``method_class(config)``: a class implementing the
+  Method interface (subclass ``ssl_jax.methods.base.Method``). Built-in names are refused;
+  registering a user name again replaces it."""
+  if name in _BUILTIN_METHODS:
+    raise ValueError(f'method {name!r} is built in; register your method under another name')
+  if not isinstance(method_class, type):
+    raise TypeError(f'register_method({name!r}, ...) needs a class, got '
+                    f'{type(method_class).__name__}')
+  METHODS[name] = method_class
 
 
 def build_method(config):

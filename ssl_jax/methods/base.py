@@ -54,11 +54,15 @@ class Method:
   #: False: the recipes' normalisation is dropped, so ``views`` gets [0, 1] crops and the method
   #: normalises after its own ops (Lab conversion, corruption, pasting).
   normalize_views = True
+  #: True: ``features`` is the backbone's pooled output on ``normalize(images)``, so the exported
+  #: encoder reproduces it. False for methods whose eval feature is more than that one backbone
+  #: (CMC: several encoders; CPC: a grid of patch encodings; the VQ tokenizer: codes).
+  features_from_encoder = True
 
   def __init__(self, config):
     self.config = config
     self.backbone = models.build_backbone(config.model)
-    self.feature_dim = models.feature_dim(self.backbone)
+    self.feature_dim = models.feature_dim(self.backbone, config.model)
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self) -> tuple[CropSpec, ...]:

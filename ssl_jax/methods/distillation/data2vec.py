@@ -23,7 +23,7 @@ Choices, stated:
 * masks: BEiT block-wise masks with ratio ``mask_ratio`` from a host-precomputed bank drawn on
   device (``distillation.masks.BlockMaskBank``, see there);
 * evaluation/export use the *student* backbone (data2vec fine-tunes the student); ``features``
-  mean-pools the patch tokens (``feature_pool='mean'``) since only patches are trained.
+  mean-pools the patch tokens (``model.pool='mean'``) since only patches are trained.
 
 data2vec 2.0 (Baevski et al., "Efficient Self-supervised Learning with Contextualized Target
 Representations for Vision, Speech and Language", ICML 2023) is ``method.student='visible'``
@@ -80,6 +80,9 @@ class Data2Vec(Method):
     super().__init__(config)
     if not isinstance(self.backbone, ViT):
       raise ValueError(f'config.model.backbone={config.model.backbone!r}: data2vec needs a ViT')
+    if 'feature_pool' in config.method:   # configs written before it became a backbone field
+      raise ValueError('config.method.feature_pool is now a backbone field: remove it and set '
+                       "config.model.pool ('mean' | 'token')")
     m = config.method
     if not 0 < m.top_k <= self.backbone.depth:
       raise ValueError(f'config.method.top_k={m.top_k} must be in [1, depth={self.backbone.depth}]')
@@ -201,15 +204,9 @@ class Data2Vec(Method):
                'patch_loss': patch_loss, 'cls_loss': jnp.asarray(cls, jnp.float32)}
     return loss, (metrics, state.buffers)
 
-  def features(self, params, buffers, images_uint8):
-    """Student features, eval mode: the mean of the final-normed patch tokens
-    (``feature_pool='mean'``, the default: in data2vec 1.0 the [CLS] token gets no training
-    signal) or the [CLS] token (``'cls'``; data2vec 2.0's ``cls_loss`` trains it)."""
-    if self.config.method.get('feature_pool', 'mean') == 'cls':
-      return super().features(params, buffers, images_uint8)
-    out = self.backbone.apply({'params': params['backbone']}, self.normalize(images_uint8),
-                              method=ViT.encode)
-    return out['patches'].mean(axis=1).astype(jnp.float32)
+  # ``features`` is the base class's (student backbone, eval mode), pooled per ``model.pool``:
+  # 'mean' of the final-normed patch tokens (configs/data2vec.py: in data2vec 1.0 the [CLS] token
+  # gets no training signal) or 'token', the [CLS] token (data2vec 2.0's ``cls_loss`` trains it).
 
   def after_update(self, state):
     mom = self.momentum_fn(state.step - 1)

@@ -25,13 +25,22 @@ from ssl_jax.methods.base import Method
 from ssl_jax.models import vit as vit_lib
 
 
+def check_no_feature_pool(config):
+  """``method.feature_pool`` moved to the backbone (``model.pool``); an old config says so."""
+  if 'feature_pool' in config.method:
+    new = {'cls': 'token'}.get(config.method.feature_pool, config.method.feature_pool)
+    raise ValueError(f'config.method.feature_pool is now a backbone field: remove it and set '
+                     f'config.model.pool={new!r}')
+
+
 class MaskedImageMethod(Method):
   """Base of the masked-image methods: one crop, a ViT backbone, pooled-feature eval.
 
-  ``config.method.feature_pool`` chooses the eval/export feature: ``'mean'`` (default) averages the
-  final-normed patch tokens of the unmasked image — MAE fine-tunes with global average pooling and
-  it gives much better kNN than [CLS] for reconstruction-trained encoders, whose [CLS] token gets
-  no direct training signal; ``'cls'`` uses the [CLS] token (MAE's linear-probe protocol).
+  ``config.model.pool`` (a backbone field, so export and fine-tuning pool the same way) chooses
+  the eval/export feature: ``'mean'`` (the configs' choice) averages the final-normed patch tokens
+  of the unmasked image — MAE fine-tunes with global average pooling and it gives much better kNN
+  than [CLS] for reconstruction-trained encoders, whose [CLS] token gets no direct training
+  signal; ``'token'`` uses the [CLS] token (MAE's linear-probe protocol).
   """
 
   num_views = 1
@@ -52,9 +61,7 @@ class MaskedImageMethod(Method):
     self.grid = (size // self.patch_size, size // self.patch_size)
     self.num_patches = self.grid[0] * self.grid[1]
     self.patch_dim = self.patch_size ** 2 * 3
-    self.feature_pool = config.method.get('feature_pool', 'mean')
-    if self.feature_pool not in ('mean', 'cls'):
-      raise ValueError(f"config.method.feature_pool={self.feature_pool!r}: use 'mean' or 'cls'")
+    check_no_feature_pool(config)
     recipe = config.aug.recipe if isinstance(config.aug.recipe, str) else config.aug.recipe[0]
     self.recipe = augment.get_recipe(recipe, **dict(config.aug.get('overrides', {})))
 
@@ -68,12 +75,8 @@ class MaskedImageMethod(Method):
     return self.backbone.apply({'params': params['backbone']}, x, train=train, rngs=rngs,
                                method=type(self.backbone).encode, **kw)
 
-  def features(self, params, buffers, images_uint8):
-    """Eval feature: the encoder on all patches (no mask), pooled per ``feature_pool``."""
-    out = self.encode(params, self.normalize(images_uint8))
-    if self.feature_pool == 'cls' and self.backbone.num_prefix_tokens:
-      return out['tokens'][:, 0].astype(jnp.float32)
-    return out['patches'].mean(axis=1).astype(jnp.float32)
+  # ``features`` is the base class's: the backbone on all patches (no mask), pooled per
+  # ``config.model.pool`` -- exactly what the exported encoder computes.
 
   # -- reconstruction pictures -----------------------------------------------------------------
   def denormalize(self, x):
