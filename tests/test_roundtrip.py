@@ -22,6 +22,7 @@ from flax import traverse_util
 import ssl_jax
 from ssl_jax.export import encoder as encoder_lib
 from ssl_jax.export import timm as timm_lib
+from ssl_jax import methods
 from ssl_jax.train import loop
 from tests import helpers
 
@@ -47,9 +48,18 @@ CONFIGS = builtin_configs()
 
 
 def tiny_config(name):
-  c = helpers.tiny(importlib.import_module(f'configs.{name}').get_config('builtin'),
-                   image_size=16, batch_size=8, steps=2)
+  """The builtin variant shrunk: 16 px (the next multiple of a tile method's grid), tiny heads."""
+  c = importlib.import_module(f'configs.{name}').get_config('builtin')
+  grid = c.method.get('grid', 1)
+  helpers.tiny(c, image_size=-(-16 // grid) * grid, batch_size=8, steps=2)
   m = c.method
+  if 'tile_size' in m:          # jigsaw / PIRL: 6 px cells
+    m.tile_size = 4
+  for field, small in (('num_permutations', 10), ('tile_dim', 8), ('head_hidden_dim', 16),
+                       ('proj_hidden_dim', 32), ('pred_hidden_dim', 32), ('proj_dim', 16),
+                       ('pred_dim', 16), ('num_negatives', 32)):
+    if field in m and isinstance(m[field], int) and m[field] > small > 0:
+      m[field] = small
   if 'decoder_dim' in m:
     m.decoder_dim, m.decoder_depth, m.decoder_heads = 16, 1, 2
   if 'tokenizer' in m:          # BEiT: a random tokenizer of the tests' size, no tokenizer run
@@ -80,6 +90,11 @@ def test_pretrain_eval_export_load(name, tmp_path):
   result = ssl_jax.evaluate(config, workdir, mesh, require_checkpoint=True)
   assert result['step'] == 2
   assert 0.0 <= result['knn_top1'] <= 1.0 and 0.0 <= result['linear_top1'] <= 1.0
+  if not methods.method_class(config.method.name).has_encoder:   # the VQ tokenizer
+    assert 'finetune_skipped' in result
+    with pytest.raises(ValueError, match='trains no image encoder'):
+      ssl_jax.export.export(config, workdir, mesh)
+    return
   assert np.isfinite(result['finetune_top1']), result
 
   exported = ssl_jax.export.export(config, workdir, mesh)
@@ -90,7 +105,8 @@ def test_pretrain_eval_export_load(name, tmp_path):
   state, _ = exp.restore_or_init()
   exp.checkpointer.close()
   method = exp.method
-  images = np.random.RandomState(0).randint(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+  size = config.data.image_size
+  images = np.random.RandomState(0).randint(0, 256, (4, size, size, 3)).astype(np.uint8)
   x = method.normalize(images)
   trained_vars = method.encoder_variables(state.params, state.buffers)
   trained = method.backbone.apply(trained_vars, x, train=False)

@@ -33,6 +33,9 @@ def export(config, workdir: str, mesh=None) -> dict:
   if latest is None:
     raise ValueError(f'--workdir={workdir} has no checkpoint to export; pretrain first')
   out_dir = config.get('export', {}).get('dir', '') or os.path.join(exp.workdir, 'export')
+  if not exp.method.has_encoder:
+    raise ValueError(f'config.method.name={config.method.name!r} trains no image encoder, so '
+                     'there is nothing to export')
   backbone = exp.method.backbone
   variables = exp.method.encoder_variables(state.params, state.buffers)
   result = {'step': int(jax.device_get(state.step)), 'method': config.method.name,

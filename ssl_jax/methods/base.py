@@ -58,6 +58,9 @@ class Method:
   #: encoder reproduces it. False for methods whose eval feature is more than that one backbone
   #: (CMC: several encoders; CPC: a grid of patch encodings; the VQ tokenizer: codes).
   features_from_encoder = True
+  #: False for methods that train no image encoder (the VQ tokenizer BEiT reads): evaluation
+  #: skips fine-tuning and export refuses, each with the reason.
+  has_encoder = True
 
   def __init__(self, config):
     self.config = config
