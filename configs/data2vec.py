@@ -55,7 +55,7 @@ def get_config(arg: str = 'builtin'):
   m.loss_beta = 0.0                # 0: L2
   m.target_layer_norm = 'instance'
   m.target_final_norm = 'none'
-  m.feature_pool = 'mean'         # eval features: mean of the patch tokens ('cls': [CLS])
+  c.model.pool = 'mean'           # eval features: mean of the patch tokens ('token': [CLS])
   m.student = 'mask_token'        # data2vec 1.0; 'visible' = data2vec 2.0 (fields below)
   m.clone_batch = 1               # 2.0: masked copies of each image (teacher runs once)
   m.decoder_dim = 768             # 2.0: conv decoder width / depth / kernel / groups

@@ -48,8 +48,6 @@ def get_config(arg: str = 'builtin'):
   c.method.pred_layers = 2
   c.method.pred_hidden_dim = 4096
   c.method.pred_dim = 256
-  c.method.frozen_patch_embed = False
-  c.method.sincos_pos_embed = False
   c.aug = ml_collections.ConfigDict({'recipe': ('byol_view1', 'byol_view2')})  # asymmetric views
   c.data.crop_scale = (0.08, 1.0)
   c.optim.name = 'lars'
@@ -102,8 +100,8 @@ def _vit(c, backbone: str, patch: int):
   """MoCo v3's ViT settings: AdamW, frozen random patch projection, sin-cos positions, 3-layer
   projector."""
   common.vit(c, backbone, patch_size=patch)
-  c.method.frozen_patch_embed = True
-  c.method.sincos_pos_embed = True
+  c.model.frozen_patch_embed = True
+  c.model.pos_embed = 'sincos'
   c.method.proj_layers = 3
   c.optim.name = 'adamw'
   c.optim.b2 = 0.999

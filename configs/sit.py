@@ -26,6 +26,10 @@ from ssl_jax import config as config_lib
 def get_config(arg: str = 'builtin'):
   c = config_lib.base_config()
   c.method.name = 'sit'
+  # SiT's ViT: [rotation, contrastive] prefix tokens; the pooled (eval / export) feature is the
+  # contrastive token. Every variant's backbone is built from these (models.build_backbone).
+  c.model.num_prefix_tokens = 2
+  c.model.pool_token = 1
   c.method.temperature = 0.5
   c.method.proj_hidden_dim = 2048
   c.method.proj_bn = False

@@ -33,6 +33,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embed_dim = 0          # ViT overrides (0 = preset), for tiny models in tests
   c.model.depth = 0
   c.model.num_heads = 0
+  # ViT fields a method may need changed; the method's config sets them and the method checks
+  # them, so fine-tuning / export / load_encoder build exactly the trained backbone (issue 29).
+  c.model.pos_embed = 'learned'      # ViT: 'learned' | 'sincos' (fixed 2-D; MAE, MoCo v3)
+  c.model.num_prefix_tokens = 1      # ViT: [CLS] + extra prefix / register tokens (SiT: 2)
+  c.model.frozen_patch_embed = False  # ViT: random, frozen patch projection (MoCo v3)
+  c.model.pool = 'token'             # ViT pooled feature: 'token' (prefix token pool_token) | 'mean'
+  c.model.pool_token = 0             # ViT: which prefix token 'token' pools (SiT: 1, contrastive)
   c.model.window_size = 7         # Swin attention window (tokens per side)
   c.model.swin_depths = ()       # Swin overrides (() = preset): blocks per stage, e.g. (2, 2, 2)
   c.model.swin_heads = ()        # Swin overrides: heads per stage, same length as swin_depths
@@ -253,6 +260,8 @@ def validate(config, num_devices: int | None = None):
   _choice(config.model.dtype, 'model.dtype', ('float32', 'bfloat16'))
   _choice(config.model.get('conv_impl', 'auto'), 'model.conv_impl', models.resnet.CONV_IMPLS)
   _choice(config.model.get('cpu_dots', 'auto'), 'model.cpu_dots', CPU_DOTS)
+  _choice(config.model.get('pos_embed', 'learned'), 'model.pos_embed', ('learned', 'sincos'))
+  _choice(config.model.get('pool', 'token'), 'model.pool', ('token', 'mean'))
   for field in ('data.batch_size', 'data.image_size', 'train.steps', 'train.log_every',
                 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.knn_k',
                 'eval.batch_size', 'model.width', 'optim.grad_accum_steps'):

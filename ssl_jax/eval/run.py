@@ -98,7 +98,9 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
           steps=c.eval.linear_augment_steps)
       result.update({f'linear_aug_{k}': v for k, v in aug.items()})
 
-  if c.eval.get('finetune_steps', 0):
+  if c.eval.get('finetune_steps', 0) and not exp.method.has_encoder:
+    result['finetune_skipped'] = f'{c.method.name} trains no image encoder'
+  elif c.eval.get('finetune_steps', 0):
     result.update(finetune_lib.finetune(exp.method, state.params, state.buffers, c, exp.mesh,
                                         train_src, test_src))
 

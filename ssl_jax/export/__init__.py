@@ -4,6 +4,13 @@ cheap and needs neither torch nor safetensors."""
 from __future__ import annotations
 
 
+def export(config, workdir: str, mesh=None) -> dict:
+  """``--mode=export``: the latest checkpoint's encoder (Orbax, and timm where the backbone has a
+  timm twin) to ``workdir/export``; see ``ssl_jax.export.run.export``."""
+  from ssl_jax.export import run  # pylint: disable=g-import-not-at-top
+  return run.export(config, workdir, mesh)
+
+
 def load_encoder(directory: str):
   """(flax module, variables) of an encoder written by ``--mode=export`` / ``save_encoder``."""
   from ssl_jax.export import encoder  # pylint: disable=g-import-not-at-top

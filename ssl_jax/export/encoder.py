@@ -7,7 +7,8 @@ loadable with one call and no dependence on the SSL method (or its heads, teache
 
 Layout of ``DIR``::
 
-    DIR/encoder.json   {"module": "resnet"|"vit", "kwargs": {...}, "feature_dim": D,
+    DIR/encoder.json   {"module": "resnet"|"vit"|"swin"|"registered", "kwargs": {...},
+                        "feature_dim": D,
                         "mean": [...], "std": [...]}   # mean/std: the eval preprocessing
     DIR/variables/     Orbax (StandardCheckpointer) pytree {'params': ..., ['batch_stats': ...]}
 
@@ -21,18 +22,25 @@ import os
 import jax
 import numpy as np
 
+from ssl_jax import models
 from ssl_jax.models import resnet as resnet_lib
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
 
 _BLOCKS = {'BasicBlock': resnet_lib.BasicBlock, 'Bottleneck': resnet_lib.Bottleneck}
 _VIT_FIELDS = ('img_size', 'patch_size', 'in_chans', 'embed_dim', 'depth', 'num_heads',
-               'mlp_ratio', 'qkv_bias', 'num_prefix_tokens', 'pos_embed', 'layer_norm_eps')
+               'mlp_ratio', 'qkv_bias', 'num_prefix_tokens', 'pos_embed', 'layer_norm_eps',
+               'pool', 'pool_token')
 
 
-def module_spec(backbone) -> dict:
+def module_spec(backbone, model_config=None) -> dict:
   """JSON-serialisable description from which :func:`build_module` rebuilds ``backbone`` (in
-  float32, eval-only: drop-path / remat settings are training concerns and are not kept)."""
+  float32, eval-only: drop-path / remat settings are training concerns and are not kept). A
+  backbone added with ``ssl_jax.register_backbone`` is described by its name and ``model_config``
+  (``config.model``) and rebuilt by its factory, registered again before loading."""
+  if model_config is not None and models.registered_backbone(model_config.backbone):
+    return {'module': 'registered', 'name': model_config.backbone,
+            'kwargs': model_config.to_dict()}
   if isinstance(backbone, vit_lib.ViT):
     return {'module': 'vit', 'kwargs': {f: getattr(backbone, f) for f in _VIT_FIELDS}}
   if isinstance(backbone, resnet_lib.ResNet):
@@ -51,6 +59,13 @@ def module_spec(backbone) -> dict:
 def build_module(spec: dict):
   """The plain flax module described by :func:`module_spec`."""
   kw = dict(spec['kwargs'])
+  if spec['module'] == 'registered':
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    entry = models.registered_backbone(spec['name'])
+    if entry is None:
+      raise ValueError(f"encoder.json describes the user backbone {spec['name']!r}: call "
+                       f"ssl_jax.register_backbone({spec['name']!r}, ...) before load_encoder")
+    return entry[0](ml_collections.ConfigDict(kw))
   if spec['module'] == 'vit':
     return vit_lib.ViT(**kw)
   if spec['module'] == 'swin':
@@ -63,14 +78,16 @@ def build_module(spec: dict):
   raise ValueError(f"unknown module {spec['module']!r} in encoder.json")
 
 
-def save_encoder(directory: str, backbone, variables, *, mean=None, std=None) -> str:
+def save_encoder(directory: str, backbone, variables, *, mean=None, std=None,
+                 model_config=None) -> str:
   """Writes ``backbone``'s ``variables`` (params [+ batch_stats]) and its description to
-  ``directory`` (created; must not already hold an encoder). Returns ``directory``."""
+  ``directory`` (created; must not already hold an encoder; ``model_config``: the run's
+  ``config.model``, needed for a registered user backbone). Returns ``directory``."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
-  spec = module_spec(backbone)
-  spec['feature_dim'] = int(getattr(backbone, 'feature_dim', None) or backbone.embed_dim)
+  spec = module_spec(backbone, model_config)
+  spec['feature_dim'] = int(models.feature_dim(backbone, model_config))
   spec['mean'] = None if mean is None else [float(m) for m in mean]
   spec['std'] = None if std is None else [float(s) for s in std]
   host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), dict(variables))

@@ -33,13 +33,16 @@ def export(config, workdir: str, mesh=None, *, overrides=None) -> dict:
   config = exp.config
   state = exp.restore_for_reading()
   out_dir = config.get('export', {}).get('dir', '') or os.path.join(exp.workdir, 'export')
+  if not exp.method.has_encoder:
+    raise ValueError(f'config.method.name={config.method.name!r} trains no image encoder, so '
+                     'there is nothing to export')
   backbone = exp.method.backbone
   variables = exp.method.encoder_variables(state.params, state.buffers)
   result = {'step': int(jax.device_get(state.step)), 'method': config.method.name,
             'backbone': config.model.backbone}
   result['encoder'] = encoder_lib.save_encoder(
       os.path.join(out_dir, 'encoder'), backbone, variables, mean=augment.IMAGENET_MEAN,
-      std=augment.IMAGENET_STD)
+      std=augment.IMAGENET_STD, model_config=config.model)
   if config.get('export', {}).get('timm', True) and jax.process_index() == 0:
     try:
       arch, _ = timm_lib.timm_model_args(backbone)

@@ -152,11 +152,15 @@ def timm_model_args(backbone) -> tuple[str, dict]:
   ``num_classes=0`` (pooled features out)."""
   if isinstance(backbone, vit_lib.ViT):
     p = backbone.num_prefix_tokens
+    if p >= 1 and backbone.pool == 'token' and backbone.pool_token != 0:
+      raise ValueError(f'timm pools prefix token 0 only, this ViT pools token '
+                       f'{backbone.pool_token} (model.pool_token); use the Orbax encoder export')
     kw = dict(img_size=backbone.img_size, patch_size=backbone.patch_size,
               embed_dim=backbone.embed_dim, depth=backbone.depth, num_heads=backbone.num_heads,
               mlp_ratio=backbone.mlp_ratio, qkv_bias=backbone.qkv_bias, num_classes=0,
               class_token=p >= 1, reg_tokens=max(p - 1, 0),
-              global_pool='token' if p >= 1 else 'avg', fc_norm=False)
+              global_pool='token' if p >= 1 and backbone.pool == 'token' else 'avg',
+              fc_norm=False)
     return _VIT_ARCH.get(backbone.embed_dim, 'vit_base_patch16_224'), kw
   if isinstance(backbone, resnet_lib.ResNet):
     arch = {(2, 2, 2, 2): 'resnet18', (3, 4, 6, 3): 'resnet50'}.get(tuple(backbone.stage_sizes))

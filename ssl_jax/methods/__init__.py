@@ -3,6 +3,8 @@
 Values are ``module:Class`` paths imported on use, so importing ssl_jax imports no method and no
 registry is filled by import side effects (``config.validate`` checks the name with
 ``check_name`` alone; a method's ``config.method`` fields are checked when it is built).
+A user's own method joins with one explicit call,
+``register_method(name, cls)`` (also ``ssl_jax.register_method``), whose value is the class.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ METHODS = {
     'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
 }
 
+_BUILTIN_METHODS = dict(METHODS)
+
 
 def check_name(name: str):
   """Raises ValueError with a suggestion when ``name`` is not a key of METHODS (imports nothing)."""
@@ -54,6 +58,8 @@ def check_name(name: str):
 def method_class(name: str):
   """The Method class for ``name``; unknown names raise ValueError with a suggestion."""
   check_name(name)
+  if not isinstance(METHODS[name], str):   # a class given to register_method
+    return METHODS[name]
   module, cls = METHODS[name].split(':')
   return getattr(importlib.import_module(module), cls)
 
@@ -63,6 +69,18 @@ def method_hparams(config):
   imports the method's module, builds nothing. ``build_method`` does the same check first."""
   return hparams.parse(method_class(config.method.name).Hparams, config.method,
                        config.method.name)
+
+
+def register_method(name: str, method_class) -> None:
+  """Makes ``config.method.name=name`` build ``method_class(config)``: a class implementing the
+  Method interface (subclass ``ssl_jax.methods.base.Method``). Built-in names are refused;
+  registering a user name again replaces it."""
+  if name in _BUILTIN_METHODS:
+    raise ValueError(f'method {name!r} is built in; register your method under another name')
+  if not isinstance(method_class, type):
+    raise TypeError(f'register_method({name!r}, ...) needs a class, got '
+                    f'{type(method_class).__name__}')
+  METHODS[name] = method_class
 
 
 def build_method(config):

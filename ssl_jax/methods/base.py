@@ -58,13 +58,20 @@ class Method:
   #: The ``config.method`` fields this method reads (see ``methods/hparams.py``); subclasses
   #: extend it. Parsed into ``self.hp`` first thing, so a bad field stops before any other work.
   Hparams = hparams.Hparams
+  #: True: ``features`` is the backbone's pooled output on ``normalize(images)``, so the exported
+  #: encoder reproduces it. False for methods whose eval feature is more than that one backbone
+  #: (CMC: several encoders; CPC: a grid of patch encodings; the VQ tokenizer: codes).
+  features_from_encoder = True
+  #: False for methods that train no image encoder (the VQ tokenizer BEiT reads): evaluation
+  #: skips fine-tuning and export refuses, each with the reason.
+  has_encoder = True
 
   def __init__(self, config):
     self.config = config
     self.hp = hparams.parse(type(self).Hparams, config.method,
                             config.method.get('name', type(self).__name__))
     self.backbone = models.build_backbone(config.model)
-    self.feature_dim = models.feature_dim(self.backbone)
+    self.feature_dim = models.feature_dim(self.backbone, config.model)
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self) -> tuple[CropSpec, ...]:

@@ -24,6 +24,15 @@ class Hparams:
   """No fields: the base of every method's ``Hparams``."""
 
 
+#: Method fields that became backbone fields (``config.model``), so that fine-tuning and export
+#: build exactly the trained backbone: an old config gets the new name instead of a "did you mean".
+MOVED_TO_MODEL = {
+    'feature_pool': "config.model.pool ('mean' | 'token')",
+    'frozen_patch_embed': 'config.model.frozen_patch_embed=True',
+    'sincos_pos_embed': "config.model.pos_embed='sincos'",
+}
+
+
 def parse(cls, section, owner: str, prefix: str = 'config.method.'):
   """``cls`` (an Hparams dataclass) from the config section ``section`` (a ConfigDict or dict).
 
@@ -33,6 +42,9 @@ def parse(cls, section, owner: str, prefix: str = 'config.method.'):
             if not (k == 'name' and prefix == 'config.method.')}
   fields = {f.name: f for f in dataclasses.fields(cls)}
   for key in values:
+    if key in MOVED_TO_MODEL and key not in fields and prefix == 'config.method.':
+      raise ValueError(f'{prefix}{key} is now a backbone field: remove it and set '
+                       f'{MOVED_TO_MODEL[key]} (see configs/)')
     if key not in fields:
       close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
       hint = (f'did you mean {prefix}{close[0]}?' if close

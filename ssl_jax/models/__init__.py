@@ -1,5 +1,15 @@
-"""Backbones by short name: the one explicit dict a config's ``model.backbone`` maps through."""
+"""Backbones by short name: the one explicit dict a config's ``model.backbone`` maps through.
+
+A user's own flax backbone joins with one explicit call (no import side effects)::
+
+    ssl_jax.register_backbone('mynet', lambda model_cfg: MyNet(width=model_cfg.width),
+                              feature_dim=lambda model_cfg: 8 * model_cfg.width)
+
+after which ``config.model.backbone='mynet'`` trains, evaluates, fine-tunes and exports it.
+"""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import jax.numpy as jnp
 
@@ -9,6 +19,8 @@ RESNETS = {'resnet18': resnet.resnet18, 'resnet50': resnet.resnet50}
 VITS = ('vit_tiny', 'vit_small', 'vit_base')
 SWINS = ('swin_tiny', 'swin_small', 'swin_base')
 BACKBONES = tuple(RESNETS) + VITS + SWINS
+# name -> (factory(model_cfg) -> flax module, feature_dim: int | callable(model_cfg) | None)
+_REGISTERED: dict[str, tuple[Callable[[Any], Any], Any]] = {}
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -16,9 +28,15 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 def build_backbone(model_cfg):
   """Builds the backbone named by ``model_cfg.backbone`` (a flax module with ``feature_dim``).
 
+  This is the one place a backbone is defined: methods, fine-tuning and export all build it from
+  ``config.model``, so a method that needs a different backbone (SiT's two prefix tokens, MoCo
+  v3's frozen patch embedding) says so in its config and checks it, never edits the module.
+
   ResNets read ``width``, ``cifar_stem``, ``conv_impl`` and optional ``stage_sizes`` (blocks per
   stage, for tiny test models); ViTs read ``patch_size``, ``img_size``,
-  ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos') and optional overrides
+  ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos'), ``num_prefix_tokens``
+  ([CLS] + extra prefix / register tokens), ``frozen_patch_embed``, ``pool`` / ``pool_token``
+  (the pooled feature) and optional overrides
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models); Swins read ``patch_size``,
   ``window_size``, ``drop_path_rate`` and optional overrides ``embed_dim``, ``swin_depths``
   (blocks per stage) and ``swin_heads`` (heads per stage). Unknown names raise ValueError naming
@@ -26,6 +44,13 @@ def build_backbone(model_cfg):
   """
   name = model_cfg.backbone
   dtype = _DTYPES[model_cfg.get('dtype', 'float32')]
+  if name in _REGISTERED:
+    return _REGISTERED[name][0](model_cfg)
+  if name not in VITS:
+    for field, default in _VIT_ONLY.items():
+      if model_cfg.get(field, default) != default:
+        raise ValueError(f'config.model.{field}={model_cfg[field]!r} needs a ViT backbone, got '
+                         f'config.model.backbone={name!r}; leave it at {default!r}')
   if name in RESNETS:
     kw = {}
     if model_cfg.get('stage_sizes', ()):
@@ -43,7 +68,11 @@ def build_backbone(model_cfg):
                    patch_size=model_cfg.get('patch_size', 16),
                    drop_path_rate=model_cfg.get('drop_path_rate', 0.0),
                    remat=model_cfg.get('remat', False),
-                   pos_embed=model_cfg.get('pos_embed', 'learned'), dtype=dtype, **kw)
+                   pos_embed=model_cfg.get('pos_embed', 'learned'),
+                   num_prefix_tokens=model_cfg.get('num_prefix_tokens', 1),
+                   frozen_patch_embed=model_cfg.get('frozen_patch_embed', False),
+                   pool=model_cfg.get('pool', 'token'),
+                   pool_token=model_cfg.get('pool_token', 0), dtype=dtype, **kw)
   if name in SWINS:
     from ssl_jax.models import swin  # pylint: disable=g-import-not-at-top
     kw = dict(swin.SWIN_PRESETS[name])
@@ -60,8 +89,42 @@ def build_backbone(model_cfg):
                    f'choose one of {list(BACKBONES)}')
 
 
-def feature_dim(backbone) -> int:
-  """Width of the pooled feature the backbone returns."""
+# ViT-only model fields and their defaults: another backbone given a non-default value is an error
+# rather than a silently ignored setting.
+_VIT_ONLY = {'num_prefix_tokens': 1, 'pos_embed': 'learned', 'frozen_patch_embed': False,
+             'pool': 'token', 'pool_token': 0}
+
+
+def register_backbone(name: str, factory: Callable[[Any], Any], *, feature_dim=None):
+  """Makes ``config.model.backbone=name`` build ``factory(config.model)`` (a flax module taking
+  NHWC images and ``train=``, returning (B, D) pooled features). ``feature_dim`` is D, an int or
+  a function of ``config.model``; leave it None when the module has a ``feature_dim``
+  attribute. Registering a built-in name is refused; registering a name again replaces it."""
+  global BACKBONES
+  if name in RESNETS or name in VITS or name in SWINS:
+    raise ValueError(f'backbone {name!r} is built in; register your backbone under another name')
+  if not callable(factory):
+    raise TypeError(f'register_backbone({name!r}, factory): factory must be callable, got '
+                    f'{type(factory).__name__}')
+  _REGISTERED[name] = (factory, feature_dim)
+  BACKBONES = tuple(RESNETS) + VITS + SWINS + tuple(_REGISTERED)
+
+
+def registered_backbone(name: str):
+  """(factory, feature_dim) of a backbone added with :func:`register_backbone`, or None."""
+  return _REGISTERED.get(name)
+
+
+def feature_dim(backbone, model_cfg=None) -> int:
+  """Width of the pooled feature the backbone returns (a registered backbone's ``feature_dim``
+  when ``model_cfg`` names one that declared it)."""
   if hasattr(backbone, 'feature_dim'):
     return backbone.feature_dim
-  return backbone.embed_dim
+  if model_cfg is not None and model_cfg.get('backbone') in _REGISTERED:
+    dim = _REGISTERED[model_cfg.backbone][1]
+    if dim is not None:
+      return int(dim(model_cfg) if callable(dim) else dim)
+  if hasattr(backbone, 'embed_dim'):
+    return backbone.embed_dim
+  raise ValueError(f'cannot tell the feature width of {type(backbone).__name__}; give '
+                   'register_backbone(..., feature_dim=D) or a feature_dim attribute')

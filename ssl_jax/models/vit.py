@@ -284,6 +284,11 @@ class ViT(nn.Module):
     num_prefix_tokens: int = 1
     pos_embed: str = 'learned'
     frozen_patch_embed: bool = False
+    # Pooled feature of ``__call__``: 'token' = the final-normed prefix token ``pool_token``
+    # (0 = [CLS]; SiT's contrastive token is 1), 'mean' = the mean of the final-normed patch
+    # tokens (MAE / data2vec eval). Without prefix tokens the pool is always the mean.
+    pool: str = 'token'
+    pool_token: int = 0
     dtype: Any = jnp.float32
     remat: bool = False
     layer_norm_eps: float = 1e-6
@@ -299,6 +304,11 @@ class ViT(nn.Module):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
         if self.num_prefix_tokens < 0:
             raise ValueError(f'num_prefix_tokens must be >= 0, got {self.num_prefix_tokens}')
+        if self.pool not in ('token', 'mean'):
+            raise ValueError(f"pool must be 'token' or 'mean', got {self.pool!r}")
+        if self.num_prefix_tokens and not 0 <= self.pool_token < self.num_prefix_tokens:
+            raise ValueError(f'pool_token={self.pool_token} is not one of the '
+                             f'{self.num_prefix_tokens} prefix tokens')
         d, n = self.embed_dim, self.grid_size[0] * self.grid_size[1]
         self.patch_embed = PatchEmbed(self.patch_size, d, self.dtype)
         if self.num_prefix_tokens >= 1:
@@ -398,12 +408,13 @@ class ViT(nn.Module):
         return out
 
     def __call__(self, x: Array, train: bool = False) -> Array:
-        """Pooled (B, D) feature: the final-normed [CLS] token, or the mean of the final-normed
-        patch tokens when ``num_prefix_tokens == 0`` (ViT, Dosovitskiy et al. 2021)."""
+        """Pooled (B, D) feature per ``pool``: the final-normed prefix token ``pool_token`` ([CLS]
+        by default), or the mean of the final-normed patch tokens (``pool='mean'``, and always
+        when ``num_prefix_tokens == 0``) (ViT, Dosovitskiy et al. 2021)."""
         out = self.encode(x, train=train)
-        if self.num_prefix_tokens == 0:
+        if self.pool == 'mean' or self.num_prefix_tokens == 0:
             return out['patches'].mean(axis=1)
-        return out['tokens'][:, 0]
+        return out['tokens'][:, self.pool_token]
 
     def last_selfattention(self, x: Array) -> Array:
         """(B, heads, T, T) softmax attention of the last block, eval mode (DINO attention maps,

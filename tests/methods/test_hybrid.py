@@ -115,3 +115,14 @@ def test_sit_weights_follow_scaled_task(sit_run):
   assert scaled_hist[-1]['weight_recon'] < base_hist[-1]['weight_recon']
   # the scaled loss is above 1, so its log-variance went up from 0
   assert scaled_hist[0]['loss_recon'] > 1.0 and s1[0] > 0
+
+
+def test_sit_backbone_comes_from_the_config():
+  """SiT's two prefix tokens are config.model fields (one backbone definition, issue 29): a config
+  without them is refused by name instead of being rebuilt differently by fine-tuning/export."""
+  c = sit_config()
+  method = sit.SiT(c)
+  assert method.backbone.num_prefix_tokens == 2 and method.backbone.pool_token == 1
+  c.model.num_prefix_tokens = 1
+  with pytest.raises(ValueError, match='config.model.num_prefix_tokens=2'):
+    sit.SiT(c)

@@ -103,3 +103,12 @@ def test_momentum_encoder_ema(runs):
 def test_target_survives_checkpoint(runs):
   restored = lib.restore(runs['config'], 8, runs['workdir'])
   lib.assert_trees_equal(restored.buffers, runs['states'][-1].buffers)
+
+
+def test_old_method_backbone_keys_are_refused():
+  """frozen_patch_embed / sincos_pos_embed moved to config.model; an old config names the move."""
+  from ssl_jax.methods.contrastive.moco import MoCoV3  # pylint: disable=g-import-not-at-top
+  c = lib.load_config('mocov3', 'builtin_vit', steps=1)
+  c.method.frozen_patch_embed = True
+  with pytest.raises(ValueError, match='config.model.frozen_patch_embed=True'):
+    MoCoV3(c)

@@ -93,6 +93,34 @@ def test_prefix_tokens_and_mean_pool():
     np.testing.assert_allclose(m0.apply(v0, x), out['patches'].mean(1), atol=1e-6)
 
 
+def test_pool_token_and_mean():
+    """``pool`` / ``pool_token`` choose the pooled feature (SiT: token 1; MAE: patch mean)."""
+    x = _images()
+    m = ViT(**TINY, num_prefix_tokens=2, pool_token=1)
+    v = m.init(jax.random.key(0), x)
+    out = m.apply(v, x, method=ViT.encode)
+    np.testing.assert_allclose(m.apply(v, x), out['prefix'][:, 1], atol=1e-6)
+    mm = ViT(**TINY, num_prefix_tokens=2, pool='mean')
+    np.testing.assert_allclose(mm.apply(v, x), out['patches'].mean(1), atol=1e-6)
+    with pytest.raises(ValueError, match='pool_token=2'):
+        ViT(**TINY, num_prefix_tokens=2, pool_token=2).init(jax.random.key(0), x)
+
+
+def test_build_backbone_reads_every_vit_field():
+    """The one backbone definition: each ViT field a method needs comes from config.model."""
+    from ssl_jax import config as config_lib, models  # pylint: disable=g-import-not-at-top
+    m = config_lib.base_config().model
+    m.backbone, m.img_size, m.patch_size = 'vit_tiny', 16, 4
+    m.num_prefix_tokens, m.pos_embed, m.frozen_patch_embed = 2, 'sincos', True
+    m.pool, m.pool_token = 'token', 1
+    vit = models.build_backbone(m)
+    assert (vit.num_prefix_tokens, vit.pos_embed, vit.frozen_patch_embed, vit.pool,
+            vit.pool_token) == (2, 'sincos', True, 'token', 1)
+    m.backbone = 'resnet18'
+    with pytest.raises(ValueError, match='model.num_prefix_tokens=2 needs a ViT'):
+        models.build_backbone(m)
+
+
 def _sincos_reference(dim, gh, gw):
     """Independent loop implementation of MAE's formula."""
     quarter = dim // 4

@@ -88,6 +88,8 @@ class CMC(InstDis):
   InstDis's settings (temperature, feature_dim, bank momentum and size, the linear head) and its
   one host crop with the image's index; the views are that crop's channels."""
 
+  features_from_encoder = False   # eval: the feature views' encoders on their channel transforms
+
   normalize_views = False   # [0, 1] crops: each view applies its own normalisation
 
   @dataclasses.dataclass(frozen=True, kw_only=True)

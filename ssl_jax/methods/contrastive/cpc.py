@@ -177,6 +177,7 @@ class CPC(Method):
                          '[0, 1]')
     self.steps = tuple(range(m.min_step, m.max_step + 1))
     self.eval_features = m.eval_features
+    self.features_from_encoder = self.eval_features == 'image'   # 'patches': a grid of encodings
     self.patch_flip, self.patch_color_drop = m.patch_flip, m.patch_color_drop
     self.head = CPCHead(self.steps, m.context_blocks, m.context_dim, m.target_dim, m.emb_scale)
 

@@ -29,11 +29,12 @@
   global batch; a predictor on the query branch; the symmetric loss
   ``ctr(q1, k2) + ctr(q2, k1)`` with each term scaled by 2 tau as in the official code
   (``losses.moco_v3_symmetric``); momentum 0.99 -> 1 on a cosine schedule; heads with BN (the
-  projector's last BN without affine). With a ViT backbone, ``method.frozen_patch_embed=True``
+  projector's last BN without affine). With a ViT backbone, ``model.frozen_patch_embed=True``
   gives the paper's random, frozen patch projection (Sec. 4.2): the ViT stops the gradient at the
   patch embedding and ``build_optimizer`` maps those parameters to ``optax.set_to_zero`` so that
-  weight decay cannot move them either; ``method.sincos_pos_embed`` uses the fixed 2-D sin-cos
-  position embedding of the paper.
+  weight decay cannot move them either; ``model.pos_embed='sincos'`` uses the fixed 2-D sin-cos
+  position embedding of the paper. Both are backbone fields (``configs/mocov3.py:*_vit``), so
+  fine-tuning and export build the same ViT.
 
 Both keep the key encoder's BatchNorm in training mode with its own running statistics (see
 ``siamese.py``).
@@ -120,19 +121,11 @@ class MoCoV3(SiameseMethod):
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class Hparams(SiameseMethod.Hparams, common.PredictorHparams, common.EMAHparams):
     temperature: float
-    frozen_patch_embed: bool = False
-    sincos_pos_embed: bool = False
 
   def __init__(self, config):
     super().__init__(config)
     m = self.hp
     self.temperature = m.temperature
-    if config.model.backbone.startswith('vit'):
-      self.backbone = self.backbone.clone(
-          frozen_patch_embed=m.frozen_patch_embed,
-          pos_embed='sincos' if m.sincos_pos_embed else self.backbone.pos_embed)
-    elif m.frozen_patch_embed:
-      raise ValueError('config.method.frozen_patch_embed needs a ViT backbone')
 
   def loss(self, params, state, views, rng):
     k1, k2, k3, k4 = jax.random.split(rng, 4)
@@ -146,7 +139,7 @@ class MoCoV3(SiameseMethod):
                   dict(state.buffers, batch_stats=stats, target=target))
 
   def param_label(self, path: str) -> str:
-    if self.hp.frozen_patch_embed and path.startswith(
+    if self.config.model.get('frozen_patch_embed', False) and path.startswith(
         "['backbone']['patch_embed']"):
       return 'frozen'
     return 'train'

@@ -23,7 +23,7 @@ Choices, stated:
 * masks: BEiT block-wise masks with ratio ``mask_ratio`` from a host-precomputed bank drawn on
   device (``distillation.masks.BlockMaskBank``, see there);
 * evaluation/export use the *student* backbone (data2vec fine-tunes the student); ``features``
-  mean-pools the patch tokens (``feature_pool='mean'``) since only patches are trained.
+  mean-pools the patch tokens (``model.pool='mean'``) since only patches are trained.
 
 data2vec 2.0 (Baevski et al., "Efficient Self-supervised Learning with Contextualized Target
 Representations for Vision, Speech and Language", ICML 2023) is ``method.student='visible'``
@@ -85,7 +85,6 @@ class Data2Vec(Method):
     loss_beta: float
     target_layer_norm: str = 'instance'
     target_final_norm: str = 'none'
-    feature_pool: str = 'mean'
     student: str = 'mask_token'   # one of STUDENTS
     # student='mask_token' (data2vec 1.0): block masks
     mask_bank_size: int
@@ -227,15 +226,9 @@ class Data2Vec(Method):
                'patch_loss': patch_loss, 'cls_loss': jnp.asarray(cls, jnp.float32)}
     return loss, (metrics, state.buffers)
 
-  def features(self, params, buffers, images_uint8):
-    """Student features, eval mode: the mean of the final-normed patch tokens
-    (``feature_pool='mean'``, the default: in data2vec 1.0 the [CLS] token gets no training
-    signal) or the [CLS] token (``'cls'``; data2vec 2.0's ``cls_loss`` trains it)."""
-    if self.hp.feature_pool == 'cls':
-      return super().features(params, buffers, images_uint8)
-    out = self.backbone.apply({'params': params['backbone']}, self.normalize(images_uint8),
-                              method=ViT.encode)
-    return out['patches'].mean(axis=1).astype(jnp.float32)
+  # ``features`` is the base class's (student backbone, eval mode), pooled per ``model.pool``:
+  # 'mean' of the final-normed patch tokens (configs/data2vec.py: in data2vec 1.0 the [CLS] token
+  # gets no training signal) or 'token', the [CLS] token (data2vec 2.0's ``cls_loss`` trains it).
 
   def after_update(self, state):
     mom = self.momentum_fn(state.step - 1)

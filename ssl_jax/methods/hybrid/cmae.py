@@ -41,12 +41,12 @@ EMA. After every update, target (backbone, projector) <- m target + (1 - m) onli
 Masking (``method.mask_unit``): 1 = MAE's per-patch random masking; 2 = the official code's
 masking of whole 2x2 groups of patches (``CMAEViT.random_masking``, ratio 0.65 of the groups).
 
-Eval / export use the online encoder, as MAE (``feature_pool``). ``reconstruct`` (the picture
+Eval / export use the online encoder, as MAE (``model.pool``). ``reconstruct`` (the picture
 grid) is MAE's and masks per patch.
 
 Config (``config.method``): mask_ratio, mask_unit, norm_pix_loss, decoder_{dim,depth,heads},
 feature_decoder_{dim,depth,heads}, proj_{layers,hidden_dim,dim}, pred_{layers,hidden_dim,dim},
-temperature, contrastive_weight, momentum, momentum_final, max_shift, feature_pool.
+temperature, contrastive_weight, momentum, momentum_final, max_shift.
 """
 from __future__ import annotations
 

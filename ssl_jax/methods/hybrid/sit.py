@@ -2,7 +2,9 @@
 
 A ViT whose [CLS] token is replaced by two prefix tokens, a *rotation* token and a *contrastive*
 token (both with position embeddings; ``ViT(num_prefix_tokens=2)`` lays them out as timm's
-``cls_token`` + ``reg_token``), trained on three tasks at once:
+``cls_token`` + ``reg_token``; the config says so with ``model.num_prefix_tokens=2`` and
+``model.pool_token=1``, so fine-tuning and export build the same ViT), trained on three tasks at
+once:
 
 1. reconstruction: the input is a *corrupted* version of the (rotated) image — rectangular blocks
    of connected patches are randomly dropped (zeroed), replaced by another image's pixels,
@@ -117,7 +119,10 @@ class SiT(Method):
     if not isinstance(self.backbone, ViT):
       raise ValueError(f'SiT needs a ViT backbone (config.model.backbone=vit_*), '
                        f'got {config.model.backbone!r}')
-    self.backbone = self.backbone.clone(num_prefix_tokens=2)
+    if self.backbone.num_prefix_tokens != 2:
+      raise ValueError(f'SiT needs two prefix tokens (rotation, contrastive): set '
+                       f'config.model.num_prefix_tokens=2 (got {self.backbone.num_prefix_tokens})'
+                       ' and config.model.pool_token=1, as configs/sit.py does')
     m = self.hp
     self.temperature = m.temperature
     self.patch = self.backbone.patch_size
@@ -196,8 +201,5 @@ class SiT(Method):
     buffers = dict(state.buffers, batch_stats={'projector': stats}) if stats else state.buffers
     return total, (metrics, buffers)
 
-  def features(self, params, buffers, images_uint8):
-    """The contrastive token's final-normed output (B, D)."""
-    x = self.normalize(images_uint8)
-    out = self.backbone.apply({'params': params['backbone']}, x, train=False, method=ViT.encode)
-    return out['prefix'][:, 1].astype(jnp.float32)
+  # ``features`` is the base class's: the backbone's pooled output, the contrastive token (token 1)
+  # with configs/sit.py's ``model.pool_token=1``, so the exported encoder gives the same feature.

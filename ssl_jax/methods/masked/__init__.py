@@ -18,7 +18,6 @@ eval features (the encoder on *all* patches, no mask) and reconstruction-grid he
 """
 from __future__ import annotations
 
-import dataclasses
 
 import jax.numpy as jnp
 
@@ -30,20 +29,17 @@ from ssl_jax.models import vit as vit_lib
 class MaskedImageMethod(Method):
   """Base of the masked-image methods: one crop, a ViT backbone, pooled-feature eval.
 
-  ``config.method.feature_pool`` chooses the eval/export feature: ``'mean'`` (default) averages the
-  final-normed patch tokens of the unmasked image — MAE fine-tunes with global average pooling and
-  it gives much better kNN than [CLS] for reconstruction-trained encoders, whose [CLS] token gets
-  no direct training signal; ``'cls'`` uses the [CLS] token (MAE's linear-probe protocol).
+  ``config.model.pool`` (a backbone field, so export and fine-tuning pool the same way) chooses
+  the eval/export feature: ``'mean'`` (the configs' choice) averages the final-normed patch tokens
+  of the unmasked image — MAE fine-tunes with global average pooling and it gives much better kNN
+  than [CLS] for reconstruction-trained encoders, whose [CLS] token gets no direct training
+  signal; ``'token'`` uses the [CLS] token (MAE's linear-probe protocol).
   """
 
   num_views = 1
   # Backbone classes the method can mask, and the names to suggest when it gets another one.
   backbone_types: tuple = (vit_lib.ViT,)
   backbone_names = 'vit_tiny/vit_small/vit_base'
-
-  @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(Method.Hparams):
-    feature_pool: str = 'mean'   # 'mean' | 'cls'
 
   def __init__(self, config):
     super().__init__(config)
@@ -58,9 +54,6 @@ class MaskedImageMethod(Method):
     self.grid = (size // self.patch_size, size // self.patch_size)
     self.num_patches = self.grid[0] * self.grid[1]
     self.patch_dim = self.patch_size ** 2 * 3
-    self.feature_pool = self.hp.feature_pool
-    if self.feature_pool not in ('mean', 'cls'):
-      raise ValueError(f"config.method.feature_pool={self.feature_pool!r}: use 'mean' or 'cls'")
     recipe = config.aug.recipe if isinstance(config.aug.recipe, str) else config.aug.recipe[0]
     self.recipe = augment.get_recipe(recipe, **dict(config.aug.get('overrides', {})))
 
@@ -74,12 +67,8 @@ class MaskedImageMethod(Method):
     return self.backbone.apply({'params': params['backbone']}, x, train=train, rngs=rngs,
                                method=type(self.backbone).encode, **kw)
 
-  def features(self, params, buffers, images_uint8):
-    """Eval feature: the encoder on all patches (no mask), pooled per ``feature_pool``."""
-    out = self.encode(params, self.normalize(images_uint8))
-    if self.feature_pool == 'cls' and self.backbone.num_prefix_tokens:
-      return out['tokens'][:, 0].astype(jnp.float32)
-    return out['patches'].mean(axis=1).astype(jnp.float32)
+  # ``features`` is the base class's: the backbone on all patches (no mask), pooled per
+  # ``config.model.pool`` -- exactly what the exported encoder computes.
 
   # -- reconstruction pictures -----------------------------------------------------------------
   def denormalize(self, x):

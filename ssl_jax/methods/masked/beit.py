@@ -18,7 +18,7 @@ BEiT's Algorithm 1 (the numpy reference is ``data.masking.blockwise_mask``). Not
 the paper: relative position bias and layer scale in the ViT (the shared ViT has neither).
 
 Config (``config.method``): mask_ratio (0.4), min_mask_patches (16 in BEiT), mask_attempts,
-tokenizer (VQ-VAE sizes, see ``vq_tokenizer.TOKENIZERS``), tokenizer_workdir, feature_pool.
+tokenizer (VQ-VAE sizes, see ``vq_tokenizer.TOKENIZERS``), tokenizer_workdir (eval pooling: ``model.pool``).
 """
 from __future__ import annotations
 

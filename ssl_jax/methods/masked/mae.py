@@ -14,7 +14,7 @@ lr = 1.5e-4 x B/256, decoder 512-d x 8 blocks. :func:`layer_decay_multipliers` /
 layer-wise lr decay used when fine-tuning the encoder (BEiT / MAE fine-tuning recipe).
 
 Config (``config.method``): mask_ratio, norm_pix_loss, decoder_dim, decoder_depth, decoder_heads,
-feature_pool ('mean' | 'cls', see :class:`MaskedImageMethod`).
+eval pooling ``model.pool`` ('mean' | 'token', see :class:`MaskedImageMethod`).
 """
 from __future__ import annotations
 

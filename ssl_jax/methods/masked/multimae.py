@@ -30,7 +30,7 @@ Non-RGB modalities are standardised per image (zero mean, unit variance) as inpu
 Eval features are those of the RGB-only encoder (the ViT as is), so export is a plain ViT.
 
 Config (``config.method``): modalities, mask_ratio (of all M x N tokens), dirichlet_alpha,
-decoder_dim, decoder_depth, decoder_heads, norm_pix_loss, feature_pool.
+decoder_dim, decoder_depth, decoder_heads, norm_pix_loss.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ token to its ``out_stride^2 * 3`` pixels (the paper's 1x1 conv + PixelShuffle). 
 stride is its patch size.
 
 Config (``config.method``): mask_ratio, mask_patch_size (a multiple of the output stride that
-divides ``data.image_size``), feature_pool; loss ('l1', the paper's; 'smooth_l1' / 'l2' from its
+divides ``data.image_size``); loss ('l1', the paper's; 'smooth_l1' / 'l2' from its
 loss ablation, ``losses.simmim_loss``); norm_target_window (0: the paper's raw pixels; an odd
 window: each target pixel standardised over its neighbourhood, the official repository's
 ``NORM_TARGET`` of the SimMIM data-scaling follow-up, ``losses.local_norm_targets``); head_depth /

@@ -126,6 +126,8 @@ class VQTokenizer(Method):
   """VQ-VAE training as a method: one crop, reconstruction through the codebook."""
 
   num_views = 1
+  has_encoder = False        # a tokenizer: its codes feed BEiT (method.tokenizer_workdir)
+  features_from_encoder = False
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class Hparams(Method.Hparams, TokenizerHparams):
@@ -150,6 +152,10 @@ class VQTokenizer(Method):
     return loss, ({**parts, 'code_perplexity': code_perplexity(out['indices'],
                                                               self.vqvae.num_codes)},
                   state.buffers)
+
+  def encoder_variables(self, params, buffers):
+    raise ValueError('the VQ tokenizer (method.name=vqvae) trains no image encoder to export or '
+                     'fine-tune; configs/beit.py reads its checkpoint via method.tokenizer_workdir')
 
   def features(self, params, buffers, images_uint8):
     """Flattened quantised code vectors (B, h * w * code_dim)."""
