@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from ssl_jax import main as main_lib  # pylint: disable=wrong-import-position
-from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
+from ssl_jax import runtime  # pylint: disable=wrong-import-position
+from ssl_jax.models.cpu import conv as cpu_conv  # pylint: disable=wrong-import-position
 
 # (map size, C_in, C_out, kernel, stride) of ResNet-18 with the CIFAR stem at 32 px.
 SHAPES = ((32, 3, 64, 3, 1), (32, 64, 64, 3, 1), (32, 64, 128, 3, 2), (32, 64, 128, 1, 2),
@@ -35,7 +35,7 @@ DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 def time_grad(impl: str, x, w, stride: int, reps: int) -> float:
   k = w.shape[0]
-  conv = functools.partial(resnet.conv_general_dilated, window_strides=(stride, stride),
+  conv = functools.partial(cpu_conv.conv_general_dilated, window_strides=(stride, stride),
                            padding=((k // 2, k // 2),) * 2, dimension_numbers=DIMS, impl=impl)
   grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
   jax.block_until_ready(grad(x, w))
@@ -52,7 +52,7 @@ def main():
   p.add_argument('--batch_size', type=int, default=64)
   p.add_argument('--reps', type=int, default=5)
   args = p.parse_args()
-  main_lib.reexec_with_hugepages()
+  runtime.reexec_with_hugepages()
   print('| map | C_in -> C_out | kernel / stride | xla ms | im2col ms | winograd ms | xla / im2col '
         '| im2col / winograd |')
   print('|---|---|---|---|---|---|---|---|')

@@ -379,9 +379,9 @@ def main():
                  help="auto: as python -m ssl_jax.main (model.cpu_dots='auto'): off when every "
                  "row is a ViT row, else default; default: XLA's own CPU dot fusions (YNNPACK); "
                  'off: add --xla_cpu_experimental_ynn_fusion_type= to XLA_FLAGS (dots through '
-                 'Eigen; see the README)')
+                 'Eigen; see docs/performance.md)')
   args = p.parse_args()
-  from ssl_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from ssl_jax import runtime  # pylint: disable=g-import-not-at-top
   rows = {'all': ALL_ROWS, 'mfu': MFU_ROWS}.get(args.rows) or tuple(args.rows.split(','))
   for row in rows:
     if row not in ALL_ROWS + MFU_ROWS:
@@ -397,14 +397,14 @@ def main():
     if ynn == 'default' and any('_vit_' in r for r in rows):
       print("NOTE: --xla_ynn auto with ResNet and ViT rows together keeps XLA's default dot "
             'fusions (one setting per process); python -m ssl_jax.main runs ViT configs with '
-            f'{main_lib.EIGEN_DOTS_FLAG} (model.cpu_dots). Time ViT rows in their own run for '
+            f'{runtime.EIGEN_DOTS_FLAG} (model.cpu_dots). Time ViT rows in their own run for '
             "the library's setting.", file=sys.stderr, flush=True)
-  xla_flags = main_lib.eigen_dots_xla_flags(os.environ.get('XLA_FLAGS', ''))
+  xla_flags = runtime.eigen_dots_xla_flags(os.environ.get('XLA_FLAGS', ''))
   if ynn == 'off' and xla_flags is not None:
     # Read when the backend starts (first computation), so setting it here is in time.
     os.environ['XLA_FLAGS'] = xla_flags
   if args.hugepages == 'on':
-    main_lib.reexec_with_hugepages()
+    runtime.reexec_with_hugepages()
   if args.vs_lightly and not os.path.exists(args.lightly_python):
     p.error(f'--vs_lightly: {args.lightly_python} not found; run bash benchmarks/lightly_env.sh')
 

@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cifar_stem = False     # 3x3/1 stem without max-pool for small images
   c.model.conv_impl = 'auto'     # ResNet: 'auto' (CPU: Winograd/im2col) | 'im2col' | 'winograd' | 'xla'
   # XLA:CPU dots, set by `python -m ssl_jax.main` before JAX starts: 'auto' (Eigen for ViT
-  # backbones, XLA's default YNNPACK fusions otherwise) | 'xla' | 'eigen' (ssl_jax/main.py)
+  # backbones, XLA's default YNNPACK fusions otherwise) | 'xla' | 'eigen' (ssl_jax/runtime.py)
   c.model.cpu_dots = 'auto'
   c.model.patch_size = 16        # ViT
   c.model.img_size = 224         # ViT: the resolution its position embedding is built for

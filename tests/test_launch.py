@@ -91,17 +91,17 @@ def test_slurm_passes_the_signal_on_and_requeues(tmp_path):
 
 
 def test_hugepage_env_adds_the_malloc_tunable_once():
-  from ssl_jax import main  # pylint: disable=g-import-not-at-top
-  env = main.hugepage_env({'PATH': '/bin'})
+  from ssl_jax import runtime  # pylint: disable=g-import-not-at-top
+  env = runtime.hugepage_env({'PATH': '/bin'})
   assert env == {'PATH': '/bin', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
-  env = main.hugepage_env({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})
+  env = runtime.hugepage_env({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})
   assert env['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
-  assert main.hugepage_env({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) is None  # user's choice
-  assert main.hugepage_env({'SSL_JAX_HUGEPAGES': '0'}) is None
+  assert runtime.hugepage_env({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) is None  # user's choice
+  assert runtime.hugepage_env({'SSL_JAX_HUGEPAGES': '0'}) is None
 
 
 def test_reexec_keeps_the_command_line_and_sets_the_tunable():
-  code = ('import os, sys; from ssl_jax import main; main.reexec_with_hugepages(); '
+  code = ('import os, sys; from ssl_jax import runtime; runtime.reexec_with_hugepages(); '
           'print(os.environ.get("GLIBC_TUNABLES"), os.getpid(), sys.argv[1:])')
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'SSL_JAX_HUGEPAGES')}
   out = subprocess.run(['python', '-c', code, 'a', 'b'], cwd=ROOT, env=env, capture_output=True,
@@ -114,27 +114,27 @@ def test_reexec_keeps_the_command_line_and_sets_the_tunable():
 
 def test_cpu_dots_flag_follows_the_backbone():
   import pytest  # pylint: disable=g-import-not-at-top
-  from ssl_jax import config as config_lib, main  # pylint: disable=g-import-not-at-top
+  from ssl_jax import config as config_lib, runtime  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   eigen = '--xla_cpu_experimental_ynn_fusion_type='
   c.model.backbone = 'vit_tiny'
-  assert main.cpu_dots_xla_flags(c, '') == eigen                      # auto: Eigen for a ViT
-  assert main.cpu_dots_xla_flags(c, '--a=1') == f'--a=1 {eigen}'      # the user's flags kept
-  assert main.cpu_dots_xla_flags(c, f'--a=1 {eigen}ynn') is None      # theirs wins
+  assert runtime.cpu_dots_xla_flags(c, '') == eigen                   # auto: Eigen for a ViT
+  assert runtime.cpu_dots_xla_flags(c, '--a=1') == f'--a=1 {eigen}'   # the user's flags kept
+  assert runtime.cpu_dots_xla_flags(c, f'--a=1 {eigen}ynn') is None   # theirs wins
   c.model.backbone = 'resnet18'
-  assert main.cpu_dots_xla_flags(c, '--a=1') is None                  # auto: XLA's for a ResNet
+  assert runtime.cpu_dots_xla_flags(c, '--a=1') is None               # auto: XLA's for a ResNet
   c.model.cpu_dots = 'eigen'
-  assert main.cpu_dots_xla_flags(c, '') == eigen
+  assert runtime.cpu_dots_xla_flags(c, '') == eigen
   c.model.backbone, c.model.cpu_dots = 'vit_small', 'xla'
-  assert main.cpu_dots_xla_flags(c, '') is None
+  assert runtime.cpu_dots_xla_flags(c, '') is None
   c.model.cpu_dots = 'eign'
   with pytest.raises(ValueError, match=r"model\.cpu_dots='eign'.*did you mean 'eigen'"):
-    main.cpu_dots_xla_flags(c, '')
+    runtime.cpu_dots_xla_flags(c, '')
 
 
 def test_cpu_dots_flag_takes_effect_when_set_before_the_first_computation():
-  # What _main does: set XLA_FLAGS in-process after config parsing, then use JAX. The YNNPACK
-  # fusions show in the compiled HLO as ynn fusions; with the flag a dot compiles without them.
+  # What runtime.setup does: set XLA_FLAGS in-process after config parsing, then use JAX. The
+  # YNNPACK fusions show in the compiled HLO as ynn fusions; with the flag a dot compiles without them.
   code = ('import os, sys, jax, jax.numpy as jnp\n'
           'if sys.argv[1] == "eigen":\n'
           '  os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="\n'

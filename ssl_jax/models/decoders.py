@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.data.masking import unshuffle
-from ssl_jax.models.resnet import conv_general_dilated
-from ssl_jax.models.vit import Block, Dense, gelu, sincos_2d_pos_embed
+from ssl_jax.models.cpu.conv import conv_general_dilated
+from ssl_jax.models.cpu.dense import Dense
+from ssl_jax.models.cpu.gelu import gelu
+from ssl_jax.models.vit import Block, sincos_2d_pos_embed
 
 Array = jax.Array
 
@@ -121,7 +123,7 @@ class Data2VecConvDecoder(nn.Module):
   N(0, 0.01^2) noise). ``layers`` blocks of ``conv k x k (groups) -> LayerNorm (no affine) ->
   GELU`` run on the (gh, gw) grid, each added to its input when the widths match (the paper's
   residual decoder), then a linear map to ``out_dim`` (the target width). The grouped
-  convolutions go through :func:`ssl_jax.models.resnet.conv_general_dilated` (im2col: XLA:CPU's
+  convolutions go through :func:`ssl_jax.models.cpu.conv.conv_general_dilated` (im2col: XLA:CPU's
   grouped convolutions are ~16-25x slower).
   """
   grid: Sequence[int]

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.cpu.gelu import gelu
 from ssl_jax.models.norm import BatchNorm
-from ssl_jax.models.vit import gelu
 
 
 class MLP(nn.Module):

@@ -12,11 +12,9 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 
-from ssl_jax.models import winograd
+from ssl_jax.models.cpu import conv as cpu_conv
 from ssl_jax.models.norm import BatchNorm
 
 ModuleDef = Any
@@ -24,111 +22,19 @@ ModuleDef = Any
 # Kaiming-normal fan_out (torchvision's ResNet initialisation).
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
-_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
-
-
-CONV_IMPLS = ('auto', 'im2col', 'xla', 'winograd')
-# 'auto' on CPU: 3x3 stride-1 convolutions with at least this many input channels and 2x2 output
-# tiles (batch x tiles per map) by Winograd.
-WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_TILES = 256
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, *,
-                         impl: str = 'auto', **kwargs):
-  """``lax.conv_general_dilated``, or the same sums of products as one im2col matmul (k x k
-  shifted slices of the padded input side by side, times the kernel as a (k*k*C_in, C_out)
-  matrix; its backward pass is slices, pads and matmuls) for a 2-D NHWC convolution.
-
-  ``impl``: ``'xla'`` keeps XLA's convolution, ``'im2col'`` takes the matmul form, ``'auto'``
-  (the default) takes it on the CPU backend and otherwise only where XLA:CPU-style trouble is
-  structural (below). Why on CPU: XLA:CPU's convolutions reach a fraction of its matmul speed on
-  ResNet shapes: one forward + backward of each of the 9 distinct convolution shapes of a
-  CIFAR-stem ResNet-18 at batch 64 on a 2-core CPU takes 1.77 s as XLA convolutions and 0.89 s
-  as im2col matmuls (the 3x3 64 -> 64 one on 32 x 32 maps: 940 vs 250 ms; no shape slower by
-  more than the noise; ``benchmarks/conv_impl.py``). On GPU/TPU XLA's own convolutions are the
-  fast path.
-
-  ``'winograd'``: 3x3 stride-1 padding-1 dense convolutions by Winograd's F(2x2, 3x3)
-  (:func:`ssl_jax.models.winograd.conv3x3`: 2.25x fewer matmul FLOPs, a 4x instead of 9x
-  input expansion, a hand-written backward pass), every other one as im2col. ``'auto'`` on CPU
-  does the same for those with at least ``WINOGRAD_MIN_CHANNELS`` (16) input channels and
-  ``WINOGRAD_MIN_TILES`` (256) 2x2 output tiles in the batch, and keeps im2col for the
-  3-channel stem (its 16 matmuls would have K = 3: 70 vs 20 ms at batch 64) and for small
-  batches of small maps (batch 8: 4 x 4 maps 70 vs 18 ms, 32 tiles; 8 x 8 23 vs 17, 128). At
-  batch 64 forward + backward, im2col vs Winograd: 3x3 64 -> 64 on 32 x 32 maps 265 vs 221 ms,
-  128 on 16 x 16 208 vs 154, 256 on 8 x 8 177 vs 128, 512 on 4 x 4 171 vs 160; a SimCLR
-  ResNet-18 step at batch 128 13.3 / 14.3 s -> 11.2 / 12.3 s (two alternating rounds).
-
-  Always im2col (any backend, unless ``impl='xla'``): a convolution whose input or output
-  feature map has fewer pixels than the kernel window (a 3x3 convolution on the 2x2 maps of
-  stage 4 for 16 px inputs, or a stride-2 one onto them): XLA's algebraic simplifier swaps its
-  operands and XLA:CPU runs the swapped form with its generic loop emitter, 3.2 s for one 3x3
-  512 -> 512 convolution on a (192, 2, 2, 512) input, 67x slower than im2col; and grouped ones
-  (``feature_group_count`` g > 1, e.g. data2vec 2.0's decoder), ~16-25x slower than dense ones
-  in XLA:CPU, as one einsum over the g groups."""
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
-  def fallback():
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                    rhs_dilation=rhs_dilation,
-                                    dimension_numbers=dimension_numbers,
-                                    feature_group_count=feature_group_count, precision=precision,
-                                    **kwargs)
-  g = feature_group_count
-  if (lhs.ndim != 4 or rhs.ndim != 4
-      or kwargs.get('batch_group_count', 1) != 1 or isinstance(padding, str)
-      or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-      or not _is_nhwc(dimension_numbers)):
-    return fallback()
-  kh, kw, cin, cout = rhs.shape          # cin: input channels per group
-  (pt, pb), (pl, pr) = padding
-  sh, sw = window_strides
-  b, h, w, _ = lhs.shape
-  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-  structural = g > 1 or min(h * w, ho * wo) < kh * kw
-  cpu = jax.default_backend() == 'cpu'
-  wanted = impl in ('im2col', 'winograd') or (impl == 'auto' and (structural or cpu))
-  if not wanted or ho <= 0 or wo <= 0 or min(pt, pb, pl, pr) < 0:
-    return fallback()
-  if (g == 1 and (kh, kw, sh, sw, pt, pb, pl, pr) == (3, 3, 1, 1, 1, 1, 1, 1)
-      and kwargs.get('preferred_element_type') is None
-      and (impl == 'winograd' or (impl == 'auto' and cpu and cin >= WINOGRAD_MIN_CHANNELS
-                                  and b * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_MIN_TILES))):
-    return winograd.conv3x3(lhs, rhs)
-  xp = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, g * cin),
-                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
-  if g > 1:
-    cols = jnp.stack(cols, axis=3).reshape(b, ho, wo, kh * kw, g, cin)
-    out = jnp.einsum('bhwtgc,tcgo->bhwgo', cols, rhs.reshape(kh * kw, cin, g, cout // g),
-                     precision=precision,
-                     preferred_element_type=kwargs.get('preferred_element_type'))
-    return out.reshape(b, ho, wo, cout)
-  cols = jnp.concatenate(cols, axis=-1).reshape(b * ho * wo, kh * kw * cin)
-  out = jnp.dot(cols, rhs.reshape(kh * kw * cin, cout), precision=precision,
-                preferred_element_type=kwargs.get('preferred_element_type'))
-  return out.reshape(b, ho, wo, cout)
-
-
-def _is_nhwc(dimension_numbers) -> bool:
-  if dimension_numbers is None:
-    return False
-  try:
-    return lax.conv_dimension_numbers((1,) * 4, (1,) * 4, dimension_numbers) == _NHWC
-  except (TypeError, ValueError):
-    return False
+# ``conv_impl`` picks each convolution's kernel (XLA's, im2col matmuls or Winograd; same parameters,
+# same results) in models/cpu/conv.py; these are its choices (``config.model.conv_impl``).
+CONV_IMPLS = cpu_conv.CONV_IMPLS
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype,
           impl: str = 'auto') -> nn.Conv:
   """A bias-free k x k convolution with torchvision's padding k // 2 and Kaiming fan-out init,
-  through :func:`conv_general_dilated` with ``impl`` (every convolution of the ResNet goes
-  through here)."""
+  through :func:`ssl_jax.models.cpu.conv.conv_general_dilated` with ``impl`` (every
+  convolution of the ResNet goes through here)."""
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2,) * 2] * 2,
                  use_bias=False, kernel_init=conv_init, dtype=dtype,
-                 conv_general_dilated=functools.partial(conv_general_dilated, impl=impl),
+                 conv_general_dilated=functools.partial(cpu_conv.conv_general_dilated, impl=impl),
                  name=name)
 
 
@@ -188,7 +94,8 @@ class ResNet(nn.Module):
     cifar_stem: 3x3 stride-1 stem without max-pool (SimCLR's CIFAR variant) instead of 7x7/2 + pool.
     bn_momentum: running-average decay of the BatchNorm statistics (PyTorch's 0.1 == 0.9 here).
     conv_impl: 'auto' | 'im2col' | 'xla' | 'winograd', how the convolutions run
-      (:func:`conv_general_dilated`; the parameters and results are the same).
+      (:func:`ssl_jax.models.cpu.conv.conv_general_dilated`; the parameters and results are
+      the same).
   """
   stage_sizes: Sequence[int]
   block: Callable = BasicBlock

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax.models.vit import Dense, Mlp, PatchEmbed, drop_path
+from ssl_jax.models.cpu.dense import Dense
+from ssl_jax.models.vit import Mlp, PatchEmbed, drop_path
 
 Array = jax.Array
 

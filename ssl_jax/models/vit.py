@@ -38,6 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# nn.Dense and the exact GELU in the forms XLA:CPU runs fast (same parameters, same results on
+# every backend): models/cpu/.
+from ssl_jax.models.cpu.dense import Dense
+from ssl_jax.models.cpu.gelu import gelu
+
 Array = jax.Array
 
 _dense_init = nn.initializers.xavier_uniform()
@@ -49,39 +54,6 @@ _pos_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-_SQRT_HALF = float(1 / np.sqrt(2))       # Python floats: weakly typed, keep bf16 inputs bf16
-_INV_SQRT_2PI = float(1 / np.sqrt(2 * np.pi))
-
-
-@jax.custom_jvp
-def gelu(x: Array) -> Array:
-    """Exact GELU ``x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2)))`` (Hendrycks & Gimpel 2016), the
-    erf form of ``torch.nn.GELU()`` / timm. Same function as ``nn.gelu(x, approximate=False)``
-    (which goes through ``erfc`` for the far negative tail), but with ``lax.erf`` and a
-    hand-written derivative ``Phi(x) + x * phi(x)``: on XLA:CPU ``erfc`` is a two-branch
-    polynomial whose forward and backward fusions cost ~4x this (measured in a ViT-Tiny step)."""
-    return x * (0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF)))
-
-
-@gelu.defjvp
-def _gelu_jvp(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    cdf = 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
-    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    return x * cdf, (cdf + x * pdf) * dx
-
-
-class Dense(nn.Dense):
-    """``nn.Dense`` (same parameters) applied to its input flattened to 2-D. For a (B, T, D)
-    input XLA:CPU lays out the kernel gradient's dot with a transposed copy of the (B*T, F)
-    output gradient (measured: ~12 % of a ViT-Tiny step); a 2-D dot needs no copy."""
-
-    def __call__(self, inputs: Array) -> Array:
-        lead = inputs.shape[:-1]
-        y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
-        return y.reshape(lead + (self.features,))
-
 
 def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
     """1-D sin-cos embedding of positions ``pos`` (M,) -> (M, embed_dim) (MAE, He et al. 2022)."""

@@ -97,31 +97,3 @@ def state_shardings(mesh, abstract_state, mesh_cfg=None):
     return NamedSharding(mesh, spec)
 
   return jax.tree_util.tree_map_with_path(leaf, abstract_state)
-
-
-def initialize_distributed(coordinator_address: str = '', num_processes: int = 0,
-                           process_id: int = -1) -> bool:
-  """Starts JAX's multi-controller runtime when this is one process of a multi-process job.
-
-  * explicit: ``coordinator_address`` ('host:port') with ``num_processes`` and ``process_id``
-    (what launch/local.sh and the multi-host test pass);
-  * auto-detected: Cloud TPU pod slices (several workers) and Slurm jobs with more than one task,
-    where ``jax.distributed.initialize()`` reads the cluster from the environment;
-  * otherwise a single process: nothing to do.
-
-  Must run before any other JAX call. Returns True when the runtime was initialised.
-  """
-  import os  # pylint: disable=g-import-not-at-top
-  if coordinator_address:
-    if num_processes < 1 or not 0 <= process_id < num_processes:
-      raise ValueError(f'--coordinator_address={coordinator_address} needs --num_processes >= 1 '
-                       f'and 0 <= --process_id < num_processes (got {num_processes}, {process_id})')
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-    return True
-  slurm_tasks = int(os.environ.get('SLURM_NTASKS', '1') or 1)
-  tpu_workers = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if slurm_tasks > 1 or ',' in tpu_workers:
-    jax.distributed.initialize()
-    return True
-  return False

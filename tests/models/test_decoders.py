@@ -244,23 +244,6 @@ def test_patchify_of_pixel_mask_roundtrip():
   np.testing.assert_array_equal(unpatchify(patchify(x, 4), 4, 2, 2, 3), x)
 
 
-def test_grouped_im2col_conv_matches_lax():
-  """resnet.conv_general_dilated's grouped im2col path (data2vec 2.0's decoder) equals
-  lax.conv_general_dilated, for odd grids, strides, paddings and several group counts."""
-  import flax.linen as nn
-  from ssl_jax.models.resnet import conv_general_dilated
-  x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 5, 12))
-  for groups, k, stride in ((4, 3, 1), (12, 1, 1), (3, 5, 1), (4, 3, 2), (2, 3, 1)):
-    pad = [(k // 2,) * 2] * 2
-    ref = nn.Conv(24, (k, k), stride, padding=pad, feature_group_count=groups)
-    ours = nn.Conv(24, (k, k), stride, padding=pad, feature_group_count=groups,
-                   conv_general_dilated=conv_general_dilated)
-    params = ref.init(jax.random.PRNGKey(0), x)
-    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
-    jaxpr = str(jax.make_jaxpr(lambda p: ours.apply(p, x))(params))
-    assert 'conv_general_dilated' not in jaxpr   # the im2col form, not XLA's grouped conv
-
-
 def test_data2vec_conv_decoder_shapes_and_grid_check():
   from ssl_jax.models.decoders import Data2VecConvDecoder
   dec = Data2VecConvDecoder((2, 3), out_dim=8, dim=16, layers=2, groups=4)

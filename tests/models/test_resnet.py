@@ -101,24 +101,3 @@ def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
     np.testing.assert_allclose(val, ref_val, rtol=1e-4)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
         a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max()), grad, ref_grad)
-
-
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason="'auto' picks Winograd on CPU only")
-def test_auto_takes_winograd_for_enough_channels_and_tiles():
-  """'auto' on CPU: Winograd for 3x3 stride-1 convolutions with >= 16 input channels and >= 256
-  output tiles in the batch; im2col for the stem-like 3-channel and the small-batch small-map ones
-  and for stride 2."""
-  def uses_winograd(x_shape, w_shape, stride=1):
-    conv = lambda x, w: resnet.conv_general_dilated(
-        x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return 'custom_vjp_call' in str(jax.make_jaxpr(conv)(jnp.ones(x_shape), jnp.ones(w_shape)))
-  assert uses_winograd((4, 16, 16, 16), (3, 3, 16, 8))           # 4 x 64 = 256 tiles
-  assert not uses_winograd((4, 16, 16, 3), (3, 3, 3, 8))         # 3 input channels
-  assert not uses_winograd((2, 8, 8, 16), (3, 3, 16, 8))         # 2 x 16 = 32 tiles
-  assert not uses_winograd((4, 32, 32, 16), (3, 3, 16, 8), stride=2)
-
-
-def test_bad_conv_impl_is_named():
-  with pytest.raises(ValueError, match='im2col'):
-    resnet.conv_general_dilated(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), (1, 1),
-                                ((1, 1), (1, 1)), impl='fft')

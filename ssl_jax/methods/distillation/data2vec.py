@@ -59,8 +59,9 @@ from ssl_jax.data import masking
 from ssl_jax.methods import common
 from ssl_jax.methods.base import Method, init_module
 from ssl_jax.methods.distillation.masks import BlockMaskBank
+from ssl_jax.models.cpu.dense import Dense
 from ssl_jax.models.decoders import Data2VecConvDecoder
-from ssl_jax.models.vit import Dense, ViT
+from ssl_jax.models.vit import ViT
 
 STUDENTS = ('mask_token', 'visible')
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from ssl_jax import losses
 from ssl_jax.methods.masked import MaskedImageMethod
 from ssl_jax.methods.masked import vq_tokenizer
-from ssl_jax.models.vit import Dense
+from ssl_jax.models.cpu.dense import Dense
 
 
 def blockwise_masks_device(rng, batch: int, grid_h: int, grid_w: int, num_masking_patches: int,

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) convolutions (ssl_jax.models.winograd) against XLA's and the paper's
+"""Winograd F(2x2, 3x3) convolutions (ssl_jax.models.cpu.winograd) against XLA's and the paper's
 matrices."""
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ssl_jax.models import winograd
+from ssl_jax.models.cpu import winograd
 
 # Lavin & Gray 2016, F(2x2, 3x3).
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
