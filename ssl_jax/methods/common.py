@@ -1,9 +1,11 @@
-"""Pieces several methods share: EMA target networks and fixed-size queues (functional)."""
+"""Pieces several methods share: EMA target networks, fixed-size queues (functional), and MLP
+heads built from ``config.method`` (the projector / predictor of every family's online stack)."""
 from __future__ import annotations
 
 import jax
 
-from ssl_jax.train import schedules
+from ssl_jax import optim as schedules
+from ssl_jax.models.heads import MLP
 
 
 def ema_update(target, online, momentum):
@@ -34,3 +36,14 @@ def enqueue(queue, ptr, items):
     raise ValueError(f'queue size {k} must be a multiple of the global batch size {b}')
   queue = jax.lax.dynamic_update_slice_in_dim(queue, items.astype(queue.dtype), ptr, axis=0)
   return queue, (ptr + b) % k
+
+
+def mlp_from_config(m, prefix: str) -> MLP | None:
+  """An MLP head from ``config.method.<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}``;
+  None when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
+  layers = m.get(f'{prefix}_layers', 0)
+  if not layers:
+    return None
+  return MLP(hidden_dims=(m[f'{prefix}_hidden_dim'],) * (layers - 1), out_dim=m[f'{prefix}_dim'],
+             use_bn=m.get(f'{prefix}_bn', True), last_bn=m.get(f'{prefix}_last_bn', False),
+             last_bn_affine=m.get(f'{prefix}_last_bn_affine', True))

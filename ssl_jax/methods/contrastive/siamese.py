@@ -27,20 +27,9 @@ import optax
 
 from ssl_jax import losses
 from ssl_jax.methods import common
+from ssl_jax.methods.common import mlp_from_config
 from ssl_jax.methods.base import Method, apply_module, init_module
-from ssl_jax.models.heads import MLP
-from ssl_jax.train import schedules
-
-
-def mlp_from_config(m, prefix: str) -> MLP | None:
-  """An MLP head from ``config.method.<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}``;
-  None when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
-  layers = m.get(f'{prefix}_layers', 0)
-  if not layers:
-    return None
-  return MLP(hidden_dims=(m[f'{prefix}_hidden_dim'],) * (layers - 1), out_dim=m[f'{prefix}_dim'],
-             use_bn=m.get(f'{prefix}_bn', True), last_bn=m.get(f'{prefix}_last_bn', False),
-             last_bn_affine=m.get(f'{prefix}_last_bn_affine', True))
+from ssl_jax import optim as schedules
 
 
 def random_unit_rows(rng, rows: int, dim: int):
