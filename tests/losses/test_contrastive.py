@@ -316,3 +316,42 @@ def test_nt_xent_symmetric_in_views():
   a, _ = losses.nt_xent(z1, z2, 0.2)
   b, _ = losses.nt_xent(z2, z1, 0.2)
   assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+def test_info_nce_core_hand_value():
+  # Row 0: positive logit ln 3 against 0, 0 -> -log(3 / 5); row 1: the positive (label 2) loses to
+  # candidate 0, and a -inf candidate (an anchor against itself) contributes nothing.
+  logits = jnp.array([[math.log(3.0), 0.0, 0.0], [1.0, -jnp.inf, 0.0]])
+  loss, acc = losses.info_nce(logits, jnp.array([0, 2]))
+  want = (-math.log(3 / 5) - math.log(1 / (math.e + 1))) / 2
+  np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+  assert float(acc) == 0.5
+  nll, correct = losses.info_nce_terms(logits, jnp.array([0, 2]))
+  np.testing.assert_allclose(np.asarray(nll), [-math.log(3 / 5), -math.log(1 / (math.e + 1))],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(correct), [True, False])
+
+
+def test_queue_and_memory_bank_losses_are_one_function():
+  # MoCo's queue InfoNCE and PIRL's memory-bank InfoNCE are the same objective (positive first,
+  # shared negatives) with different sources of negatives.
+  rng = np.random.default_rng(3)
+  q, k, neg = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((6, 5), (6, 5), (9, 5)))
+  a = losses.info_nce_queue(q, k, neg, 0.2)
+  b = losses.memory_bank_info_nce(q, k, neg, 0.2)
+  np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+  np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+
+
+def test_every_family_name_is_re_exported():
+  """``losses.<name>`` is the family module's own function for every public name."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  families = ('common', 'contrastive', 'regression', 'redundancy', 'clustering', 'distillation',
+              'masked', 'pretext', 'hybrid')
+  for family in families:
+    module = getattr(losses, family)
+    for name, obj in vars(module).items():
+      own = getattr(obj, '__module__', module.__name__) == module.__name__
+      if name.startswith('_') or inspect.ismodule(obj) or not own:
+        continue
+      assert getattr(losses, name, None) is obj, f'losses.{name} is not losses.{family}.{name}'
