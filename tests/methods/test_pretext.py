@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from ssl_jax import losses
-from ssl_jax.methods.pretext import rotation
 from ssl_jax.train import loop
 from tests import helpers
 
