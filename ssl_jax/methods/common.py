@@ -1,5 +1,4 @@
-"""Pieces several methods share: EMA target networks, fixed-size queues (functional), and MLP
-heads built from ``config.method`` (the projector / predictor of every family's online stack)."""
+"""Pieces several methods share: EMA target networks and fixed-size queues (functional)."""
 from __future__ import annotations
 
 import jax
@@ -38,6 +37,7 @@ def enqueue(queue, ptr, items):
   return queue, (ptr + b) % k
 
 
+# Here rather than in contrastive/siamese.py: CMAE (hybrid/) builds the same heads.
 def mlp_from_config(m, prefix: str) -> MLP | None:
   """An MLP head from ``config.method.<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}``;
   None when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
