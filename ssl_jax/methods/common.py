@@ -39,11 +39,13 @@ def enqueue(queue, ptr, items):
 
 # Here rather than in contrastive/siamese.py: CMAE (hybrid/) builds the same heads.
 def mlp_from_config(m, prefix: str) -> MLP | None:
-  """An MLP head from ``config.method.<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}``;
-  None when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
-  layers = m.get(f'{prefix}_layers', 0)
+  """An MLP head from ``<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}`` of ``m``
+  (``config.method`` or a method's typed hyper-parameters: attribute access serves both); None
+  when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
+  field = lambda name, *default: getattr(m, f'{prefix}_{name}', *default)
+  layers = field('layers', 0)
   if not layers:
     return None
-  return MLP(hidden_dims=(m[f'{prefix}_hidden_dim'],) * (layers - 1), out_dim=m[f'{prefix}_dim'],
-             use_bn=m.get(f'{prefix}_bn', True), last_bn=m.get(f'{prefix}_last_bn', False),
-             last_bn_affine=m.get(f'{prefix}_last_bn_affine', True))
+  return MLP(hidden_dims=(field('hidden_dim'),) * (layers - 1), out_dim=field('dim'),
+             use_bn=field('bn', True), last_bn=field('last_bn', False),
+             last_bn_affine=field('last_bn_affine', True))
