@@ -25,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import models
+from ssl_jax import models, optim
 from ssl_jax.data import pipeline
 from ssl_jax.methods.base import apply_module
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
-from ssl_jax.train import schedules, sharding
+from ssl_jax.train import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +130,13 @@ def _decay_mask(params):
   def keep(path, p):
     names = {str(getattr(k, 'key', k)) for k in path}
     return p.ndim > 1 and not names & {'cls_token', 'reg_token', 'pos_embed',
-                                       *schedules.NO_DECAY_NAMES}
+                                       *optim.NO_DECAY_NAMES}
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def build_optimizer(params, cfg: FinetuneConfig, num_layers: int):
   peak = cfg.lr * cfg.batch_size / 256
-  lr = schedules.warmup_cosine(peak, cfg.warmup_steps, cfg.steps)
+  lr = optim.warmup_cosine(peak, cfg.warmup_steps, cfg.steps)
   tx = optax.chain(optax.adamw(lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay,
                                mask=_decay_mask),
                    scale_by_tree(layer_decay_scales(params, num_layers, cfg.layer_decay)))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax.train import schedules
+from ssl_jax import optim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +93,13 @@ def build_optimizer(cfg: ProbeConfig, steps_per_epoch: int):
   """(optax transformation, schedule): SGD-momentum or LARS with warmup + cosine."""
   total = max(cfg.epochs * steps_per_epoch, 1)
   peak = cfg.lr * cfg.batch_size / 256
-  lr = schedules.warmup_cosine(peak, cfg.warmup_epochs * steps_per_epoch, total)
+  lr = optim.warmup_cosine(peak, cfg.warmup_epochs * steps_per_epoch, total)
   if cfg.optimizer == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=schedules.decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=optim.decay_mask),
                      optax.sgd(lr, momentum=cfg.momentum))
   elif cfg.optimizer == 'lars':
-    tx = optax.lars(lr, weight_decay=cfg.weight_decay, weight_decay_mask=schedules.decay_mask,
-                    trust_ratio_mask=schedules.decay_mask, momentum=cfg.momentum)
+    tx = optax.lars(lr, weight_decay=cfg.weight_decay, weight_decay_mask=optim.decay_mask,
+                    trust_ratio_mask=optim.decay_mask, momentum=cfg.momentum)
   else:
     raise ValueError(f"linear probe optimizer={cfg.optimizer!r}: choose 'sgd' or 'lars'")
   return tx, lr

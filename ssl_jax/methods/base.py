@@ -23,7 +23,7 @@ from ssl_jax import models
 from ssl_jax.data import augment
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import hparams
-from ssl_jax.train import schedules
+from ssl_jax import optim as schedules
 
 
 def apply_module(module, params, stats, x, *, train: bool, rngs=None, **kw):

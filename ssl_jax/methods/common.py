@@ -5,7 +5,8 @@ import dataclasses
 
 import jax
 
-from ssl_jax.train import schedules
+from ssl_jax import optim as schedules
+from ssl_jax.models.heads import MLP
 
 
 def ema_update(target, online, momentum):
@@ -65,3 +66,17 @@ def enqueue(queue, ptr, items):
     raise ValueError(f'queue size {k} must be a multiple of the global batch size {b}')
   queue = jax.lax.dynamic_update_slice_in_dim(queue, items.astype(queue.dtype), ptr, axis=0)
   return queue, (ptr + b) % k
+
+
+# Here rather than in contrastive/siamese.py: CMAE (hybrid/) builds the same heads.
+def mlp_from_config(m, prefix: str) -> MLP | None:
+  """An MLP head from ``<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}`` of ``m``
+  (``config.method`` or a method's typed hyper-parameters: attribute access serves both); None
+  when ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
+  field = lambda name, *default: getattr(m, f'{prefix}_{name}', *default)
+  layers = field('layers', 0)
+  if not layers:
+    return None
+  return MLP(hidden_dims=(field('hidden_dim'),) * (layers - 1), out_dim=field('dim'),
+             use_bn=field('bn', True), last_bn=field('last_bn', False),
+             last_bn_affine=field('last_bn_affine', True))

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.data.masking import (blockwise_mask, blockwise_masks, num_kept, random_masking,
-                                  unshuffle)
+from ssl_jax.data.masking import (BlockMaskBank, blockwise_mask, blockwise_masks, num_kept,
+                                  random_masking, unshuffle)
 
 
 def test_num_kept():
@@ -91,3 +91,19 @@ def test_blockwise_masks_deterministic():
     assert not np.array_equal(a, c)
     assert not np.array_equal(a[0], a[1])
     assert np.all(a.reshape(4, -1).sum(1) <= 20)
+
+
+def test_block_mask_bank():
+  bank = BlockMaskBank(6, (0.3, 0.3), size=32, seed=0, min_num_patches=2)
+  counts = bank.bank.reshape(32, -1).sum(-1)
+  assert counts.max() <= round(0.3 * 36) and counts.min() >= 4
+  m = np.asarray(bank.sample(jax.random.PRNGKey(0), 64))
+  assert m.shape == (64, 36) and m.dtype == bool
+  # Symmetries keep the number of masked patches of a bank entry.
+  assert set(m.sum(-1)) <= set(counts)
+  half = BlockMaskBank(6, (0.1, 0.5), size=32, seed=0, mask_prob=0.5)
+  mh = np.asarray(half.sample(jax.random.PRNGKey(1), 400))
+  frac_masked_images = mh.any(-1).mean()
+  assert 0.4 < frac_masked_images < 0.6
+  # Deterministic given the key.
+  np.testing.assert_array_equal(mh, np.asarray(half.sample(jax.random.PRNGKey(1), 400)))

@@ -7,7 +7,7 @@ import pytest
 
 from ssl_jax.eval import finetune
 from ssl_jax.models import resnet, swin, vit
-from ssl_jax.train import schedules
+from ssl_jax import optim
 
 
 def _scales(backbone, x, decay):
@@ -60,9 +60,9 @@ def test_swin_layer_decay_scales_and_decay_mask():
   m = finetune._decay_mask(params)  # pylint: disable=protected-access
   assert m['backbone']['layers_0_blocks_0']['attn']['qkv']['kernel']
   assert not m['backbone']['layers_0_blocks_0']['attn']['relative_position_bias_table']
-  assert not schedules.decay_mask(params)['backbone']['layers_0_blocks_1']['attn'][
+  assert not optim.decay_mask(params)['backbone']['layers_0_blocks_1']['attn'][
       'relative_position_bias_table']
-  assert schedules.decay_mask(params)['backbone']['layers_0_downsample']['reduction']['kernel']
+  assert optim.decay_mask(params)['backbone']['layers_0_downsample']['reduction']['kernel']
 
 
 def test_decay_mask_excludes_tokens_biases_norms():

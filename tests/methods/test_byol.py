@@ -1,37 +1,20 @@
 """BYOL: normalised-MSE loss, the cosine EMA schedule, the EMA target update, 1 vs 8 devices,
-checkpoint round trip of the target network."""
+checkpoint round trip of the target network.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_regression.py."""
 import math
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from ssl_jax import losses
 from ssl_jax.methods import common
 from tests import helpers
 from tests.methods import siamese_testlib as lib
 
 STEPS = 3
-
-
-def test_normalized_mse_hand_value():
-  p = jnp.array([[2.0, 0.0], [0.0, 1.0]])
-  z = jnp.array([[1.0, 1.0], [0.0, 5.0]])
-  # row 0: cos = 1/sqrt(2) -> 2 - sqrt(2); row 1: identical directions -> 0.
-  np.testing.assert_allclose(losses.normalized_mse(p, z), (2 - math.sqrt(2)) / 2, rtol=1e-6)
-
-
-def test_normalized_mse_matches_numpy():
-  rng = np.random.default_rng(1)
-  p, z = rng.normal(size=(7, 6)), rng.normal(size=(7, 6))
-  # Grill et al. Eq. 2: || p/||p|| - z/||z|| ||^2, batch mean.
-  ref = np.mean([np.sum((p[i] / np.linalg.norm(p[i]) - z[i] / np.linalg.norm(z[i])) ** 2)
-                 for i in range(7)])
-  np.testing.assert_allclose(losses.normalized_mse(jnp.asarray(p), jnp.asarray(z)), ref,
-                             rtol=1e-5)
 
 
 def test_momentum_schedule_cosine():

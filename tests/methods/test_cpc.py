@@ -1,5 +1,7 @@
 """CPC v2: the InfoNCE over patch latents against hand values and numpy; the context network is
-causal (no gradient from rows below); patch extraction; config checks; two real train steps."""
+causal (no gradient from rows below); patch extraction; config checks; two real train steps.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_contrastive.py."""
 import math
 
 import flax.linen as nn
@@ -8,48 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import losses
 from ssl_jax.methods import build_method
 from ssl_jax.methods.contrastive import cpc
 from tests import helpers
 from tests.methods import _contrastive_utils as utils
-
-
-def cpc_numpy(preds, targets, steps):
-  """-log softmax of every in-grid prediction against all B*H*W latents, averaged."""
-  targets = np.asarray(targets, np.float64)
-  b, h, w, _ = targets.shape
-  flat = targets.reshape(b * h * w, -1)
-  nll = []
-  for p, k in zip(preds, steps):
-    p = np.asarray(p, np.float64)
-    for n in range(b):
-      for i in range(h - k):
-        for j in range(w):
-          logits = flat @ p[n, i, j]
-          pos = logits[n * h * w + (i + k) * w + j]
-          nll.append(math.log(np.exp(logits).sum()) - pos)
-  return sum(nll) / len(nll)
-
-
-def test_cpc_infonce_hand_value():
-  # One image, two rows of one patch: z_00 = (1, 0), z_10 = (0, 1); the prediction made at row 0
-  # for k = 1 is (1, 0): logits (1, 0), positive z_10 -> -log(e^0 / (e^1 + e^0)).
-  targets = jnp.array([[[[1., 0.]], [[0., 1.]]]])
-  preds = [jnp.array([[[[1., 0.]], [[5., 5.]]]])]    # row 1 has no target inside the grid
-  loss, acc = losses.cpc_infonce(preds, targets, (1,))
-  np.testing.assert_allclose(float(loss), math.log(math.e + 1), rtol=1e-6)
-  assert float(acc) == 0.0
-
-
-def test_cpc_infonce_matches_numpy():
-  rng = np.random.default_rng(0)
-  targets = rng.normal(size=(3, 4, 3, 5)).astype(np.float32)
-  preds = [rng.normal(size=(3, 4, 3, 5)).astype(np.float32) for _ in range(2)]
-  loss, _ = losses.cpc_infonce([jnp.asarray(p) for p in preds], jnp.asarray(targets), (1, 3))
-  np.testing.assert_allclose(float(loss), cpc_numpy(preds, targets, (1, 3)), rtol=1e-5)
-  with pytest.raises(ValueError, match='step 4'):
-    losses.cpc_infonce([jnp.asarray(preds[0])], jnp.asarray(targets), (4,))
 
 
 def _row_gradients(apply_fn, z):

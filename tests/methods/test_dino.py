@@ -14,7 +14,7 @@ from ssl_jax.train import loop, sharding
 from ssl_jax.train.state import TrainState
 from ssl_jax.viz import attention
 from tests import helpers
-from tests.methods.test_dino_ibot_data2vec import np_center, np_dino_loss
+from tests.losses.test_distillation import np_center, np_dino_loss
 
 STEPS = 3
 

@@ -1,60 +1,15 @@
 """Tests for the hybrid methods (SiT, CMAE): the uncertainty weighting against a hand computation
 and a numpy implementation, the weights' direction when one task's loss is scaled, SiT's
-corruption, and real train steps on 1 vs 8 simulated devices."""
+corruption, and real train steps on 1 vs 8 simulated devices.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_pretext.py."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import losses
 from ssl_jax.methods.hybrid import sit
 from tests import helpers
 from tests.methods.test_pretext import load_config, parity
-
-
-def np_uncertainty(task_losses, log_vars, classification=None):
-  """Kendall et al. (2018) with sigma^2 = exp(s): L / (2 sigma^2) + log sigma for a regression
-  task (Eq. 7), L / sigma^2 + log sigma for a classification task (Eq. 10)."""
-  sigma2 = np.exp(np.asarray(log_vars, np.float64))
-  cls = np.zeros(len(sigma2), bool) if classification is None else np.asarray(classification)
-  denom = np.where(cls, sigma2, 2 * sigma2)
-  return float(np.sum(np.asarray(task_losses) / denom + np.log(np.sqrt(sigma2))))
-
-
-def test_uncertainty_weighted_sum_hand_value():
-  total, w = losses.uncertainty_weighted_sum(jnp.array([2.0, 1.0, 0.5]),
-                                             jnp.array([0.0, np.log(4.0), -np.log(2.0)]))
-  # 0.5*2 + 0   +   0.5*(1/4)*1 + 0.5*log 4   +   0.5*2*0.5 - 0.5*log 2
-  hand = 1.0 + 0.125 + 0.5 * np.log(4.0) + 0.5 - 0.5 * np.log(2.0)
-  np.testing.assert_allclose(total, hand, rtol=1e-6)
-  np.testing.assert_allclose(w, [0.5, 0.125, 1.0], rtol=1e-6)
-  rng = np.random.default_rng(0)
-  l, s = rng.uniform(0.1, 5, 4), rng.normal(size=4)
-  np.testing.assert_allclose(losses.uncertainty_weighted_sum(jnp.asarray(l), jnp.asarray(s))[0],
-                             np_uncertainty(l, s), rtol=1e-5)
-  cls = (True, False, True, False)
-  total, w = losses.uncertainty_weighted_sum(jnp.asarray(l), jnp.asarray(s), classification=cls)
-  np.testing.assert_allclose(total, np_uncertainty(l, s, cls), rtol=1e-5)
-  np.testing.assert_allclose(w, np.exp(-s) * np.array([1.0, 0.5, 1.0, 0.5]), rtol=1e-5)
-  with pytest.raises(ValueError, match='3 entries for 4 task losses'):
-    losses.uncertainty_weighted_sum(jnp.asarray(l), jnp.asarray(s), classification=cls[:3])
-
-
-def test_uncertainty_minimiser_is_log_loss():
-  """Gradient descent on s alone converges to s_i = log L_i: scaling a task's loss by 10 lowers
-  its weight by 10."""
-  task = jnp.array([3.0, 0.3])
-  grad = jax.grad(lambda s: losses.uncertainty_weighted_sum(task, s)[0])
-  s = jnp.zeros(2)
-  for _ in range(500):
-    s = s - 0.5 * grad(s)
-  np.testing.assert_allclose(s, np.log([3.0, 0.3]), atol=1e-3)
-  # classification form: the minimiser is s = log(2 L)
-  grad = jax.grad(lambda s: losses.uncertainty_weighted_sum(task, s, (True, True))[0])
-  s = jnp.zeros(2)
-  for _ in range(1000):
-    s = s - 0.25 * grad(s)
-  np.testing.assert_allclose(s, np.log([6.0, 0.6]), atol=1e-3)
 
 
 def test_corruption_touches_only_the_mask():

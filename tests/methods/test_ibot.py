@@ -11,8 +11,7 @@ from ssl_jax.train import loop
 from ssl_jax.train.state import TrainState
 from tests import helpers
 from tests.methods.test_dino import STEPS, run_and_checkpoint
-from tests.methods.test_dino_ibot_data2vec import (np_center, np_dino_loss,
-                                                   np_ibot_patch_loss)
+from tests.losses.test_distillation import np_center, np_dino_loss, np_ibot_patch_loss
 
 
 def tiny_config(shared_head=True):

@@ -1,55 +1,14 @@
 """InstDis: the full-softmax loss and the memory-bank update against hand values and numpy; the
-bank is updated by scatter at the batch's indices; 1 vs 8 devices; exact checkpoint restore."""
+bank is updated by scatter at the batch's indices; 1 vs 8 devices; exact checkpoint restore.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_contrastive.py."""
 import math
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import losses
 from tests import helpers
 from tests.methods import _contrastive_utils as utils
-
-
-def instdis_numpy(v, bank, index, tau):
-  """Wu et al. 2018 Eq. (2): -log exp(v_i.v / tau) / sum_j exp(v_j.v / tau), averaged."""
-  v, bank = np.asarray(v, np.float64), np.asarray(bank, np.float64)
-  total = 0.0
-  for b in range(len(v)):
-    logits = [bank[j] @ v[b] / tau for j in range(len(bank))]
-    total -= logits[index[b]] - math.log(sum(math.exp(x) for x in logits))
-  return total / len(v)
-
-
-def test_instdis_hand_value():
-  bank = jnp.array([[1., 0.], [0., 1.], [0.6, 0.8]])
-  v = jnp.array([[1., 0.]])
-  loss, acc = losses.instance_discrimination(v, bank, jnp.array([0]), temperature=1.0)
-  np.testing.assert_allclose(float(loss), -(1 - math.log(math.e + 1 + math.exp(0.6))), rtol=1e-6)
-  assert float(acc) == 1.0
-
-
-def test_instdis_matches_numpy():
-  rng = np.random.default_rng(0)
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  bank = unit(rng.normal(size=(40, 8))).astype(np.float32)
-  v = unit(rng.normal(size=(6, 8))).astype(np.float32)
-  index = rng.choice(40, 6, replace=False)
-  loss, _ = losses.instance_discrimination(jnp.asarray(v), jnp.asarray(bank),
-                                           jnp.asarray(index), 0.07)
-  np.testing.assert_allclose(float(loss), instdis_numpy(v, bank, index, 0.07), rtol=1e-5)
-
-
-def test_memory_bank_update_hand_values():
-  bank = jnp.array([[1., 0.], [0., 1.], [0.6, 0.8]])
-  new = losses.memory_bank_update(bank, jnp.array([0]), jnp.array([[0., 1.]]), momentum=0.5)
-  r = 1 / math.sqrt(2)
-  np.testing.assert_allclose(np.asarray(new), [[r, r], [0, 1], [0.6, 0.8]], rtol=1e-6)
-  # An index twice in a batch: the last occurrence wins, deterministically.
-  new = losses.memory_bank_update(bank, jnp.array([2, 2]), jnp.array([[1., 0.], [0., 1.]]), 0.5)
-  np.testing.assert_allclose(np.asarray(new[2]), np.array([0.3, 0.9]) / math.hypot(0.3, 0.9),
-                             rtol=1e-6)
-  np.testing.assert_array_equal(np.asarray(new[:2]), np.asarray(bank[:2]))
 
 
 @pytest.fixture(scope='module')

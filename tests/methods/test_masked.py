@@ -116,13 +116,6 @@ def test_dirichlet_masking_total_and_allocation():
   assert vis_rgb.min() <= 2 and vis_rgb.max() >= 16
 
 
-def test_sobel_edges_formula():
-  x = np.zeros((1, 5, 5, 3), np.float32)
-  x[:, :, 3:] = 1.0                                  # a vertical step edge between columns 2, 3
-  e = np.asarray(multimae_lib.sobel_edges(jnp.asarray(x)))[0, :, :, 0]
-  np.testing.assert_allclose(e[2], [0, 0, 4, 4, 0], atol=1e-5)   # |[-1 0 1;-2 0 2;-1 0 1]| = 4
-
-
 # ----------------------------------------------------------------------------- MAE
 
 def test_mae_encoder_sees_visible_tokens_only():

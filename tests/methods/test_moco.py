@@ -1,5 +1,6 @@
-"""MoCo v1/v2: the queue InfoNCE loss, queue ordering, 1 vs 8 devices, checkpoint round trip."""
-import math
+"""MoCo v1/v2: the queue InfoNCE loss, queue ordering, 1 vs 8 devices, checkpoint round trip.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_contrastive.py."""
 import tempfile
 
 import jax
@@ -7,46 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import losses
 from ssl_jax.methods import common
 from ssl_jax.methods.contrastive.moco import MoCo
 from tests import helpers
 from tests.methods import siamese_testlib as lib
 
 STEPS = 3
-
-
-# -- loss ---------------------------------------------------------------------------------------
-
-def test_info_nce_queue_hand_value():
-  q = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-  k = jnp.array([[3.0, 0.0], [0.6, 0.8]])
-  queue = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
-  loss, acc = losses.info_nce_queue(q, k, queue, temperature=0.5)
-  # query 0: logits (2, 0, -2); query 1: logits (1.6, 2, 0), its positive loses to queue row 0.
-  l0 = math.log(1 + math.exp(-2) + math.exp(-4))
-  l1 = -1.6 + math.log(math.exp(1.6) + math.exp(2.0) + 1.0)
-  np.testing.assert_allclose(loss, (l0 + l1) / 2, rtol=1e-6)
-  np.testing.assert_allclose(acc, 0.5)
-
-
-def _numpy_info_nce_queue(q, k, queue, tau):
-  """He et al. 2020 Eq. 1, one query at a time."""
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  q, k, queue = unit(q), unit(k), unit(queue)
-  out = []
-  for i in range(len(q)):
-    pos = np.exp(q[i] @ k[i] / tau)
-    neg = sum(np.exp(q[i] @ queue[j] / tau) for j in range(len(queue)))
-    out.append(-np.log(pos / (pos + neg)))
-  return np.mean(out)
-
-
-def test_info_nce_queue_matches_numpy():
-  rng = np.random.default_rng(0)
-  q, k, queue = rng.normal(size=(6, 5)), rng.normal(size=(6, 5)), rng.normal(size=(12, 5))
-  loss, _ = losses.info_nce_queue(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), 0.2)
-  np.testing.assert_allclose(loss, _numpy_info_nce_queue(q, k, queue, 0.2), rtol=1e-5)
 
 
 # -- queue ----------------------------------------------------------------------------------------

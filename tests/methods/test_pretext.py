@@ -1,6 +1,8 @@
 """Tests for the pretext-task methods (rotation, jigsaw, colorization, CutPaste, PIRL): the image
 transforms against numpy, each loss against a hand computation and an independent numpy
-implementation, and a few real train steps on 1 vs 8 simulated devices."""
+implementation, and a few real train steps on 1 vs 8 simulated devices.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_contrastive.py, tests/losses/test_pretext.py."""
 import importlib.util
 import os
 import tempfile
@@ -11,7 +13,6 @@ import numpy as np
 import pytest
 
 from ssl_jax import losses
-from ssl_jax.methods.pretext import rotation
 from ssl_jax.train import loop
 from tests import helpers
 
@@ -26,16 +27,6 @@ def load_config(name, arg='builtin'):
   return mod.get_config(arg)
 
 
-def np_cross_entropy(logits, labels, weights=None):
-  """Plain numpy softmax cross-entropy, written from the definition."""
-  logits = np.asarray(logits, np.float64)
-  m = logits.max(-1, keepdims=True)
-  logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-  nll = -logp[np.arange(len(labels)), labels]
-  w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
-  return (w * nll).sum() / w.sum()
-
-
 def parity(config, steps=2):
   """Runs ``steps`` real train steps on 1 and 8 devices; asserts allclose params and losses."""
   s1, h1 = helpers.run_steps(config, 1, steps)
@@ -46,51 +37,7 @@ def parity(config, steps=2):
   return s1, h1
 
 
-# -- the shared pretext cross-entropy --------------------------------------------------------------
-
-def test_pretext_cross_entropy_hand_value():
-  logits = jnp.array([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
-  labels = jnp.array([0, 1, 2])
-  loss, acc = losses.pretext_cross_entropy(logits, labels)
-  # -log softmax: log(1 + 3 e^-2), log(1 + 3 e^-1), log(3 + e^3) - 0
-  hand = (np.log(1 + 3 * np.exp(-2.0)) + np.log(1 + 3 * np.exp(-1.0))
-          + np.log(3 + np.exp(3.0))) / 3
-  np.testing.assert_allclose(loss, hand, rtol=1e-6)
-  np.testing.assert_allclose(acc, 2 / 3, rtol=1e-6)
-  # weights: only the first example counts
-  loss_w, acc_w = losses.pretext_cross_entropy(logits, labels, jnp.array([1.0, 0.0, 0.0]))
-  np.testing.assert_allclose(loss_w, np.log(1 + 3 * np.exp(-2.0)), rtol=1e-6)
-  assert float(acc_w) == 1.0
-
-
-def test_pretext_cross_entropy_matches_numpy():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(32, 7)) * 3
-  labels = rng.integers(0, 7, 32)
-  weights = rng.uniform(size=32)
-  np.testing.assert_allclose(losses.pretext_cross_entropy(jnp.asarray(logits), labels)[0],
-                             np_cross_entropy(logits, labels), rtol=1e-5)
-  np.testing.assert_allclose(
-      losses.pretext_cross_entropy(jnp.asarray(logits), labels, jnp.asarray(weights))[0],
-      np_cross_entropy(logits, labels, weights), rtol=1e-5)
-
-
 # -- rotation ---------------------------------------------------------------------------------------
-
-def test_rotations_match_numpy():
-  x = np.random.default_rng(1).uniform(size=(3, 5, 5, 2)).astype(np.float32)
-  imgs, labels = rotation.all_rotations(jnp.asarray(x))
-  assert imgs.shape == (12, 5, 5, 2)
-  np.testing.assert_array_equal(labels, np.repeat(np.arange(4), 3))
-  for k in range(4):
-    np.testing.assert_array_equal(imgs[3 * k:3 * k + 3], np.rot90(x, k, axes=(1, 2)))
-  # the top-left pixel goes to the bottom-left after one counter-clockwise turn
-  np.testing.assert_array_equal(imgs[3, -1, 0], x[0, 0, 0])
-  ks = jnp.array([3, 0, 2])
-  per = rotation.rotate90_per_example(jnp.asarray(x), ks)
-  for i, k in enumerate([3, 0, 2]):
-    np.testing.assert_allclose(per[i], np.rot90(x[i], k, axes=(0, 1)))
-
 
 @pytest.fixture(scope='module')
 def rotation_run():
@@ -308,23 +255,6 @@ def test_soft_encode_and_rebalance():
   np.testing.assert_allclose((prior * w).sum(), 1.0, rtol=1e-5)
 
 
-def test_colorization_loss_hand_and_numpy():
-  # one pixel, Q = 2: target (0.75, 0.25), logits (0, log 3) -> p = (1/4, 3/4), weight 2
-  logits = jnp.array([0.0, np.log(3.0)]).reshape(1, 1, 1, 2)
-  target = jnp.array([0.75, 0.25]).reshape(1, 1, 1, 2)
-  hand = -2 * (0.75 * np.log(0.25) + 0.25 * np.log(0.75))
-  np.testing.assert_allclose(losses.colorization_rebalanced_ce(logits, target, jnp.full((1, 1, 1), 2.0)),
-                             hand, rtol=1e-6)
-  rng = np.random.default_rng(0)
-  lg = rng.normal(size=(2, 3, 3, 5))
-  t = rng.uniform(size=(2, 3, 3, 5)); t /= t.sum(-1, keepdims=True)
-  v = rng.uniform(size=(2, 3, 3))
-  logp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-  ref = np.mean(v * -(t * logp).sum(-1))
-  np.testing.assert_allclose(losses.colorization_rebalanced_ce(jnp.asarray(lg), jnp.asarray(t),
-                                                               jnp.asarray(v)), ref, rtol=1e-5)
-
-
 @pytest.fixture(scope='module')
 def colorization_run():
   c = helpers.tiny(load_config('colorization'))
@@ -372,26 +302,6 @@ def test_mnist5k_color_hue_follows_the_class():
 
 
 # -- PIRL -------------------------------------------------------------------------------------------
-
-def test_memory_bank_info_nce_hand_and_numpy():
-  q = jnp.array([[1.0, 0.0]])
-  pos = jnp.array([[1.0, 0.0]])
-  neg = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
-  loss, acc = losses.memory_bank_info_nce(q, pos, neg, temperature=0.5)
-  # similarities 1, 0, -1 -> -log(e^2 / (e^2 + 1 + e^-2))
-  np.testing.assert_allclose(loss, np.log(1 + np.exp(-2.0) + np.exp(-4.0)), rtol=1e-6)
-  assert float(acc) == 1.0
-  rng = np.random.default_rng(0)
-  q, p, n = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)), rng.normal(size=(9, 4))
-  nz = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  ref = []
-  for i in range(6):
-    s = np.concatenate([[nz(q)[i] @ nz(p)[i]], nz(n) @ nz(q)[i]]) / 0.2
-    ref.append(-s[0] + np.log(np.exp(s).sum()))
-  np.testing.assert_allclose(losses.memory_bank_info_nce(jnp.asarray(q), jnp.asarray(p),
-                                                         jnp.asarray(n), 0.2)[0],
-                             np.mean(ref), rtol=1e-5)
-
 
 def pirl_config():
   c = helpers.tiny(load_config('pirl'), image_size=18)

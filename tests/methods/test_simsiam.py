@@ -1,42 +1,17 @@
-"""SimSiam: negative-cosine loss, stop-gradient, fixed predictor lr, 1 vs 8 devices."""
-import math
-
+"""SimSiam: negative-cosine loss, stop-gradient, fixed predictor lr, 1 vs 8 devices.
+The loss functions' own tests (hand values, numpy references) are in
+tests/losses/test_regression.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import losses
 from ssl_jax.methods.contrastive.siamese import param_labels
 from ssl_jax.methods.contrastive.simsiam import SimSiam
 from tests import helpers
 from tests.methods import siamese_testlib as lib
 
 STEPS = 3
-
-
-def test_negative_cosine_hand_value():
-  p = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-  z = jnp.array([[1.0, 1.0], [0.0, -3.0]])
-  np.testing.assert_allclose(losses.negative_cosine(p, z), -(1 / math.sqrt(2) - 1) / 2,
-                             rtol=1e-6)
-
-
-def test_negative_cosine_matches_numpy():
-  rng = np.random.default_rng(2)
-  p, z = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
-  # Chen & He Eq. 1: D(p, z) = - p/||p|| . z/||z||, batch mean.
-  ref = np.mean([-(p[i] @ z[i]) / np.linalg.norm(p[i]) / np.linalg.norm(z[i]) for i in range(5)])
-  np.testing.assert_allclose(losses.negative_cosine(jnp.asarray(p), jnp.asarray(z)), ref,
-                             rtol=1e-5)
-
-
-def test_stop_gradient_on_the_projection():
-  """d/dz of D(p, stopgrad(z)) is zero, d/dp is not (the asymmetry that prevents collapse)."""
-  p, z = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, -1.0]])
-  gp, gz = jax.grad(lambda p, z: losses.negative_cosine(p, jax.lax.stop_gradient(z)),
-                    argnums=(0, 1))(p, z)
-  assert np.abs(gp).sum() > 0 and np.abs(gz).sum() == 0
 
 
 def test_fixed_predictor_lr():

@@ -36,10 +36,9 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.data import augment
+from ssl_jax.data.image_ops import rgb_to_lab, sobel_edges
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.contrastive.instdis import InstDis, init_bank
-from ssl_jax.methods.masked.multimae import sobel_edges
-from ssl_jax.methods.pretext.colorization import rgb_to_lab
 
 # The official CMC code's Lab normalisation: the middle and half-width of each channel's range.
 _L_RANGE = (0.0, 100.0)

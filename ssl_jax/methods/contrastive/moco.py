@@ -50,7 +50,7 @@ import optax
 from ssl_jax import losses
 from ssl_jax.methods import common
 from ssl_jax.methods.contrastive.siamese import SiameseMethod, random_unit_rows
-from ssl_jax.train import schedules
+from ssl_jax import optim as schedules
 
 
 class MoCo(SiameseMethod):

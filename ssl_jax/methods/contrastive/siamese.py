@@ -29,21 +29,9 @@ import optax
 
 from ssl_jax import losses
 from ssl_jax.methods import common
+from ssl_jax.methods.common import mlp_from_config
 from ssl_jax.methods.base import Method, apply_module, init_module
-from ssl_jax.models.heads import MLP
-from ssl_jax.train import schedules
-
-
-def mlp_from_config(m, prefix: str) -> MLP | None:
-  """An MLP head from ``<prefix>_{layers,hidden_dim,dim,bn,last_bn,last_bn_affine}`` of ``m`` (the
-  method's hparams: ``common.ProjectorHparams`` / ``PredictorHparams``); None when
-  ``<prefix>_layers`` is 0. ``layers`` counts Dense layers (1 = a linear head)."""
-  field = lambda name: getattr(m, f'{prefix}_{name}')
-  layers = field('layers')
-  if not layers:
-    return None
-  return MLP(hidden_dims=(field('hidden_dim'),) * (layers - 1), out_dim=field('dim'),
-             use_bn=field('bn'), last_bn=field('last_bn'), last_bn_affine=field('last_bn_affine'))
+from ssl_jax import optim as schedules
 
 
 def random_unit_rows(rng, rows: int, dim: int):

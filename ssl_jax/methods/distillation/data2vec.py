@@ -21,7 +21,7 @@ Choices, stated:
   ``momentum_final`` over ``momentum_anneal_steps`` and then stays (fairseq
   ``get_annealed_rate``);
 * masks: BEiT block-wise masks with ratio ``mask_ratio`` from a host-precomputed bank drawn on
-  device (``distillation.masks.BlockMaskBank``, see there);
+  device (``data.masking.BlockMaskBank``, see there);
 * evaluation/export use the *student* backbone (data2vec fine-tunes the student); ``features``
   mean-pools the patch tokens (``model.pool='mean'``) since only patches are trained.
 
@@ -58,7 +58,7 @@ from ssl_jax import losses
 from ssl_jax.data import masking
 from ssl_jax.methods import common
 from ssl_jax.methods.base import Method, init_module
-from ssl_jax.methods.distillation.masks import BlockMaskBank
+from ssl_jax.data.masking import BlockMaskBank
 from ssl_jax.models.cpu.dense import Dense
 from ssl_jax.models.decoders import Data2VecConvDecoder
 from ssl_jax.models.vit import ViT

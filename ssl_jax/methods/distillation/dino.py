@@ -49,7 +49,7 @@ from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import common
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax.models.heads import DINOHead
-from ssl_jax.train import schedules
+from ssl_jax import optim as schedules
 
 DEFAULT_RECIPES = ('dino_global1', 'dino_global2', 'dino_local')
 

@@ -16,7 +16,7 @@ tokenizer (``losses.ibot_patch_loss``):
 * total loss = ``lambda1 * cls + lambda2 * patch``.
 
 Masks: iBOT draws BEiT block-wise masks in the data loader. Here they come from a bank of BEiT
-masks precomputed on the host at construction (``distillation.masks.BlockMaskBank``) and drawn
+masks precomputed on the host at construction (``data.masking.BlockMaskBank``) and drawn
 per image on device inside ``views`` (jittable, keyed by the step key, no pipeline change). Each
 image is masked with probability ``mask_prob`` (0.5, iBOT's ``--pred_ratio 0 0.3``) at a ratio
 ``~ U(mask_ratio_range)`` (0.1..0.5, iBOT's ``pred_ratio 0.3 +- 0.2``).
@@ -36,9 +36,9 @@ import jax.numpy as jnp
 from ssl_jax import losses
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.distillation.dino import DINO
-from ssl_jax.methods.distillation.masks import BlockMaskBank
+from ssl_jax.data.masking import BlockMaskBank
 from ssl_jax.models.vit import ViT
-from ssl_jax.train import schedules
+from ssl_jax import optim as schedules
 
 
 class IBOT(DINO):

@@ -60,7 +60,7 @@ from ssl_jax.data import augment, masking
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import common
 from ssl_jax.methods.base import apply_module, init_module
-from ssl_jax.methods.contrastive.siamese import mlp_from_config
+from ssl_jax.methods.common import mlp_from_config
 from ssl_jax.methods.masked.mae import MAE
 from ssl_jax.models import vit as vit_lib
 from ssl_jax.models.decoders import MAEDecoder

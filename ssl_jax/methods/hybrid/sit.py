@@ -37,8 +37,8 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.data import augment
+from ssl_jax.data.image_ops import NUM_ROTATIONS, rotate90_per_example
 from ssl_jax.methods.base import Method, apply_module, init_module
-from ssl_jax.methods.pretext.rotation import NUM_ROTATIONS, rotate90_per_example
 from ssl_jax.models.cpu.dense import Dense
 from ssl_jax.models.heads import MLP
 from ssl_jax.models.vit import ViT, unpatchify

@@ -42,25 +42,13 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.data import augment
+from ssl_jax.data.image_ops import sobel_edges
 from ssl_jax.data import masking
 from ssl_jax.methods.masked import MaskedImageMethod
 from ssl_jax.models import vit as vit_lib
 from ssl_jax.models.decoders import MultiMAEDecoder
 
 # ----------------------------------------------------------------------------- modalities
-
-_SOBEL_X = jnp.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-def sobel_edges(x01):
-  """Sobel gradient magnitude sqrt(gx^2 + gy^2) of the grey image, (B, H, W, 1)."""
-  gray = jnp.mean(x01[..., :3], axis=-1, keepdims=True)
-  kernels = jnp.stack([_SOBEL_X, _SOBEL_X.T], axis=-1)[:, :, None, :]  # HWIO (3, 3, 1, 2)
-  padded = jnp.pad(gray, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
-  g = jax.lax.conv_general_dilated(padded, kernels, (1, 1), 'VALID',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return jnp.sqrt(jnp.sum(g ** 2, axis=-1, keepdims=True) + 1e-12)
-
 
 @dataclasses.dataclass(frozen=True)
 class Modality:

@@ -35,28 +35,12 @@ import numpy as np
 
 from ssl_jax import losses
 from ssl_jax.data import augment, sources
+from ssl_jax.data.image_ops import rgb_to_lab
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax.models.norm import BatchNorm
 
-_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
-                        [0.212671, 0.715160, 0.072169],
-                        [0.019334, 0.119193, 0.950227]])
-_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 AB_GRID = 10.0
 OUTPUT_STRIDE = 4
-
-
-def rgb_to_lab(rgb):
-  """sRGB in [0, 1] (..., 3) -> CIE Lab (D65, 2 degree observer), the formula of skimage.color."""
-  xp = jnp if isinstance(rgb, jax.Array) else np
-  lin = xp.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-  xyz = (lin @ _RGB_TO_XYZ.T.astype(lin.dtype)) / _WHITE_D65.astype(lin.dtype)
-  eps = (6 / 29) ** 3
-  f = xp.where(xyz > eps, xp.cbrt(xp.maximum(xyz, eps)), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-  l = 116 * f[..., 1] - 16
-  a = 500 * (f[..., 0] - f[..., 1])
-  b = 200 * (f[..., 1] - f[..., 2])
-  return xp.stack([l, a, b], axis=-1)
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,37 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.data.image_ops import NUM_ROTATIONS, all_rotations, rotate90, rotate90_per_example
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax.models.heads import MLP
-
-NUM_ROTATIONS = 4
-
-
-def rotate90(images, k: int):
-  """Rotates NHWC ``images`` by ``k`` x 90 degrees counter-clockwise (np.rot90 on the H, W axes)."""
-  return jnp.rot90(images, k, axes=(1, 2))
-
-
-def rotate90_per_example(images, ks):
-  """Rotates image i of NHWC square ``images`` by ``ks[i]`` x 90 degrees counter-clockwise.
-
-  ``ks`` may be traced (B,) ints: the four rotations are computed and one is selected per
-  example, so shapes stay static.
-  """
-  if images.shape[1] != images.shape[2]:
-    raise ValueError(f'rotations need square images, got {images.shape[1:3]}')
-  rots = jnp.stack([rotate90(images, k) for k in range(NUM_ROTATIONS)])  # (4, B, H, W, C)
-  onehot = jax.nn.one_hot(ks, NUM_ROTATIONS, dtype=images.dtype)        # (B, 4)
-  return jnp.einsum('rbhwc,br->bhwc', rots, onehot)
-
-
-def all_rotations(images):
-  """(4B, H, W, C) images [rot0 batch; rot90 batch; rot180 batch; rot270 batch] and labels (4B,)."""
-  b = images.shape[0]
-  x = jnp.concatenate([rotate90(images, k) for k in range(NUM_ROTATIONS)], axis=0)
-  y = jnp.repeat(jnp.arange(NUM_ROTATIONS, dtype=jnp.int32), b)
-  return x, y
-
 
 def classifier_head(method_cfg, num_classes: int) -> MLP:
   """The pretext classifier on the pooled feature: ``head_layers - 1`` hidden Linear-BN-ReLU

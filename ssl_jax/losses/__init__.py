@@ -1,0 +1,49 @@
+"""Self-supervised losses as pure functions of arrays, one module per family.
+
+Every function here is jittable, takes global-batch arrays (under ``jax.jit`` with a sharded batch
+the reductions are global, so negatives come from every device), and documents the formula of the
+paper it implements. No parameters, no state. The families:
+
+* ``common``: Pieces every loss family uses
+* ``contrastive``: Contrastive losses over one InfoNCE core
+* ``regression``: Non-contrastive regression of one view onto the other
+* ``redundancy``: Redundancy reduction and variance-covariance regularisation
+* ``clustering``: Online clustering with balanced assignments
+* ``distillation``: Self-distillation from an EMA teacher
+* ``masked``: Masked image modelling
+* ``pretext``: Pretext classification tasks
+* ``hybrid``: Objectives that add two families
+
+Every public name is re-exported here, so ``losses.nt_xent`` is the same function as
+``losses.contrastive.nt_xent``.
+"""
+from __future__ import annotations
+
+from ssl_jax.losses import common
+from ssl_jax.losses import contrastive
+from ssl_jax.losses import regression
+from ssl_jax.losses import redundancy
+from ssl_jax.losses import clustering
+from ssl_jax.losses import distillation
+from ssl_jax.losses import masked
+from ssl_jax.losses import pretext
+from ssl_jax.losses import hybrid
+
+from ssl_jax.losses.common import l2_normalize
+from ssl_jax.losses.contrastive import (
+    info_nce_terms, info_nce, nt_xent, instance_discrimination, memory_bank_update, CMC_GRAPHS,
+    cmc_view_pairs, cmc_loss, cpc_infonce, info_nce_with_negatives, info_nce_queue,
+    memory_bank_info_nce, in_batch_info_nce, moco_v3_contrastive, moco_v3_symmetric,
+    nearest_neighbour, nnclr_contrastive, nnclr_symmetric)
+from ssl_jax.losses.regression import normalized_mse, negative_cosine
+from ssl_jax.losses.redundancy import barlow_twins, vicreg
+from ssl_jax.losses.clustering import sinkhorn_knopp, swav
+from ssl_jax.losses.distillation import (
+    dino_loss, ema_center, ibot_patch_loss, instance_norm_tokens, data2vec_targets, data2vec_loss,
+    softmax_entropy)
+from ssl_jax.losses.masked import (
+    mae_loss, simmim_l1_loss, SIMMIM_LOSSES, simmim_loss, local_norm_targets, masked_cross_entropy,
+    straight_through, vq_vae_loss)
+from ssl_jax.losses.pretext import (
+    pretext_cross_entropy, uncertainty_weighted_sum, colorization_rebalanced_ce)
+from ssl_jax.losses.hybrid import cmae_loss
