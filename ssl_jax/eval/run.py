@@ -15,13 +15,12 @@ checkpoint's step). Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
 from absl import logging
 
+from ssl_jax import paths
 from ssl_jax.data import sources
 from ssl_jax.eval import embedding_plot, features as features_lib, finetune as finetune_lib
 from ssl_jax.eval import knn, linear
@@ -82,7 +81,7 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = Fals
 
   is_main = jax.process_index() == 0
   if c.eval.get('plot', '') and is_main:
-    path = os.path.join(exp.workdir, f'embedding_{c.eval.plot}.png')
+    path = str(paths.as_path(exp.workdir) / f'embedding_{c.eval.plot}.png')
     try:
       result['plot'] = embedding_plot.save_embedding_plot(
           f_te, y_te, path, method=c.eval.plot,
@@ -92,10 +91,10 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = Fals
   result['eval_seconds'] = time.perf_counter() - t0
 
   if is_main:
-    with open(os.path.join(exp.workdir, 'eval.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    paths.write_json_atomic(paths.as_path(exp.workdir) / 'eval.json', result)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    with SummaryWriter(os.path.join(exp.workdir, 'tensorboard')) as writer:
+    # tensorboardX writes gs:// itself (google-cloud-storage) and local paths.
+    with SummaryWriter(str(paths.as_path(exp.workdir) / 'tensorboard')) as writer:
       for key, value in result.items():
         if isinstance(value, float) and key != 'eval_seconds':
           writer.add_scalar(f'eval/{key}', value, step)

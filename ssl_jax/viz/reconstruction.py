@@ -12,11 +12,13 @@ the middle row is the code-index map).
 """
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from ssl_jax import paths
 
 def _define_flags():
   """Command-line flags, defined only when this module is the program (so importing it
@@ -54,8 +56,8 @@ def reconstruction_grid(config, workdir: str, num_images: int = 8, seed: int = 0
   if not hasattr(exp.method, 'reconstruct'):
     raise ValueError(f'method {config.method.name!r} has no reconstruct(); use mae, simmim, '
                      'multimae or vqvae')
-  ckpt_dir = os.path.join(exp.workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+  ckpt_dir = paths.as_path(exp.workdir) / 'checkpoints'
+  if not ckpt_dir.is_dir() or not list(ckpt_dir.iterdir()):
     raise FileNotFoundError(f'--workdir={workdir} has no checkpoint; pretrain first with '
                             f'python -m ssl_jax.main --config=... --workdir={workdir}')
   state, _ = exp.restore_or_init()
@@ -77,8 +79,11 @@ def main(argv):
     raise app.UsageError('--config and --workdir are required')
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = reconstruction_grid(_CONFIG.value, _WORKDIR.value, _NUM.value, _SEED.value, _SCALE.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  Image.fromarray(grid).save(_OUT.value, optimize=True)
+  out = paths.as_path(_OUT.value)   # a local file or a URL (gs://...)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  buf = io.BytesIO()
+  Image.fromarray(grid).save(buf, format='PNG', optimize=True)
+  out.write_bytes(buf.getvalue())
   print(f'wrote {_OUT.value} ({grid.shape[1]}x{grid.shape[0]})')
 
 

@@ -80,3 +80,25 @@ def test_export_without_checkpoint_is_an_error(trained):
   c, _, mesh, _, _ = trained
   with pytest.raises(ValueError, match='no checkpoint'):
     export_run.export(c, tempfile.mkdtemp(), mesh)
+
+
+def test_export_twice_replaces_the_first(trained):
+  """A second --mode=export (and one after a killed export) atomically replaces the first."""
+  c, workdir, mesh, exp, state = trained
+  first = export_run.export(c, workdir, mesh)
+  marker = os.path.join(workdir, 'export', 'from_the_first_export')
+  open(marker, 'w').close()
+  # A killed export leaves its temporary folder (with a half-written encoder) behind.
+  stale = os.path.join(workdir, f'.export.tmp-step{first["step"]}', 'encoder', 'variables')
+  os.makedirs(stale)
+  second = export_run.export(c, workdir, mesh)
+  assert second == first
+  assert sorted(os.listdir(os.path.join(workdir, 'export'))) == ['encoder', 'export.json']
+  assert not [n for n in os.listdir(workdir) if n.startswith('.export')]
+  assert json.load(open(os.path.join(workdir, 'export', 'export.json'))) == second
+  model, variables = load_encoder(second['encoder'])
+  images = np.zeros((2, 16, 16, 3), np.uint8)
+  want = np.asarray(exp.feature_fn(state.params, state.buffers,
+                                   sharding.global_batch(mesh, np.concatenate([images] * 4))))[:2]
+  got = np.asarray(model.apply(variables, encoder_lib.preprocess(second['encoder'], images)))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
