@@ -195,7 +195,10 @@ class Checkpointer:
     """Steps whose directory was committed (renamed from its temporary name), read from disk."""
     if not self.directory.is_dir():
       return []
-    return sorted(int(p.name) for p in self.directory.iterdir() if re.fullmatch(r'\d+', p.name))
+    steps = sorted(int(p.name) for p in self.directory.iterdir() if re.fullmatch(r'\d+', p.name))
+    if paths.is_remote(self.directory):  # a bucket has no rename: Orbax commits with a marker file
+      steps = [s for s in steps if (self.directory / str(s) / 'commit_success.txt').exists()]
+    return steps
 
   # -- save ----------------------------------------------------------------------------------------
   def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
