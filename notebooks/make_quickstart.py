@@ -46,7 +46,8 @@ if SMOKE:
     config.method.proj_hidden_dim, config.method.proj_dim = 32, 16
     config.optim.warmup_steps = 2
     config.eval.linear_epochs = 2
-workdir = tempfile.mkdtemp(prefix='ssl_jax_notebook_')
+# Any local folder or bucket URL (gs://BUCKET/run: `pip install gcsfs`, see the README).
+workdir = os.environ.get('SSL_JAX_WORKDIR') or tempfile.mkdtemp(prefix='ssl_jax_notebook_')
 print(config.method.name, config.model.backbone, config.train.steps, 'steps ->', workdir)"""),
 md("## Pretrain (then kNN of the trained and of a random encoder)"),
 code("""from ssl_jax.train import loop
@@ -55,10 +56,10 @@ summary = loop.train_and_evaluate(config, workdir)
 print(f"final loss {summary['final_loss']:.3f}, {summary['images_per_sec']:.0f} images/s")
 print(f"kNN top-1: pretrained {summary['knn_top1']:.3f}  random init {summary['knn_top1_random_init']:.3f}")"""),
 md("## Loss curve"),
-code("""import json
-import matplotlib.pyplot as plt
+code("""import matplotlib.pyplot as plt
+from ssl_jax import paths
 
-history = [h for h in json.load(open(os.path.join(workdir, 'history.json'))) if 'loss' in h]
+history = [h for h in paths.read_json(paths.as_path(workdir) / 'history.json') if 'loss' in h]
 plt.figure(figsize=(5, 3))
 plt.plot([h['step'] for h in history], [h['loss'] for h in history])
 plt.xlabel('step'); plt.ylabel('NT-Xent loss'); plt.tight_layout(); plt.show()"""),
@@ -69,7 +70,7 @@ from ssl_jax.eval import run as eval_run
 result = eval_run.evaluate(config, workdir)
 print({k: v for k, v in result.items() if isinstance(v, (int, float))})
 if result.get('plot'):
-    display(Image(filename=result['plot'], width=400))"""),
+    display(Image(data=paths.as_path(result['plot']).read_bytes(), width=400))"""),
 md("""## Export the encoder and use it without ssl_jax's training code
 
 `load_encoder` returns a plain flax module and its variables; `DIR/export/timm/` holds timm-layout

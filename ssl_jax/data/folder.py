@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from ssl_jax import paths
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm',
                     '.pgm')
 SPLIT_DIRS = {'train': ('train',), 'val': ('val', 'validation'), 'validation': ('validation', 'val'),
@@ -56,6 +58,8 @@ def decode_image(data_or_path, min_side: int = 0) -> np.ndarray:
   >= ``min_side`` (Pillow ``draft``), a large saving for photos much bigger than the crops.
   """
   src = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray)) else data_or_path
+  if isinstance(src, str) and paths.is_remote(src):   # gs://...: one read, decoded from memory
+    src = io.BytesIO(paths.as_path(src).read_bytes())
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # palette-transparency and EXIF chatter from Pillow
     with Image.open(src) as img:
@@ -70,9 +74,9 @@ def _is_image(name: str) -> bool:
 
 
 def _images_under(directory: str) -> list[str]:
-  """All image files below ``directory`` (recursive), sorted."""
+  """All image files below ``directory`` (recursive; a local path or a URL), sorted."""
   out = []
-  for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+  for dirpath, dirnames, filenames in paths.walk(directory):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
   return out
@@ -80,15 +84,15 @@ def _images_under(directory: str) -> list[str]:
 
 def split_directory(root: str, split: str) -> str:
   """The folder holding ``split`` below ``root``; raises FileNotFoundError naming what is missing."""
-  if not os.path.isdir(root):
-    what = 'is not a directory' if os.path.exists(root) else 'does not exist'
+  if not paths.as_path(root).is_dir():
+    what = 'is not a directory' if paths.as_path(root).exists() else 'does not exist'
     raise FileNotFoundError(f'config.data.path={root!r} {what}')
   for name in SPLIT_DIRS.get(split, (split,)):
     candidate = os.path.join(root, name)
-    if os.path.isdir(candidate):
+    if paths.as_path(candidate).is_dir():
       return candidate
-  has_splits = any(os.path.isdir(os.path.join(root, n)) for n in ('train', 'val', 'validation',
-                                                                 'test'))
+  has_splits = any(paths.as_path(os.path.join(root, n)).is_dir()
+                   for n in ('train', 'val', 'validation', 'test'))
   if split == 'train' and not has_splits:
     return root
   raise FileNotFoundError(
@@ -102,25 +106,25 @@ def split_directory(root: str, split: str) -> str:
 def list_folder(root: str, split: str):
   """(paths, labels int32, class names) of ``split``; cached, so eval re-reads no directory."""
   directory = split_directory(root, split)
-  entries = sorted(os.scandir(directory), key=lambda e: e.name)
-  class_dirs = [e.name for e in entries if e.is_dir() and not e.name.startswith('.')]
+  _, dirnames, filenames = next(paths.walk(directory), (directory, [], []))  # local or gs://
+  class_dirs = sorted(d for d in dirnames if not d.startswith('.'))
   class_files = {c: _images_under(os.path.join(directory, c)) for c in class_dirs}
   classes = [c for c in class_dirs if class_files[c]]
   if classes:
-    loose = [e.name for e in entries if e.is_file() and _is_image(e.name)]
+    loose = sorted(f for f in filenames if _is_image(f))
     if loose:
       warnings.warn(f'{directory}: {len(loose)} image(s) next to the class folders are ignored '
                     f'(e.g. {loose[0]!r}); move them into a class folder')
-    paths = [p for c in classes for p in class_files[c]]
+    files = [p for c in classes for p in class_files[c]]
     labels = np.concatenate([np.full(len(class_files[c]), i, np.int32)
                              for i, c in enumerate(classes)])
   else:
-    paths = [e.path for e in entries if e.is_file() and _is_image(e.name)]
-    labels = np.full(len(paths), -1, np.int32)
-  if not paths:
+    files = [os.path.join(directory, f) for f in sorted(filenames) if _is_image(f)]
+    labels = np.full(len(files), -1, np.int32)
+  if not files:
     raise FileNotFoundError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {directory!r} '
                             f'(config.data.path={root!r}, split {split!r})')
-  return tuple(paths), labels, tuple(classes)
+  return tuple(files), labels, tuple(classes)
 
 
 class FolderSource:
@@ -131,7 +135,7 @@ class FolderSource:
   """
 
   def __init__(self, root: str, split: str = 'train', min_side: int = 0):
-    self.root = os.path.abspath(os.path.expanduser(root))
+    self.root = str(paths.as_path(root))   # gs://... stays a URL
     self.split = split
     self.paths, self.labels, self.classes = list_folder(self.root, split)
     self.num_classes = len(self.classes)

@@ -4,7 +4,11 @@ a PNG. Features are L2-normalised first (the geometry kNN uses) and at most ``ma
 drawn with a fixed seed, are embedded so the plot takes seconds."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
+
+from ssl_jax import paths
 
 
 def embed_2d(feats, method: str = 'tsne', seed: int = 0) -> np.ndarray:
@@ -43,6 +47,8 @@ def save_embedding_plot(feats, labels, path: str, *, method: str = 'tsne',
   ax.set_yticks([])
   ax.set_title(title or f'{method.upper()} of {len(feats)} embeddings')
   fig.tight_layout()
-  fig.savefig(path)
+  buf = io.BytesIO()   # then one write: a local path or a URL (gs://...) alike
+  fig.savefig(buf, format='png')
   plt.close(fig)
+  paths.as_path(path).write_bytes(buf.getvalue())
   return path

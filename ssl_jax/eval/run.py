@@ -21,15 +21,14 @@ checkpoint's step). Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import jax
 import numpy as np
 from absl import logging
 
+from ssl_jax import paths
 from ssl_jax.eval import embedding_plot, finetune as finetune_lib
 from ssl_jax.eval import knn, linear
 from ssl_jax.train import experiment as experiment_lib
@@ -106,7 +105,7 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
 
   is_main = jax.process_index() == 0
   if c.eval.get('plot', '') and is_main:
-    path = os.path.join(exp.workdir, f'embedding_{c.eval.plot}.png')
+    path = str(paths.as_path(exp.workdir) / f'embedding_{c.eval.plot}.png')
     try:
       result['plot'] = embedding_plot.save_embedding_plot(
           f_te, y_te, path, method=c.eval.plot,
@@ -117,10 +116,10 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
   check_finite(result, f'{exp.workdir} at step {step}')
 
   if is_main:
-    with open(os.path.join(exp.workdir, 'eval.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    paths.write_json_atomic(paths.as_path(exp.workdir) / 'eval.json', result)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    with SummaryWriter(os.path.join(exp.workdir, 'tensorboard')) as writer:
+    # tensorboardX writes gs:// itself (google-cloud-storage) and local paths.
+    with SummaryWriter(str(paths.as_path(exp.workdir) / 'tensorboard')) as writer:
       for key, value in result.items():
         if isinstance(value, float) and key != 'eval_seconds':
           writer.add_scalar(f'eval/{key}', value, step)

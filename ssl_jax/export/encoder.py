@@ -17,12 +17,12 @@ Images are NHWC floats in [0, 1] normalised with ``(x - mean) / std``; ``preproc
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 
 from ssl_jax import models
+from ssl_jax import paths
 from ssl_jax.models import resnet as resnet_lib
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
@@ -84,36 +84,33 @@ def save_encoder(directory: str, backbone, variables, *, mean=None, std=None,
   ``directory`` (created; must not already hold an encoder; ``model_config``: the run's
   ``config.model``, needed for a registered user backbone). Returns ``directory``."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  directory = paths.as_path(directory)   # gs://... stays a URL
+  directory.mkdir(parents=True, exist_ok=True)
   spec = module_spec(backbone, model_config)
   spec['feature_dim'] = int(models.feature_dim(backbone, model_config))
   spec['mean'] = None if mean is None else [float(m) for m in mean]
   spec['std'] = None if std is None else [float(s) for s in std]
   host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), dict(variables))
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(directory, 'variables'), host)
+    ckptr.save(directory / 'variables', host)
   if jax.process_index() == 0:
-    with open(os.path.join(directory, 'encoder.json'), 'w') as f:
-      json.dump(spec, f, indent=2)
-  return directory
+    paths.write_json_atomic(directory / 'encoder.json', spec)
+  return str(directory)
 
 
 def load_encoder(directory: str):
   """(flax module, variables) of the encoder saved in ``directory`` by :func:`save_encoder`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = os.path.abspath(directory)
-  with open(os.path.join(directory, 'encoder.json')) as f:
-    spec = json.load(f)
+  directory = paths.as_path(directory)
+  spec = json.loads((directory / 'encoder.json').read_text())
   with ocp.StandardCheckpointer() as ckptr:
-    variables = ckptr.restore(os.path.join(directory, 'variables'))
+    variables = ckptr.restore(directory / 'variables')
   return build_module(spec), dict(variables)
 
 
 def preprocess(directory: str, images_uint8) -> np.ndarray:
   """uint8 NHWC images -> the normalised float32 input the exported encoder expects."""
-  with open(os.path.join(os.path.abspath(directory), 'encoder.json')) as f:
-    spec = json.load(f)
+  spec = json.loads((paths.as_path(directory) / 'encoder.json').read_text())
   x = np.asarray(images_uint8, np.float32) / 255.0
   if spec.get('mean') is not None:
     x = (x - np.asarray(spec['mean'], np.float32)) / np.asarray(spec['std'], np.float32)

@@ -23,14 +23,13 @@ timm twin. Parity with timm is tested in tests/export/test_timm.py.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import jax
 import numpy as np
 from flax import traverse_util
 
+from ssl_jax import paths
 from ssl_jax.models import resnet as resnet_lib
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
@@ -183,16 +182,16 @@ def timm_model_args(backbone) -> tuple[str, dict]:
 def export_timm(backbone, variables, directory: str) -> str:
   """Writes ``directory/model.safetensors`` (timm layout) and ``directory/timm_config.json``
   (architecture, model_args, and the CIFAR-stem note where it applies); returns the weights path."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save as to_bytes  # pylint: disable=g-import-not-at-top
   arch, kw = timm_model_args(backbone)   # first: an unsupported backbone leaves no files
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, 'model.safetensors')
-  save_file(to_timm_state_dict(backbone, variables), path)
+  directory = paths.as_path(directory)   # gs://... stays a URL
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / 'model.safetensors'
+  path.write_bytes(to_bytes(to_timm_state_dict(backbone, variables)))
   cfg = {'architecture': arch, 'model_args': kw}
   if isinstance(backbone, resnet_lib.ResNet) and backbone.cifar_stem:
     cfg['note'] = ('CIFAR stem: after timm.create_model set model.conv1 = '
                    'nn.Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = nn.Identity(), '
                    'then model.load_state_dict(safetensors.torch.load_file(path))')
-  with open(os.path.join(directory, 'timm_config.json'), 'w') as f:
-    json.dump(cfg, f, indent=2)
-  return path
+  paths.write_json_atomic(directory / 'timm_config.json', cfg)
+  return str(path)

@@ -43,6 +43,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from ssl_jax import paths
+
 
 class CheckpointError(RuntimeError):
   """Base class of checkpoint failures that are not the user's config."""
@@ -276,24 +278,22 @@ def _errno_in(err: BaseException, code: int) -> bool:
 def check_workdir(workdir: str) -> str:
   """Creates ``workdir`` if needed and checks that it is a writable directory (ValueError if not).
 
-  Fails in seconds, before anything is compiled, instead of at the first checkpoint.
+  Fails in seconds, before anything is compiled, instead of at the first checkpoint; a bucket
+  (gs://...) gets the same probe write, so missing credentials or a wrong bucket show here too.
   """
-  if '://' in workdir:  # remote file systems (gs://...) are checked by Orbax on first write
-    return workdir
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
+  path = paths.as_path(workdir)
+  if path.exists() and not path.is_dir():
     raise ValueError(f'--workdir={workdir} exists and is not a directory')
   try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f'.write_test.{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    reason = e.strerror or str(e)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test.{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except  # OSError locally; HttpError etc. remote
+    reason = getattr(e, 'strerror', None) or str(e)
     raise ValueError(f'--workdir={workdir} is not a writable directory ({reason}: '
-                     f'{e.filename or path})') from e
-  return path
+                     f'{getattr(e, "filename", None) or path})') from e
+  return str(path)
 
 
 class Checkpointer:
@@ -307,9 +307,9 @@ class Checkpointer:
     # read_only: for readers (eval, export, viz, benchmarks) of a possibly live run: nothing is
     # created, saved, cleaned up (a trainer's in-progress ``*.orbax-checkpoint-tmp*``) or moved.
     self.read_only = read_only
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, 'checkpoints')
-    self.quarantine_dir = os.path.join(self.workdir, 'checkpoints_corrupt')
+    self.workdir = paths.as_path(workdir)   # gs://... stays a URL
+    self.directory = self.workdir / 'checkpoints'
+    self.quarantine_dir = self.workdir / 'checkpoints_corrupt'
     self._pending = None  # step of the save that may still be running in the background
     self.manager = self._open(keep, async_save)
     self._keep, self._async = keep, async_save
@@ -328,9 +328,12 @@ class Checkpointer:
 
   def committed_steps(self) -> list[int]:
     """Steps whose directory was committed (renamed from its temporary name), read from disk."""
-    if not os.path.isdir(self.directory):
+    if not self.directory.is_dir():
       return []
-    return sorted(int(n) for n in os.listdir(self.directory) if re.fullmatch(r'\d+', n))
+    steps = sorted(int(p.name) for p in self.directory.iterdir() if re.fullmatch(r'\d+', p.name))
+    if paths.is_remote(self.directory):  # a bucket has no rename: Orbax commits with a marker file
+      steps = [s for s in steps if (self.directory / str(s) / 'commit_success.txt').exists()]
+    return steps
 
   # -- save ----------------------------------------------------------------------------------------
   def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
@@ -510,9 +513,9 @@ class Checkpointer:
 
   def quarantined(self) -> list[str]:
     """Names of the checkpoints moved to ``checkpoints_corrupt/`` by earlier runs."""
-    if not os.path.isdir(self.quarantine_dir):
+    if not self.quarantine_dir.is_dir():
       return []
-    return sorted(os.listdir(self.quarantine_dir))
+    return sorted(p.name for p in self.quarantine_dir.iterdir())
 
   def _agreed_restore(self, step, abstract_state, meta):
     """(outcome, state/data or the local error) of one restore attempt; the outcome is the
@@ -587,9 +590,9 @@ class Checkpointer:
     if self.read_only:  # a reader only skips it; the trainer moves it
       return
     if jax.process_index() == 0:
-      os.makedirs(self.quarantine_dir, exist_ok=True)
-      dst = os.path.join(self.quarantine_dir, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-      os.rename(os.path.join(self.directory, str(step)), dst)
+      self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+      dst = self.quarantine_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+      (self.directory / str(step)).rename(dst)
     from ssl_jax.train import preemption  # pylint: disable=g-import-not-at-top
     preemption.barrier(f'ssl_jax_quarantine_{step}')
     self.manager.reload()

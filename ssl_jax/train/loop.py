@@ -7,8 +7,6 @@ Method interface (ssl_jax/methods/base.py).
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 
@@ -16,6 +14,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from ssl_jax import paths
 from ssl_jax.data import pipeline, sources
 from ssl_jax.eval import knn
 from ssl_jax.train import checkpoint as ckpt_lib
@@ -37,7 +36,8 @@ def _summary_writer(workdir):
   if not _is_main():
     return None
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  return SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  # tensorboardX writes gs:// itself (google-cloud-storage) and local paths; one string for both.
+  return SummaryWriter(str(paths.as_path(workdir) / 'tensorboard'))
 
 
 # Kept under their old names for callers of the loop (tests, notebooks).
@@ -54,7 +54,8 @@ class Trainer(experiment_lib.Experiment):
   """
 
   def __init__(self, config, workdir: str, mesh=None, train_data=None):
-    if '://' not in str(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+    path = paths.as_path(workdir)   # gs://... stays a URL (os.path.abspath would not)
+    if path.exists() and not path.is_dir():
       raise ValueError(f'--workdir={workdir} exists and is not a directory')
     ckpt_lib.check_workdir(str(workdir))
     super().__init__(config, workdir, mesh)
@@ -166,7 +167,8 @@ def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict
 
 def take_workdir_lock(workdir) -> workdir_lib.WorkdirLock:
   """The workdir's one-writer lock, taken by process 0; every process raises if it is held."""
-  if '://' not in str(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+  path = paths.as_path(workdir)
+  if path.exists() and not path.is_dir():
     raise ValueError(f'--workdir={workdir} exists and is not a directory')
   ckpt_lib.check_workdir(str(workdir))  # a clear message for an unwritable workdir, first
   lock = workdir_lib.WorkdirLock(workdir, is_writer=_is_main())
@@ -191,6 +193,17 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
   writer = _summary_writer(exp.workdir)
   bar = _progress(c.train.steps, start, c.train.progress_bar)
   history, last_metrics = [], {}
+  # history.json spans every session of the run: the entries of earlier sessions up to the step
+  # resumed from (later ones belong to steps that are being redone), then this session's, written
+  # before each checkpoint so that a kill leaves no gap in it.
+  history_path = paths.as_path(exp.workdir) / 'history.json'
+  prior = [h for h in (paths.read_json(history_path, []) if _is_main() else [])
+           if h.get('step', 0) <= start]
+
+  def write_history():
+    if _is_main():
+      paths.write_json_atomic(history_path, prior + history, indent=1)
+
   t_first, n_timed = None, 0
   # Reliability: SIGTERM -> checkpoint + stop; non-finite steps checked at log/checkpoint times.
   watcher = preemption.PreemptionWatcher(sync_every=c.train.get('preemption_sync_every', 10))
@@ -261,9 +274,11 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
           writer.add_scalar('eval/knn_top1', acc, done)
       if done % c.train.checkpoint_every == 0 or done == c.train.steps:
         check_nonfinite()
+        write_history()
         exp.save(state, iterator)
       if watcher.should_stop(done):
         check_nonfinite()
+        write_history()
         exp.save(state, iterator, force=True)
         preempted_at = done
         break
@@ -280,6 +295,8 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
     return {'preempted': True, 'stopped_at_step': preempted_at, 'resumed_from_step': start,
             'steps': c.train.steps, 'checkpoint': exp.checkpointer.last_good()}
   steps_run = c.train.steps - start
+  if 'loss' not in last_metrics:  # nothing left to run (resumed at the last step): the logged ones
+    last_metrics = next((h for h in reversed(prior) if 'loss' in h), {})
   summary = {
       'method': c.method.name, 'backbone': c.model.backbone, 'dataset': c.data.name,
       'steps': c.train.steps, 'resumed_from_step': start, 'global_batch': c.data.batch_size,
@@ -297,8 +314,6 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
   if writer:
     writer.close()
   if _is_main():
-    with open(os.path.join(exp.workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
-    with open(os.path.join(exp.workdir, 'history.json'), 'w') as f:
-      json.dump(history, f, indent=1)
+    paths.write_json_atomic(paths.as_path(exp.workdir) / 'summary.json', summary)
+  write_history()
   return summary

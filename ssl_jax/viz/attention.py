@@ -13,6 +13,7 @@ of the config's evaluation split are used. Works for any method with a ViT backb
 """
 from __future__ import annotations
 
+import io
 import os
 
 import jax
@@ -20,6 +21,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
+
+from ssl_jax import paths as paths_lib
 
 def _define_flags():
   """Command-line flags, defined only when this module is the program (so importing it
@@ -71,31 +74,37 @@ def _normalise(a: np.ndarray) -> np.ndarray:
 def write_attention_pngs(image: np.ndarray, att: np.ndarray, out_dir: str, name: str,
                          scale: int = 8) -> list[str]:
   """Writes the PNGs of one image (uint8 (S, S, 3)) and its (heads, gh, gw) attention."""
-  os.makedirs(out_dir, exist_ok=True)
+  out = paths_lib.as_path(out_dir)   # a local folder or a URL (gs://...)
+  out.mkdir(parents=True, exist_ok=True)
   side = image.shape[0] * scale
   up = lambda rgb: Image.fromarray(rgb).resize((side, side), Image.NEAREST)
   tiles = [up(image)]
-  paths = [os.path.join(out_dir, f'{name}_input.png')]
-  tiles[0].save(paths[0])
+  paths = [_save_png(tiles[0], out / f'{name}_input.png')]
   for h in range(att.shape[0]):
     tiles.append(up(colorize(_normalise(att[h]))))
-    paths.append(os.path.join(out_dir, f'{name}_head{h}.png'))
-    tiles[-1].save(paths[-1])
-  mean_path = os.path.join(out_dir, f'{name}_mean.png')
-  up(colorize(_normalise(att.mean(0)))).save(mean_path)
+    paths.append(_save_png(tiles[-1], out / f'{name}_head{h}.png'))
+  mean_path = _save_png(up(colorize(_normalise(att.mean(0)))), out / f'{name}_mean.png')
   grid = Image.new('RGB', (side * len(tiles), side))
   for i, t in enumerate(tiles):
     grid.paste(t, (i * side, 0))
-  grid_path = os.path.join(out_dir, f'{name}_grid.png')
-  grid.save(grid_path)
+  grid_path = _save_png(grid, out / f'{name}_grid.png')
   return paths + [mean_path, grid_path]
+
+
+def _save_png(img, path) -> str:
+  """Saves ``img`` as a PNG at ``path`` (local or URL) and returns the path as a string."""
+  buf = io.BytesIO()
+  img.save(buf, format='PNG')
+  path.write_bytes(buf.getvalue())
+  return str(path)
 
 
 def load_images(paths, size: int) -> tuple[np.ndarray, list[str]]:
   from ssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   images, names = [], []
   for p in paths:
-    img = np.asarray(Image.open(p).convert('RGB'))
+    with paths_lib.as_path(p).open('rb') as f:   # a local file or a URL
+      img = np.asarray(Image.open(f).convert('RGB'))
     images.append(pipeline.center_view(img, size))
     names.append(os.path.splitext(os.path.basename(p))[0])
   return np.stack(images), names

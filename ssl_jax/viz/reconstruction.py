@@ -12,11 +12,13 @@ the middle row is the code-index map).
 """
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from ssl_jax import paths
 
 def _define_flags():
   """Command-line flags, defined only when this module is the program (so importing it
@@ -73,8 +75,11 @@ def main(argv):
     raise app.UsageError('--config and --workdir are required')
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = reconstruction_grid(_CONFIG.value, _WORKDIR.value, _NUM.value, _SEED.value, _SCALE.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  Image.fromarray(grid).save(_OUT.value, optimize=True)
+  out = paths.as_path(_OUT.value)   # a local file or a URL (gs://...)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  buf = io.BytesIO()
+  Image.fromarray(grid).save(buf, format='PNG', optimize=True)
+  out.write_bytes(buf.getvalue())
   print(f'wrote {_OUT.value} ({grid.shape[1]}x{grid.shape[0]})')
 
 

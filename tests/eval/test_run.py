@@ -101,6 +101,28 @@ def test_nonfinite_eval_metrics_are_errors(trained, monkeypatch, tmp_path):
       os.path.join(workdir, 'eval.json')) else None
   assert before == after
   nan_features = lambda *a, **k: (np.full((4, 8), np.nan, np.float32), np.zeros(4, np.int32))
-  monkeypatch.setattr(eval_run.features_lib, 'extract_features', nan_features)
+  monkeypatch.setattr(features_lib, 'extract_features', nan_features)
   with pytest.raises(eval_run.NonFiniteMetricError, match='non-finite features'):
     eval_run.evaluate(c, workdir, mesh, require_checkpoint=True)
+
+
+def test_export_twice_replaces_the_first(trained):
+  """A second --mode=export (and one after a killed export) atomically replaces the first."""
+  c, workdir, mesh, exp, state = trained
+  first = export_run.export(c, workdir, mesh)
+  marker = os.path.join(workdir, 'export', 'from_the_first_export')
+  open(marker, 'w').close()
+  # A killed export leaves its temporary folder (with a half-written encoder) behind.
+  stale = os.path.join(workdir, f'.export.tmp-step{first["step"]}', 'encoder', 'variables')
+  os.makedirs(stale)
+  second = export_run.export(c, workdir, mesh)
+  assert second == first
+  assert sorted(os.listdir(os.path.join(workdir, 'export'))) == ['encoder', 'export.json']
+  assert not [n for n in os.listdir(workdir) if n.startswith('.export')]
+  assert json.load(open(os.path.join(workdir, 'export', 'export.json'))) == second
+  model, variables = load_encoder(second['encoder'])
+  images = np.zeros((2, 16, 16, 3), np.uint8)
+  want = np.asarray(exp.feature_fn(state.params, state.buffers,
+                                   sharding.global_batch(mesh, np.concatenate([images] * 4))))[:2]
+  got = np.asarray(model.apply(variables, encoder_lib.preprocess(second['encoder'], images)))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

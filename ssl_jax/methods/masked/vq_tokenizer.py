@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_jax import losses
+from ssl_jax import losses, paths
 from ssl_jax.methods.base import Method
 from ssl_jax.models.decoders import VQVAE
 
@@ -89,8 +88,8 @@ def load_tokenizer_params(workdir: str):
   if not workdir:
     raise ValueError(f'config.method.tokenizer_workdir is empty: BEiT needs a trained tokenizer; '
                      f'{how} (tests may set config.method.tokenizer_random_init=True)')
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = paths.as_path(workdir) / 'checkpoints'   # gs://... stays a URL
+  if not directory.is_dir():
     raise FileNotFoundError(f'config.method.tokenizer_workdir={workdir!r} has no checkpoints/; '
                             f'{how}')
   mgr = ocp.CheckpointManager(directory, item_names=('state', 'meta'))
