@@ -29,6 +29,8 @@ from absl import logging
 from etils import epath
 import ml_collections
 
+from ssl_jax import paths
+
 LOCK_NAME = 'trainer.lock'
 CONFIG_NAME = 'config.json'
 DATA_NAME = 'data_fingerprint.json'
@@ -48,10 +50,7 @@ class NoCheckpointError(ValueError):
 
 def as_path(workdir) -> epath.Path:
   """``workdir`` as an epath.Path: URLs (gs://...) as they are, local paths made absolute."""
-  text = os.fspath(workdir)
-  if '://' in text:
-    return epath.Path(text)
-  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+  return paths.as_path(workdir)
 
 
 # -- the lock -------------------------------------------------------------------------------------
