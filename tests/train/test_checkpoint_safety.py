@@ -26,6 +26,7 @@ from configs import simclr
 from ssl_jax import methods
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import loop
+from ssl_jax.train import workdir as workdir_lib
 from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -183,6 +184,13 @@ def test_checkpoint_of_other_method_or_backbone_is_refused(exp, reference, field
 def test_checkpoint_of_other_shape_is_refused(reference, tmp_path):
   c = tiny_config()
   c.model.width = 8  # only eval_shape runs: nothing is compiled
+  # The saved config.json names the change first (train/workdir.py) ...
+  other = loop.Experiment(c, str(reference[0]), helpers.mesh(1))
+  with pytest.raises(workdir_lib.ConfigChangeError, match=r'model.width: 4 -> 8'):
+    other.restore_or_init()
+  other.checkpointer.close()
+  # ... and with the change allowed, the checkpoint itself is refused with what differs.
+  c.train.allow_config_change = True
   other = loop.Experiment(c, str(reference[0]), helpers.mesh(1))
   with pytest.raises(ValueError, match='different model') as e:
     other.restore_or_init()
@@ -256,9 +264,12 @@ def test_nonfinite_state_is_never_saved(exp, reference, tmp_path):
 # -- restore errors classified (issue 30 item 2) ---------------------------------------------------
 def other_optimizer_experiment(workdir, **train):
   """The module's config with optim.clip_grad_norm=1.0 (what the NaN-stop message recommends):
-  same model, another optimizer-state tree. Only eval_shape runs: nothing is compiled."""
+  same model, another optimizer-state tree. Only eval_shape runs: nothing is compiled. The change
+  is allowed past the saved-config check (train/workdir.py; tested there) so that the checkpoint's
+  own check is what is tested here."""
   c = tiny_config(**train)
   c.optim.clip_grad_norm = 1.0
+  c.train.allow_config_change = True
   return loop.Experiment(c, str(workdir), helpers.mesh(1))
 
 
