@@ -229,7 +229,7 @@ def _atomic_write_text(path: epath.Path, text: str):
   """Writes ``text`` to a temporary sibling, then renames it over ``path`` (no torn file)."""
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)   # overwrites (rename refuses an existing target on some backends)
 
 
 def save_config(workdir, config, data_fingerprint: dict | None = None):

@@ -270,6 +270,7 @@ def test_pretrain_from_an_iterable_and_resume(tmp_path):
   assert s1['steps_run'] == 2 and np.isfinite(s1['final_loss'])
   assert first.log == [0, 1]
   c.train.steps = 3
+  c.train.allow_config_change = True   # a longer run has another schedule (train/workdir.py)
   second = ReIterable(100, batch=8, size=20)
   s2 = loop.train_and_evaluate(c, workdir, mesh=helpers.mesh(1), train_data=second)
   assert s2['resumed_from_step'] == 2 and s2['steps_run'] == 1

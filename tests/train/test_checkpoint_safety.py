@@ -192,6 +192,12 @@ def test_checkpoint_of_other_shape_is_refused(reference, tmp_path):
   # ... and with the change allowed, the checkpoint itself is refused with what differs.
   c.train.allow_config_change = True
   other = loop.Experiment(c, str(reference[0]), helpers.mesh(1))
+  # The saved config names the field first (train/workdir.py) ...
+  with pytest.raises(ValueError, match=r'model.width: 4 -> 8 \(run\)'):
+    other.restore_or_init()
+  other.checkpointer.close()
+  # ... and a change allowed on purpose still cannot restore another model's parameters.
+  other.resolved_config.train.allow_config_change = True
   with pytest.raises(ValueError, match='different model') as e:
     other.restore_or_init()
   other.checkpointer.close()

@@ -121,5 +121,10 @@ def test_checkpoint_from_other_model_is_refused(tmp_path):
   c = tiny_simclr(steps=1)
   loop.train_and_evaluate(c, str(tmp_path), helpers.mesh(1))
   c.method.proj_dim = 12
+  # The saved config names the field first (train/workdir.py) ...
+  with pytest.raises(ValueError, match=r'method.proj_dim: 8 -> 12 \(run\)'):
+    loop.train_and_evaluate(c, str(tmp_path), helpers.mesh(1))
+  # ... and a change allowed on purpose still cannot restore another model's parameters.
+  c.train.allow_config_change = True
   with pytest.raises(ValueError, match=r'different model.*projector'):
     loop.train_and_evaluate(c, str(tmp_path), helpers.mesh(1))

@@ -113,7 +113,9 @@ def test_resume_check_refuses_trajectory_changes(tmp_path):
 def test_reader_config_is_the_saved_run_plus_eval_side_overrides(tmp_path):
   trained = helpers.tiny(simclr.get_config('builtin'))
   trained.optim.lr, trained.data.eval_split, trained.eval.knn_k = 0.2, 'val', 5
-  workdir_lib.save_config(tmp_path, trained)
+  workdir_lib.save_config(tmp_path, helpers.tiny(simclr.get_config('builtin')))
+  workdir_lib.save_config(tmp_path, trained)   # a later session replaces it atomically
+  assert [p.name for p in tmp_path.iterdir()] == ['config.json']
   cli = helpers.tiny(simclr.get_config('builtin'))
   cli.eval.knn_k, cli.optim.lr = 7, 1.0
   r = workdir_lib.reader_config(cli, tmp_path, overrides=('eval.knn_k', 'optim.lr'))
@@ -283,3 +285,14 @@ def test_readers_do_not_import_the_loop():
                                                       and 'loop' in names):
         offenders.append(str(path.relative_to(top)))
   assert len(files) > 15 and not offenders, offenders
+
+
+def test_command_line_eval_of_an_empty_workdir_is_one_line(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root, XLA_FLAGS=helpers.xla_flags(1))
+  out = subprocess.run([sys.executable, '-m', 'ssl_jax.main', '--config=configs/simclr.py:builtin',
+                        f'--workdir={tmp_path / "typo"}', '--mode=eval'], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+  text = out.stdout + out.stderr
+  assert out.returncode == 1 and 'Traceback' not in text, text
+  assert 'ssl_jax: error: NoCheckpointError: --workdir=' in text and 'has no checkpoint' in text
