@@ -56,9 +56,9 @@ def test_two_processes_match_one(tmp_path):
 
 
 PREEMPT_STEPS = 12
-PREEMPT_OVERRIDES = [o for o in OVERRIDES if 'train.steps' not in o and 'checkpoint_every' not in o
-                     ] + [f'--config.train.steps={PREEMPT_STEPS}', '--config.train.checkpoint_every=2',
-                          '--config.train.preemption_sync_every=1', '--config.data.name=digits']
+PREEMPT_OVERRIDES = [o for o in OVERRIDES if 'train.steps' not in o and 'checkpoint_every' not in o]
+PREEMPT_OVERRIDES += [f'--config.train.steps={PREEMPT_STEPS}', '--config.train.checkpoint_every=2',
+                      '--config.train.preemption_sync_every=1', '--config.data.name=digits']
 
 
 def _start_pair(workdir, cache):
@@ -101,5 +101,5 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert rcs == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   summary = json.load(open(os.path.join(run, 'summary.json')))
   assert summary['resumed_from_step'] == stops[0]
-  assert _state_hash(run)[1] == _state_hash(ref)[1], 'resumed run differs from the uninterrupted one'
+  assert _state_hash(run)[1] == _state_hash(ref)[1], 'the resumed run differs from the reference'
   assert summary['final_loss'] == json.load(open(os.path.join(ref, 'summary.json')))['final_loss']
