@@ -41,7 +41,7 @@ def _two_processes(workdir, *args):
        f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
        f'--process_id={i}', *OVERRIDES, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  outputs = [p.communicate(timeout=1500)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
 
