@@ -10,6 +10,7 @@ Shrunk to the minimum: 16 px, the tests' tiny models (helpers.tiny), batch 8 on 
 2 train steps, kNN / probe on the built-in set's test split, probe 1 epoch, fine-tune 1 step, all
 in-process through the Python API (``ssl_jax.pretrain`` / ``evaluate`` / ``export.export``).
 """
+import dataclasses
 import glob
 import importlib
 import os
@@ -22,7 +23,7 @@ from flax import traverse_util
 import ssl_jax
 from ssl_jax.export import encoder as encoder_lib
 from ssl_jax.export import timm as timm_lib
-from ssl_jax import methods
+from ssl_jax import methods, models
 from ssl_jax.train import loop
 from tests import helpers
 
@@ -75,6 +76,23 @@ def tiny_config(name):
   c.eval.plot = ''
   c.train.knn_every = 0
   return c
+
+
+def _fields(module):
+  return type(module), {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+                        if f.name not in ('parent', 'name')}
+
+
+@pytest.mark.parametrize('name,variant', [(n, 'builtin') for n in CONFIGS] +
+                         [('mocov3', 'builtin_vit')])
+def test_method_backbone_is_the_config_backbone(name, variant):
+  """The one backbone definition, checked without compiling: the backbone a method trains is
+  exactly ``models.build_backbone(config.model)``, the one fine-tuning and export rebuild."""
+  config = importlib.import_module(f'configs.{name}').get_config(variant)
+  if 'tokenizer' in config.method:
+    config.method.tokenizer_random_init = True
+  method = methods.build_method(config)
+  assert _fields(method.backbone) == _fields(models.build_backbone(config.model))
 
 
 def test_every_builtin_config_is_found():
