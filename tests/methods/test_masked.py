@@ -238,7 +238,7 @@ def test_simmim_swin_predicts_from_the_last_stage_and_masks_it():
   c.method.mask_patch_size = 2
   with pytest.raises(ValueError, match='multiple of the backbone output stride 4'):
     build_method(c)
-  c.method.mask_patch_size, c.method.name = 8, 'mae'
+  c = helpers.tiny_swin(tiny('mae', image_size=16), 8, (1, 1), (2, 2))   # MAE's own fields
   with pytest.raises(ValueError, match='MAE needs one of vit_tiny'):
     build_method(c)
 
