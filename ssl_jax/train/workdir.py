@@ -177,6 +177,9 @@ FIELD_RULES = (
     ('train.preemption_sync_every', 'harmless'),
     ('train.nan_policy', 'harmless'),  # the non-finite stop message suggests changing it
     ('train.allow_config_change', 'harmless'),
+    ('train.warm_start', 'harmless'),          # how to restore, not what to train
+    ('train.ignore_quarantined', 'harmless'),
+    ('train.max_consecutive_skips', 'harmless'),
     ('data.num_workers', 'harmless'),
     ('data.prefetch', 'harmless'),
     ('data.eval_split', 'harmless'),
