@@ -43,12 +43,6 @@ RANK = {node: rank for rank, nodes in enumerate(LAYERS) for node in nodes}
 # (importing module, imported node) -> why it is still allowed. Remove an entry when its import
 # goes; the test fails on entries that no longer match any import.
 KNOWN_EXCEPTIONS = {
-    # Issue 29 item 1 (h1, train/experiment.py): eval/export/viz restore from the run assembly,
-    # not from train.loop. These three close the cycle eval -> train/loop -> eval.
-    ('ssl_jax.eval.run', 'train/loop'): 'eval restores its run through train.loop (item 1)',
-    ('ssl_jax.export.run', 'train/loop'): 'export restores its run through train.loop (item 1)',
-    ('ssl_jax.viz.attention', 'train/loop'): 'viz restores its run through train.loop (item 1)',
-    ('ssl_jax.viz.reconstruction', 'train/loop'): 'viz restores its run through train.loop',
     # config.validate looks names up in the method registry (methods/__init__.py: strings, no
     # method module is imported) and in models/; neither imports config, so no cycle.
     ('ssl_jax.config', 'methods'): 'config.validate looks the method name up in the registry',

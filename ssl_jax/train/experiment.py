@@ -48,9 +48,9 @@ def sample_batch(method, batch_size: int) -> dict:
 def build_method(config):
   """The config's method, wrapped with the online linear head when ``eval.online_linear``."""
   method = methods.build_method(config)
-  if config.eval.get('online_linear', False):  # BYOL's stop-gradient linear head (eval/online.py)
+  if config.eval.get('online_linear', False):  # BYOL's stop-gradient linear head (methods/online.py)
     # Imported here: eval/ sits above train/ (this wrapper belongs below both, in methods/).
-    from ssl_jax.eval import online as online_lib  # pylint: disable=g-import-not-at-top
+    from ssl_jax.methods import online as online_lib  # pylint: disable=g-import-not-at-top
     method = online_lib.OnlineLinear(method, config)
   return method
 

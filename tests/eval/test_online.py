@@ -9,7 +9,7 @@ import pytest
 
 from configs import simclr
 from ssl_jax.data import pipeline, sources
-from ssl_jax.eval import online
+from ssl_jax.methods import online
 from ssl_jax.train import loop, sharding
 from tests import helpers
 
