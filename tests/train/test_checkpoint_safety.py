@@ -229,7 +229,7 @@ def test_nonfinite_steps_are_skipped_and_counted(exp, reference, tmp_path, monke
   assert np.isfinite(summary['final_loss'])
   assert any('2 update(s) skipped' in r.getMessage() for r in caplog.records)
   history = json.load(open(run / 'history.json'))
-  # history.json spans the sessions: the reference run's steps 1-4, then this session's log at 8.
+  # history.json spans sessions: the copied run's steps 1-4, then this session's log at step 8.
   assert [h['step'] for h in history] == [1, 2, 3, 4, 8]
   # A skipped step leaves params, optimizer state and buffers exactly as they were.
   exp.workdir = str(run)
