@@ -98,6 +98,10 @@ def swin(c, backbone: str, *, patch_size: int, window_size: int, default: str = 
   cpu_size = (embed_dim, depths, heads) when that is given (a CPU-sized model).
   """
   c.model.window_size = window_size
+  # The ViT-only model fields (pooling, position embedding, prefix tokens) go back to their
+  # defaults: a Swin averages its last stage and has neither [CLS] nor absolute positions.
+  c.model.update(dict(pool='token', pool_token=0, pos_embed='learned', num_prefix_tokens=1,
+                      frozen_patch_embed=False))
   return _backbone(c, backbone, default, cpu_size, ('embed_dim', 'swin_depths', 'swin_heads'),
                    patch_size)
 

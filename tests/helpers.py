@@ -46,6 +46,9 @@ def tiny_swin(c: ConfigDict, embed_dim: int, depths, heads) -> ConfigDict:
   """Switches a (tiny) config to a Swin with 2 px patches and 4x4 windows of these stage sizes."""
   c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4
   c.model.embed_dim, c.model.swin_depths, c.model.swin_heads = embed_dim, depths, heads
+  # The ViT-only model fields back to their defaults (a Swin averages its last stage).
+  c.model.update(dict(pool='token', pool_token=0, pos_embed='learned', num_prefix_tokens=1,
+                      frozen_patch_embed=False))
   return c
 
 

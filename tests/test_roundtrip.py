@@ -61,8 +61,10 @@ def tiny_config(name):
                        ('pred_dim', 16), ('num_negatives', 32)):
     if field in m and isinstance(m[field], int) and m[field] > small > 0:
       m[field] = small
-  if 'decoder_dim' in m:
-    m.decoder_dim, m.decoder_depth, m.decoder_heads = 16, 1, 2
+  declared = {f.name for f in dataclasses.fields(methods.method_class(c.method.name).Hparams)}
+  for field, small in (('decoder_dim', 16), ('decoder_depth', 1), ('decoder_heads', 2)):
+    if field in declared:   # only the fields the method declares (methods/hparams.py)
+      m[field] = small
   if 'tokenizer' in m:          # BEiT: a random tokenizer of the tests' size, no tokenizer run
     m.tokenizer.update(dict(hidden=8, code_dim=8, num_codes=16))
     m.tokenizer_random_init = True
