@@ -417,6 +417,19 @@ class Checkpointer:
     path = epath.Path(self.directory) / str(step) / 'state'
     return tree_signature(ocp.StandardCheckpointHandler().metadata(path).tree)
 
+  def _checked_meta(self, step: int, meta: dict, action: str) -> dict:
+    """The saved run metadata of ``step``; CheckpointMismatchError when it was written by another
+    model (method, backbone, parameter shapes), naming what differs."""
+    where = f'{self.directory}/{step}'
+    with _classified(where, 'its metadata'):
+      saved_meta = self._read_meta(step)
+    reason = describe_mismatch(saved_meta, meta)
+    if reason:
+      raise CheckpointMismatchError(
+          f'the checkpoint at {where} was written by a different model and cannot be {action} '
+          f'({reason}). Use a new --workdir or the matching config.')
+    return saved_meta
+
   def restore(self, step: int, abstract_state, meta: dict):
     """Restores (state, data_state) at ``step``.
 
@@ -426,13 +439,7 @@ class Checkpointer:
     its contents differ from the fingerprint recorded at save time.
     """
     where = f'{self.directory}/{step}'
-    with _classified(where, 'its metadata'):
-      saved_meta = self._read_meta(step)
-    reason = describe_mismatch(saved_meta, meta)
-    if reason:
-      raise CheckpointMismatchError(
-          f'the checkpoint at {where} was written by a different model and cannot be resumed '
-          f'({reason}). Use a new --workdir or the matching config.')
+    saved_meta = self._checked_meta(step, meta, 'resumed')
     if abstract_state is not None:
       with _classified(where, 'its tree metadata'):
         saved = self.saved_tree(step)
@@ -465,13 +472,7 @@ class Checkpointer:
     otherwise CheckpointMismatchError. Arrays are read into host memory first.
     """
     where = f'{self.directory}/{step}'
-    with _classified(where, 'its metadata'):
-      saved_meta = self._read_meta(step)
-    reason = describe_mismatch(saved_meta, meta)
-    if reason:
-      raise CheckpointMismatchError(
-          f'the checkpoint at {where} was written by a different model and cannot be '
-          f'warm-started from ({reason}). Use a new --workdir or the matching config.')
+    self._checked_meta(step, meta, 'warm-started from')
     with _classified(where, 'the train state'):
       md = ocp.StandardCheckpointHandler().metadata(epath.Path(where) / 'state').tree
       args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), md)
