@@ -195,3 +195,32 @@ def export_timm(backbone, variables, directory: str) -> str:
                    'then model.load_state_dict(safetensors.torch.load_file(path))')
   paths.write_json_atomic(directory / 'timm_config.json', cfg)
   return str(path)
+
+
+def _timm_dir(directory):
+  """The folder holding ``timm_config.json`` among ``directory``, ``/export/timm``, ``/timm``."""
+  base = paths.as_path(directory)
+  for cand in (base, base / 'timm', base / 'export' / 'timm'):
+    if (cand / 'timm_config.json').exists():
+      return cand
+  raise FileNotFoundError(
+      f'no timm export under {directory} (looked for timm_config.json in it, timm/ and '
+      'export/timm/); run --mode=export first, on a backbone with a timm twin (ViT, Swin, '
+      'width-64 ResNet)')
+
+
+def load_timm_model(directory):
+  """timm model of an export: ``timm.create_model(architecture, **model_args)``, the CIFAR stem
+  restored where the export notes one, weights loaded strictly, eval mode."""
+  import json  # pylint: disable=g-import-not-at-top
+  import timm as timm_pt  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from safetensors.torch import load as load_bytes  # pylint: disable=g-import-not-at-top
+  folder = _timm_dir(directory)
+  cfg = json.loads((folder / 'timm_config.json').read_text())
+  model = timm_pt.create_model(cfg['architecture'], pretrained=False, **cfg['model_args'])
+  if 'CIFAR stem' in cfg.get('note', ''):
+    model.conv1 = torch.nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = torch.nn.Identity()
+  model.load_state_dict(load_bytes((folder / 'model.safetensors').read_bytes()))
+  return model.eval()

@@ -122,3 +122,30 @@ def test_export_file_loads_with_create_model(torch_timm, tmp_path):
   with torch.no_grad():
     theirs = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())).numpy()
   np.testing.assert_array_less(np.abs(np.asarray(net.apply(variables, x)) - theirs).max(), 1e-4)
+
+
+@pytest.mark.parametrize('arch', ['resnet18_cifar', 'vit'])
+def test_timm_model_loads_an_export_from_a_workdir(torch_timm, tmp_path, arch):
+  """ssl_jax.export.timm_model(workdir): architecture, CIFAR stem and weights from the export."""
+  torch, _ = torch_timm
+  import ssl_jax.export  # pylint: disable=g-import-not-at-top
+  if arch == 'vit':
+    net, shape = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2), 16
+    variables = _randomize(net.init(jax.random.PRNGKey(0), _images((1, 16, 16, 3))), seed=4)
+    ours_fn = lambda x: net.apply(variables, x)
+  else:
+    net, shape = resnet.resnet18(width=64, cifar_stem=True), 32
+    variables = _randomize(net.init(jax.random.PRNGKey(0), _images((1, 32, 32, 3)), train=False))
+    ours_fn = lambda x: net.apply(variables, x, train=False)
+  timm_export.export_timm(net, variables, str(tmp_path / 'export' / 'timm'))
+  model = ssl_jax.export.timm_model(str(tmp_path))
+  x = _images((2, shape, shape, 3), seed=5)
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())).numpy()
+  np.testing.assert_array_less(np.abs(np.asarray(ours_fn(x)) - theirs).max(), 1e-4)
+
+
+def test_timm_model_without_an_export_names_the_fix(tmp_path):
+  import ssl_jax.export  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match='run --mode=export first'):
+    ssl_jax.export.timm_model(str(tmp_path))
