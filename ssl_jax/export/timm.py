@@ -209,12 +209,26 @@ def _timm_dir(directory):
       'width-64 ResNet)')
 
 
+def _version(package: str) -> str:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return '(not installed)'
+
+
 def load_timm_model(directory):
   """timm model of an export: ``timm.create_model(architecture, **model_args)``, the CIFAR stem
   restored where the export notes one, weights loaded strictly, eval mode."""
   import json  # pylint: disable=g-import-not-at-top
-  import timm as timm_pt  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import timm as timm_pt  # pylint: disable=g-import-not-at-top
+  except RuntimeError as e:  # torchvision built for another torch (e.g. CUDA wheels, CPU torch)
+    raise RuntimeError(f'timm failed to import ({e}); torchvision {_version("torchvision")} does '
+                       f'not match torch {torch.__version__}: install the matching pair, e.g. '
+                       'pip install torch torchvision --index-url '
+                       'https://download.pytorch.org/whl/cpu') from e
   from safetensors.torch import load as load_bytes  # pylint: disable=g-import-not-at-top
   folder = _timm_dir(directory)
   cfg = json.loads((folder / 'timm_config.json').read_text())
