@@ -54,7 +54,7 @@ def catalog() -> dict:
 
 def format_catalog(cat: dict) -> str:
   lines = ['methods (config.method.name):', '  ' + ', '.join(cat['methods']), '',
-           'configs (--config=configs/NAME.py:VARIANT):']
+           'configs (--config=configs/NAME.py:VARIANT[,BACKBONE], e.g. simclr.py:builtin,vit_small):']
   width = max(len(n) for n in cat['configs'])
   for name, info in cat['configs'].items():
     note = f"  {info['backbones']}" if info['backbones'] else ''

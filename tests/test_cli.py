@@ -49,3 +49,29 @@ def test_usage_errors_are_one_line(tmp_path, args, message):
   rc, lines, text = _cli(args, tmp_path)
   assert rc == 2, text
   assert len(lines) == 1 and lines[0].startswith('ssl_jax: usage error: ') and message in lines[0], text
+
+
+@pytest.mark.parametrize('backbone', ['vit_tiny', 'resnet18'])
+def test_every_config_takes_the_backbone_suffix(backbone):
+  """configs/NAME.py:builtin,BACKBONE builds that backbone, or stops in one line saying why (a
+  method that needs a ViT, a size the backbone cannot take)."""
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
+  built, refused = [], []
+  for name in catalog.config_modules():
+    module = importlib.import_module(f'configs.{name}')
+    try:
+      config = module.get_config(f'builtin,{backbone}')
+      assert config.model.backbone == backbone, name
+      config_lib.validate(config)
+      if 'tokenizer' in config.method:
+        config.method.tokenizer_random_init = True
+      methods.build_method(config)
+      built.append(name)
+    except ValueError as e:
+      assert '\n' not in str(e) and ('ViT' in str(e) or 'multiple' in str(e)), (name, str(e))
+      refused.append(name)
+  # Every ResNet config takes a ViT and the contrastive ones at least take both.
+  assert {'simclr', 'byol', 'moco', 'mocov3', 'swav', 'vicreg', 'dino', 'rotation'} <= set(built), (
+      built, refused)
+  if backbone == 'vit_tiny':
+    assert len(built) >= len(catalog.config_modules()) - 1, refused
