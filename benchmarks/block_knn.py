@@ -15,7 +15,7 @@ masked positions (``mask_tokens``) and the visible ones (``visible_tokens``): wh
 method does its inference. Each readout is scored with the library's weighted kNN (``eval.knn_k``,
 ``eval.knn_temperature``), raw and standardised with the training features' mean and std, and
 printed as one table row: kNN top-1 of the run, of the random init, and the ratio of their kNN
-errors (the acceptance bar is <= 0.667). The README's "SimMIM and the kNN bar" uses it.
+errors (the acceptance bar is <= 0.667). docs/research-notes.md ("SimMIM and the kNN bar") uses it.
 """
 from __future__ import annotations
 

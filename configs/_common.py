@@ -117,3 +117,51 @@ def schedule(c, *, steps: int, checkpoint_every: int, warmup_steps=None, knn_eve
   if knn_every is not None:
     c.train.knn_every = knn_every
   return c
+
+
+# -- the ',<backbone>' suffix --------------------------------------------------------------------
+def apply_backbone(c, backbone: str):
+  """Swaps the variant's backbone for ``backbone`` (a name of ``models.BACKBONES``), sized for the
+  variant's images: ViT / Swin patches of 4 px up to 64 px images (16 / 4 above), position
+  embedding at ``data.image_size``, the preset width (the CPU-sized shrink is the builtin
+  default's only); a ResNet keeps the variant's width when it had one (else 64), with the CIFAR
+  stem up to 64 px. A method that cannot use the new backbone says so when it is built."""
+  from ssl_jax import models  # pylint: disable=g-import-not-at-top
+  if backbone not in models.BACKBONES:
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(backbone, models.BACKBONES, n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise ValueError(f'unknown backbone suffix {backbone!r}{hint}; choose one of '
+                     f'{sorted(models.BACKBONES)}')
+  small = c.data.image_size <= 64
+  was_resnet = c.model.backbone.startswith('resnet')
+  c.model.update(dict(embed_dim=0, depth=0, num_heads=0, swin_depths=(), swin_heads=(),
+                      stage_sizes=()))
+  if backbone.startswith('vit'):   # small images: the first patch size of 4, 5, 6, 3, 2 that fits
+    size = c.data.image_size
+    patch = next((p for p in (4, 5, 6, 3, 2) if size % p == 0), 4) if small else 16
+    return _backbone(c, backbone, '', None, (), patch)
+  if backbone.startswith('swin'):   # small images: the first three stages (output stride 16)
+    swin(c, backbone, patch_size=4, window_size=4 if small else 7)
+    if small:
+      c.model.swin_depths, c.model.swin_heads = (2, 2, 6), (3, 6, 12)
+    return c
+  c.model.update(dict(pool='token', pool_token=0, pos_embed='learned', num_prefix_tokens=1,
+                      frozen_patch_embed=False))
+  c.model.backbone = backbone
+  c.model.width = c.model.width if was_resnet else 64
+  c.model.cifar_stem = small
+  return c
+
+
+def takes_backbone(get_config):
+  """Decorates a config's ``get_config`` so that ``VARIANT,BACKBONE`` (e.g.
+  ``configs/simclr.py:builtin,vit_small``) builds the variant, then :func:`apply_backbone`."""
+  import functools  # pylint: disable=g-import-not-at-top
+
+  @functools.wraps(get_config)
+  def with_backbone(arg: str = 'builtin'):
+    variant, _, backbone = arg.partition(',')
+    c = get_config(variant)
+    return apply_backbone(c, backbone) if backbone else c
+  return with_backbone

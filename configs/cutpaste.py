@@ -24,6 +24,7 @@ from configs import _common as common
 from ssl_jax import config as config_lib
 
 
+@common.takes_backbone
 def get_config(arg: str = 'builtin'):
   c = config_lib.base_config()
   c.method.name = 'cutpaste'

@@ -21,9 +21,11 @@ Variants (``--config=configs/instdis.py:<variant>``):
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/instdis.py:imagenet --workdir=gs://BUCKET/instdis_in1k
 """
+from configs import _common as common
 from ssl_jax import config as config_lib
 
 
+@common.takes_backbone
 def get_config(arg: str = 'builtin'):
   c = config_lib.base_config()
   c.method.name = 'instdis'

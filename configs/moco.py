@@ -41,6 +41,7 @@ def _v1(c):
   return c
 
 
+@common.takes_backbone
 def get_config(arg: str = 'builtin'):
   c = config_lib.base_config()
   c.method.name = 'moco'

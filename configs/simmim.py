@@ -35,7 +35,7 @@ vit_small, vit_base, swin_tiny, swin_small, swin_base):
   is not in the mask tokens either. MAE's masks (4 px, ratio 0.75) with its l2 loss: 1.14 (best
   single block 0.79); with a 2-block head as well, so that the main difference left from MAE
   (0.54) is the encoder's mask tokens: 0.96 (kNN 0.647 vs 0.633). Summary and outside evidence:
-  the README's "SimMIM and the kNN bar"::
+  docs/research-notes.md, "SimMIM and the kNN bar"::
 
       python -m ssl_jax.main --config=configs/simmim.py:builtin --workdir=/tmp/simmim_builtin
 

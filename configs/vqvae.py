@@ -16,6 +16,7 @@ from ssl_jax import config as config_lib
 from ssl_jax.methods.masked import vq_tokenizer
 
 
+@common.takes_backbone
 def get_config(arg: str = 'builtin'):
   if arg not in ('builtin', 'cifar10', 'imagenet'):
     raise common.unknown_variant('vqvae', arg)

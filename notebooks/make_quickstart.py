@@ -10,17 +10,26 @@ Pretrain an image encoder without labels (SimCLR on the built-in MNIST-5k set), 
 (kNN and linear probe beside a random encoder), look at its embeddings and export it for
 downstream use in JAX or PyTorch.
 
-**Colab:** *Runtime → Change runtime type* picks CPU, GPU or TPU; the same code runs on each.
-Run the first cell from a clone of the repository (`!git clone <repository URL> ssl_jax` then
-`%cd ssl_jax`); it installs the pinned requirements. On a laptop, run `pip install -r
-requirements.txt -e .` once and start Jupyter in the repository root.
+**Colab:** open `https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/quickstart.ipynb`
+(your fork's OWNER/REPO), pick *Runtime → Change runtime type* (CPU, GPU or TPU) and run the
+cells. The first cell clones the repository (set `REPO_URL`) and installs it *without* replacing
+Colab's own JAX (so its GPU/TPU build stays), plus matplotlib for the plots. On a laptop, run
+`pip install -r requirements.txt -e .` once and start Jupyter in the repository root.
 
 CI executes this notebook on CPU with `SSL_JAX_NOTEBOOK_SMOKE=1` (a tiny model, a few steps), so
 it never rots."""),
 code("""import os, sys
-if 'google.colab' in sys.modules and not os.path.exists('ssl_jax_installed'):
-    %pip install -q -r requirements.txt -e .
-    open('ssl_jax_installed', 'w').close()
+REPO_URL = 'https://github.com/OWNER/ssl_jax'   # your fork / the project's repository
+if 'google.colab' in sys.modules and not os.path.exists('/content/ssl_jax_installed'):
+    if not os.path.exists('configs'):
+        !git clone -q {REPO_URL} /content/ssl_jax
+        %cd /content/ssl_jax
+    # Colab's JAX (CUDA or TPU build) stays: every pinned requirement except jax / jaxlib.
+    reqs = ' '.join(l.strip() for l in open('requirements.txt')
+                    if l.strip() and not l.startswith(('#', 'jax==', 'jaxlib==')))
+    %pip install -q {reqs}
+    %pip install -q --no-deps -e .
+    open('/content/ssl_jax_installed', 'w').close()
 
 import jax
 SMOKE = os.environ.get('SSL_JAX_NOTEBOOK_SMOKE') == '1'   # CI: tiny model, few steps
@@ -34,7 +43,7 @@ code("""import tempfile
 from configs import simclr
 
 config = simclr.get_config('builtin')
-config.train.progress_bar = False
+config.train.progress_bar = not SMOKE   # the tqdm bar in Colab / Jupyter; off in CI
 config.eval.plot = 'tsne'
 if SMOKE:
     config.train.steps = 12

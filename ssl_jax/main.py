@@ -2,6 +2,7 @@
 
     python -m ssl_jax.main --config=configs/simclr.py:builtin --workdir=/tmp/run \
         [--config.train.steps=200 ...] [--mode=pretrain|eval|export|memory]
+    python -m ssl_jax.main --list      # methods, configs and their variants, backbones, datasets
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ _COORDINATOR = flags.DEFINE_string(
     '0 (jax.distributed). On TPU pods and Slurm the cluster is detected automatically.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the job (explicit mode).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process, 0..num_processes-1.')
+_LIST = flags.DEFINE_bool('list', False, 'Print the methods, configs (with their variants), '
+                          'backbones and datasets, then exit.')
 _MODE = flags.DEFINE_enum('mode', 'pretrain', ['pretrain', 'eval', 'export', 'memory'],
                           'pretrain: train (resuming from --workdir) then evaluate; '
                           'eval: kNN (k in config.eval.knn_ks) + linear probe of the latest '
@@ -70,6 +73,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(runtime.QuietLibraries())
   try:
     _main(argv)
+  except app.UsageError as e:  # one line, not the module docstring and the flags first
+    print(f'ssl_jax: usage error: {e} (python -m ssl_jax.main --help lists the flags; --list '
+          'the methods and configs)', file=sys.stderr)
+    sys.exit(2)
   except Exception as e:  # pylint: disable=broad-except
     if not _is_user_error(e):
       raise
@@ -81,6 +88,10 @@ def main(argv):
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _LIST.value:
+    from ssl_jax import catalog  # pylint: disable=g-import-not-at-top
+    print(catalog.format_catalog(catalog.catalog()))
+    return
   config = _CONFIG.value
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/simclr.py:builtin')
@@ -108,8 +119,7 @@ def _main(argv):
     print(memory.format_report(result), file=sys.stderr)
   else:
     result = run_eval(config, _WORKDIR.value)
-  logging.info('%s', result)
-  print(json.dumps(result, indent=2))
+  print(json.dumps(result, indent=2))   # the summary, once (stdout; the log has the run)
 
 
 if __name__ == '__main__':

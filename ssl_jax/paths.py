@@ -3,7 +3,7 @@
 A user path is a string that is either a local path or a URL (``gs://bucket/run``, ``s3://...``).
 :func:`as_path` turns it into an ``etils.epath.Path`` -- what Orbax uses -- which keeps a URL a URL
 (``os.path.abspath('gs://b/run')`` is ``$PWD/gs:/b/run``, a local folder) and makes a local path
-absolute. ``gs://`` goes through fsspec's gcsfs (``pip install gcsfs``; see the README).
+absolute. ``gs://`` goes through fsspec's gcsfs (``pip install gcsfs``; see docs/scaling.md).
 
 Outputs are written so that a killed or retried process never leaves a half-written file where a
 reader expects a whole one: :func:`write_json_atomic` and :func:`replace_dir`.

@@ -159,9 +159,10 @@ def parse_flags(argv):
 
 class QuietLibraries(std_logging.Filter):
   """Drops the INFO chatter of Orbax and grain (dozens of lines per checkpoint) around the
-  progress bar; their warnings and errors, and all of ssl_jax's own logging, still show."""
+  progress bar, and JAX's backend probing ("Unable to initialize backend 'tpu'" on every CPU or
+  GPU machine); their warnings and errors, and all of ssl_jax's own logging, still show."""
 
-  _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}grain{os.sep}')
+  _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}grain{os.sep}', f'{os.sep}xla_bridge.py')
 
   def filter(self, record):
     return record.levelno >= std_logging.WARNING or not any(n in record.pathname

@@ -1,8 +1,10 @@
 """TFDS datasets as random-access sources: ``tfds.data_source`` over ArrayRecord, no TensorFlow.
 
-Prepare a dataset once (this is the only step that needs TensorFlow installed)::
+Prepare a dataset once. ``tfds build`` is the only step that needs TensorFlow, so it runs in an
+environment of its own (the training environment stays TensorFlow-free)::
 
-    tfds build cifar10 --data_dir=~/tensorflow_datasets --file_format=array_record
+    python3 -m venv ~/.tfds_env && ~/.tfds_env/bin/pip install -q tensorflow-cpu tensorflow-datasets array_record
+    ~/.tfds_env/bin/tfds build cifar10 --data_dir=~/tensorflow_datasets --file_format=array_record
 
 then train with ``config.data.source='tfds'``, ``config.data.name='cifar10'``,
 ``config.data.data_dir`` (empty: TFDS's default, ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets).
@@ -33,7 +35,10 @@ def _tfds():
 
 def _build_command(name: str, builder) -> str:
   root = getattr(builder, '_data_dir_root', None) or os.path.dirname(str(builder.data_dir))
-  cmd = f'tfds build {name} --data_dir={root} --file_format=array_record'
+  # `tfds build` needs TensorFlow, which the training environment does not have: a venv of its own.
+  cmd = (f'python3 -m venv ~/.tfds_env && ~/.tfds_env/bin/pip install -q tensorflow-cpu '
+         f'tensorflow-datasets array_record && ~/.tfds_env/bin/tfds build {name} '
+         f'--data_dir={root} --file_format=array_record')
   if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
     cmd += ' --manual_dir=DIR_WITH_THE_DOWNLOADED_FILES  # needs a manual download, see the TFDS ' \
            'catalog page'

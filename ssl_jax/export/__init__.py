@@ -21,3 +21,15 @@ def load_vit_checkpoint(path: str, layout: str = 'auto', num_heads: int | None =
   """(ViT module, variables) from an official DINO / MAE / MoCo v3 PyTorch checkpoint file."""
   from ssl_jax.export import torch_import  # pylint: disable=g-import-not-at-top
   return torch_import.load_vit_checkpoint(path, layout, num_heads)
+
+
+def timm_model(directory: str):
+  """The exported encoder as a PyTorch ``timm`` model (eval mode), ready to fine-tune.
+
+  ``directory`` is a workdir (its ``export/timm`` is read), an export folder, or the ``timm``
+  folder itself, as written by ``--mode=export``: ``timm_config.json`` names the architecture and
+  its arguments, and a CIFAR-stem ResNet gets its 3x3 stem back before the weights are loaded.
+  Needs torch, timm and safetensors; features equal ssl_jax's (tests/export/test_timm.py).
+  """
+  from ssl_jax.export import timm as timm_lib  # pylint: disable=g-import-not-at-top
+  return timm_lib.load_timm_model(directory)

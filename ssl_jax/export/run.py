@@ -6,7 +6,7 @@ writes
 
 * ``DIR/export/encoder/``  Orbax encoder-only checkpoint (``ssl_jax.export.load_encoder``);
 * ``DIR/export/timm/model.safetensors`` + ``timm_config.json``: timm's layout, for ViTs and
-  width-64 ResNets (``config.export.timm``);
+  ResNet-18/50 (``config.export.timm``);
 * ``DIR/export/export.json``: what was written.
 
 ``config.export.dir`` overrides ``DIR/export`` (a local path or a URL such as gs://...).

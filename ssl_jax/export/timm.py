@@ -16,10 +16,10 @@ conversion is a rename plus a layout change per tensor:
                               pretrained_cfg_overlay=dict(file='encoder.safetensors'), **kwargs)
 
 A CIFAR-stem ResNet (3x3 stride-1 stem, no max-pool) has no timm constructor argument; after
-``create_model`` replace ``model.conv1`` by ``nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and
+``create_model`` replace ``model.conv1`` by ``nn.Conv2d(3, width, 3, 1, 1, bias=False)`` and
 ``model.maxpool`` by ``nn.Identity()`` before loading (``export_timm`` writes this note into
-``timm_config.json``). timm's ResNet stem is always 64 channels, so only width-64 ResNets have a
-timm twin. Parity with timm is tested in tests/export/test_timm.py.
+``timm_config.json``; ``ssl_jax.export.timm_model`` does it). A ResNet of width w other than 64
+is timm's with ``stem_width=w, channels=(w, 2w, 4w, 8w)``. Parity with timm is tested in tests/export/test_timm.py.
 """
 from __future__ import annotations
 
@@ -166,10 +166,9 @@ def timm_model_args(backbone) -> tuple[str, dict]:
     if arch is None:
       raise ValueError(f'timm has no ResNet with stage sizes {tuple(backbone.stage_sizes)}; only '
                        'ResNet-18 (2, 2, 2, 2) and ResNet-50 (3, 4, 6, 3) export to a timm model')
-    if backbone.width != 64:  # timm's ResNet fixes the stem at 64 channels
-      raise ValueError(f'timm has no ResNet of width {backbone.width}; only width 64 exports to '
-                       'a timm model (to_timm_state_dict still gives the renamed tensors)')
-    return arch, dict(num_classes=0)
+    w = backbone.width   # narrow CPU models: timm takes the stage widths; the stem is fixed up
+    kw = dict(num_classes=0) if w == 64 else dict(num_classes=0, channels=(w, 2 * w, 4 * w, 8 * w))
+    return arch, kw
   if isinstance(backbone, swin_lib.Swin):
     kw = dict(img_size=backbone.img_size, patch_size=backbone.patch_size,
               embed_dim=backbone.embed_dim, depths=tuple(backbone.depths),
@@ -189,9 +188,76 @@ def export_timm(backbone, variables, directory: str) -> str:
   path = directory / 'model.safetensors'
   path.write_bytes(to_bytes(to_timm_state_dict(backbone, variables)))
   cfg = {'architecture': arch, 'model_args': kw}
-  if isinstance(backbone, resnet_lib.ResNet) and backbone.cifar_stem:
-    cfg['note'] = ('CIFAR stem: after timm.create_model set model.conv1 = '
-                   'nn.Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = nn.Identity(), '
-                   'then model.load_state_dict(safetensors.torch.load_file(path))')
+  if isinstance(backbone, resnet_lib.ResNet):
+    cfg['stem'] = {'cifar': bool(backbone.cifar_stem), 'width': backbone.width}
+    if backbone.cifar_stem or backbone.width != 64:
+      cfg['note'] = ('ssl_jax.export.timm_model(dir) builds this model: timm.create_model, then '
+                     f'the stem of width {backbone.width}' +
+                     (' (3x3 stride-1 conv, no max-pool)' if backbone.cifar_stem else '') +
+                     ' in model.conv1 / bn1 / layer1[0], then the weights')
   paths.write_json_atomic(directory / 'timm_config.json', cfg)
   return str(path)
+
+
+def _timm_dir(directory):
+  """The folder holding ``timm_config.json`` among ``directory``, ``/export/timm``, ``/timm``."""
+  base = paths.as_path(directory)
+  for cand in (base, base / 'timm', base / 'export' / 'timm'):
+    if (cand / 'timm_config.json').exists():
+      return cand
+  raise FileNotFoundError(
+      f'no timm export under {directory} (looked for timm_config.json in it, timm/ and '
+      'export/timm/); run --mode=export first, on a backbone with a timm twin (ViT, Swin, '
+      'ResNet-18/50)')
+
+
+def _version(package: str) -> str:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return '(not installed)'
+
+
+def _fix_resnet_stem(nn, model, width: int, cifar: bool):
+  """timm's plain ResNet stem is 64 channels, 7x7 / 2 with max-pool: a CIFAR stem (3x3 / 1, no
+  max-pool) or a stem of another width is swapped in, with layer1's first block reading it."""
+  if cifar:
+    model.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+  elif width != 64:
+    model.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+  if width == 64:
+    return
+  model.bn1 = nn.BatchNorm2d(width)
+  block = model.layer1[0]
+  out = block.conv1.out_channels
+  block.conv1 = nn.Conv2d(width, out, block.conv1.kernel_size, block.conv1.stride,
+                          block.conv1.padding, bias=False)
+  planes_out = model.layer1[0].bn2.num_features if not hasattr(block, 'bn3') else block.bn3.num_features
+  if planes_out == width:
+    block.downsample = None   # BasicBlock: the stem already has layer1's width
+  elif block.downsample is not None:
+    block.downsample[0] = nn.Conv2d(width, planes_out, 1, 1, bias=False)
+
+
+def load_timm_model(directory):
+  """timm model of an export: ``timm.create_model(architecture, **model_args)``, the CIFAR stem
+  restored where the export notes one, weights loaded strictly, eval mode."""
+  import json  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import timm as timm_pt  # pylint: disable=g-import-not-at-top
+  except RuntimeError as e:  # torchvision built for another torch (e.g. CUDA wheels, CPU torch)
+    raise RuntimeError(f'timm failed to import ({e}); torchvision {_version("torchvision")} does '
+                       f'not match torch {torch.__version__}: install the matching pair, e.g. '
+                       'pip install torch torchvision --index-url '
+                       'https://download.pytorch.org/whl/cpu') from e
+  from safetensors.torch import load as load_bytes  # pylint: disable=g-import-not-at-top
+  folder = _timm_dir(directory)
+  cfg = json.loads((folder / 'timm_config.json').read_text())
+  model = timm_pt.create_model(cfg['architecture'], pretrained=False, **cfg['model_args'])
+  if 'stem' in cfg:
+    _fix_resnet_stem(torch.nn, model, cfg['stem']['width'], cfg['stem']['cifar'])
+  model.load_state_dict(load_bytes((folder / 'model.safetensors').read_bytes()))
+  return model.eval()

@@ -50,7 +50,8 @@ def build_backbone(model_cfg):
     for field, default in _VIT_ONLY.items():
       if model_cfg.get(field, default) != default:
         raise ValueError(f'config.model.{field}={model_cfg[field]!r} needs a ViT backbone, got '
-                         f'config.model.backbone={name!r}; leave it at {default!r}')
+                         f'config.model.backbone={name!r}: this config is set up for a ViT (use '
+                         f'a vit_* backbone) or set model.{field}={default!r}')
   if name in RESNETS:
     kw = {}
     if model_cfg.get('stage_sizes', ()):

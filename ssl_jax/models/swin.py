@@ -213,7 +213,9 @@ class Swin(nn.Module):
     :attr:`out_stride`); maps that do not divide into windows are padded (:class:`SwinBlock`)."""
     if size % self.out_stride:
       raise ValueError(f'image size {size} is not a multiple of the Swin output stride '
-                       f'{self.out_stride} (patch_size {self.patch_size} x 2^{self.num_stages - 1})')
+                       f'{self.out_stride} (patch_size {self.patch_size} x 2^{self.num_stages - 1}); set '
+                       f'data.image_size to a multiple of {self.out_stride}, or fewer stages '
+                       '(model.swin_depths / model.swin_heads)')
 
   @nn.compact
   def encode(self, x: Array, *, train: bool = False, mask: Array | None = None,

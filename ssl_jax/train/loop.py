@@ -242,6 +242,10 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
                       'total) by step %d.', skipped - skipped_seen, skipped, done)
       skipped_seen = skipped
 
+  if start < c.train.steps and _is_main():  # the first step waits for XLA: say so, once
+    logging.info('compiling the train step (step %d of %d; the first step includes the '
+                    'compilation, later ones do not)', start + 1, c.train.steps)
+  t_compile = time.perf_counter()
   try:
     for step in range(start, c.train.steps):
       batch = sharding.global_batch(exp.mesh, next(iterator))
@@ -251,6 +255,8 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
       if t_first is None:
         jax.block_until_ready(state.step)  # exclude compilation from images/s
         t_first = time.perf_counter()
+        if _is_main():
+          logging.info('first step done in %.1f s (compilation included)', t_first - t_compile)
       else:
         n_timed += 1
       if done % c.train.log_every == 0 or done == c.train.steps:

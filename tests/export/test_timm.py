@@ -44,23 +44,21 @@ def _timm_features(torch, model, sd, x_nhwc):
     return model(torch.from_numpy(np.transpose(x_nhwc, (0, 3, 1, 2)).copy())).numpy()
 
 
-@pytest.mark.parametrize('cifar_stem', [True, False])
-def test_resnet18_parity(torch_timm, cifar_stem):
+@pytest.mark.parametrize('cifar_stem,width', [(True, 64), (False, 64), (True, 16), (False, 16)])
+def test_resnet18_parity(torch_timm, cifar_stem, width):
   torch, timm = torch_timm
-  net = resnet.resnet18(width=64, cifar_stem=cifar_stem)
+  net = resnet.resnet18(width=width, cifar_stem=cifar_stem)
   x = _images((2, 32, 32, 3))
   variables = _randomize(net.init(jax.random.PRNGKey(0), x, train=False))
   ours = np.asarray(net.apply(variables, x, train=False))
   arch, kw = timm_export.timm_model_args(net)
   assert arch == 'resnet18'
   model = timm.create_model(arch, pretrained=False, **kw)
-  if cifar_stem:
-    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    model.maxpool = torch.nn.Identity()
+  timm_export._fix_resnet_stem(torch.nn, model, width, cifar_stem)  # pylint: disable=protected-access
   sd = timm_export.to_timm_state_dict(net, variables)
   assert set(sd) == set(model.state_dict())
   theirs = _timm_features(torch, model, sd, x)
-  assert ours.shape == theirs.shape == (2, 512)
+  assert ours.shape == theirs.shape == (2, 8 * width)
   assert np.abs(ours).max() > 1e-2
   np.testing.assert_array_less(np.abs(ours - theirs).max(), 1e-4)
   back = timm_export.from_timm_state_dict(net, sd)
@@ -122,3 +120,31 @@ def test_export_file_loads_with_create_model(torch_timm, tmp_path):
   with torch.no_grad():
     theirs = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())).numpy()
   np.testing.assert_array_less(np.abs(np.asarray(net.apply(variables, x)) - theirs).max(), 1e-4)
+
+
+@pytest.mark.parametrize('arch', ['resnet18_cifar', 'resnet50_narrow', 'vit'])
+def test_timm_model_loads_an_export_from_a_workdir(torch_timm, tmp_path, arch):
+  """ssl_jax.export.timm_model(workdir): architecture, CIFAR stem and weights from the export."""
+  torch, _ = torch_timm
+  import ssl_jax.export  # pylint: disable=g-import-not-at-top
+  if arch == 'vit':
+    net, shape = vit.ViT(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2), 16
+    variables = _randomize(net.init(jax.random.PRNGKey(0), _images((1, 16, 16, 3))), seed=4)
+    ours_fn = lambda x: net.apply(variables, x)
+  else:
+    make = resnet.resnet50 if arch == 'resnet50_narrow' else resnet.resnet18
+    net, shape = make(width=16 if arch == 'resnet18_cifar' else 8, cifar_stem=arch != 'resnet50_narrow'), 32
+    variables = _randomize(net.init(jax.random.PRNGKey(0), _images((1, 32, 32, 3)), train=False))
+    ours_fn = lambda x: net.apply(variables, x, train=False)
+  timm_export.export_timm(net, variables, str(tmp_path / 'export' / 'timm'))
+  model = ssl_jax.export.timm_model(str(tmp_path))
+  x = _images((2, shape, shape, 3), seed=5)
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())).numpy()
+  np.testing.assert_array_less(np.abs(np.asarray(ours_fn(x)) - theirs).max(), 1e-4)
+
+
+def test_timm_model_without_an_export_names_the_fix(tmp_path):
+  import ssl_jax.export  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match='run --mode=export first'):
+    ssl_jax.export.timm_model(str(tmp_path))
