@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.mlp = 'gelu'               # ViT FFN: 'gelu' | 'swiglu' (DINOv2 ViT-g)
   c.model.qk_norm = False            # ViT per-head LayerNorm of queries and keys
   c.model.rope = False               # ViT 2-D axial RoPE on patch tokens (with pos_embed or 'none')
+  # ViT pos_embed resampling at a resolution other than img_size: False = bicubic (as before),
+  # True = timm's anti-aliased bicubic (DINOv2's 518 px table used at 224 px)
+  c.model.pos_embed_antialias = False
   c.model.window_size = 7         # Swin attention window (tokens per side)
   c.model.swin_depths = ()       # Swin overrides (() = preset): blocks per stage, e.g. (2, 2, 2)
   c.model.swin_heads = ()        # Swin overrides: heads per stage, same length as swin_depths
@@ -262,7 +265,7 @@ def _check_vit_parts(m):
   _require(_is_number(ls) and ls >= 0, 'model.layerscale_init',
            f'must be a number >= 0 (0 = off; DINOv2 uses 1e-5), got {ls!r}')
   _choice(m.get('mlp', 'gelu'), 'model.mlp', ('gelu', 'swiglu'))
-  for field in ('qk_norm', 'rope'):
+  for field in ('qk_norm', 'rope', 'pos_embed_antialias'):
     _require(isinstance(m.get(field, False), bool), f'model.{field}',
              f'must be True or False, got {m.get(field)!r}')
   if m.get('rope', False) and m.backbone.startswith('vit'):

@@ -132,6 +132,8 @@ def vit_from_state_dict(sd: dict, num_heads: int | None = None) -> vit_lib.ViT:
                      # LayerScale's init value only matters for training from scratch.
                      layerscale_init=1e-5 if 'blocks.0.ls1.gamma' in sd else 0.0,
                      qk_norm='blocks.0.attn.q_norm.weight' in sd,
+                     # timm's resampling at other resolutions (DINOv2 at 224 px etc.)
+                     pos_embed_antialias=True,
                      **_mlp_config(sd, d))
 
 

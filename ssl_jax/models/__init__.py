@@ -37,7 +37,8 @@ def build_backbone(model_cfg):
   ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos'), ``num_prefix_tokens``
   ([CLS] + extra prefix / register tokens), ``frozen_patch_embed``, ``pool`` / ``pool_token``
   (the pooled feature), ``num_registers`` (register tokens, never pooled), ``layerscale_init``
-  (0 = no LayerScale), ``mlp`` ('gelu' | 'swiglu'), ``qk_norm``, ``rope`` (2-D axial RoPE) and
+  (0 = no LayerScale), ``mlp`` ('gelu' | 'swiglu'), ``qk_norm``, ``rope`` (2-D axial RoPE),
+  ``pos_embed_antialias`` (timm's position-embedding resampling) and
   optional overrides
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models); Swins read ``patch_size``,
   ``window_size``, ``drop_path_rate`` and optional overrides ``embed_dim``, ``swin_depths``
@@ -78,7 +79,9 @@ def build_backbone(model_cfg):
                    num_registers=model_cfg.get('num_registers', 0),
                    layerscale_init=model_cfg.get('layerscale_init', 0.0),
                    mlp=model_cfg.get('mlp', 'gelu'), qk_norm=model_cfg.get('qk_norm', False),
-                   rope=model_cfg.get('rope', False), dtype=dtype, **kw)
+                   rope=model_cfg.get('rope', False),
+                   pos_embed_antialias=model_cfg.get('pos_embed_antialias', False), dtype=dtype,
+                   **kw)
   if name in SWINS:
     from ssl_jax.models import swin  # pylint: disable=g-import-not-at-top
     kw = dict(swin.SWIN_PRESETS[name])
@@ -99,7 +102,7 @@ def build_backbone(model_cfg):
 # rather than a silently ignored setting.
 _VIT_ONLY = {'num_prefix_tokens': 1, 'pos_embed': 'learned', 'frozen_patch_embed': False,
              'pool': 'token', 'pool_token': 0, 'num_registers': 0, 'layerscale_init': 0.0,
-             'mlp': 'gelu', 'qk_norm': False, 'rope': False}
+             'mlp': 'gelu', 'qk_norm': False, 'rope': False, 'pos_embed_antialias': False}
 
 
 def register_backbone(name: str, factory: Callable[[Any], Any], *, feature_dim=None):

@@ -99,13 +99,15 @@ def sincos_2d_pos_embed(embed_dim: int, grid_size: int | Sequence[int],
 
 
 def resample_pos_embed(pos_embed: Array, new_grid: Sequence[int], old_grid: Sequence[int],
-                       num_prefix_tokens: int) -> Array:
+                       num_prefix_tokens: int, antialias: bool = False) -> Array:
     """Bicubically resample the patch part of a (1, P + N, D) position embedding to a new grid.
 
     Prefix rows are kept as they are; the (old_h, old_w) patch grid is resized to (new_h,
     new_w) with ``jax.image.resize`` (no anti-aliasing, as PyTorch's ``F.interpolate`` used by
     DINO / timm). Note jax's cubic kernel is Keys a=-0.5, PyTorch's a=-0.75, so results are
-    close to, not bit-equal with, PyTorch. Shapes are static, so this is jittable. Returns the
+    close to, not bit-equal with, PyTorch. ``antialias=True`` is timm's
+    ``resample_abs_pos_embed`` (``F.interpolate(..., antialias=True)``, a=-0.5 with the kernel
+    widened when shrinking) to float32 rounding, e.g. DINOv2's 37x37 table at 224 px. Shapes are static, so this is jittable. Returns the
     input unchanged when the grids agree. Used for ViT (Dosovitskiy et al. 2021) at resolutions
     other than the one it was built for (e.g. DINO's 96 px local crops).
     """
@@ -115,7 +117,7 @@ def resample_pos_embed(pos_embed: Array, new_grid: Sequence[int], old_grid: Sequ
     prefix, patch = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = pos_embed.shape[-1]
     patch = patch.reshape(1, *old_grid, dim)
-    patch = jax.image.resize(patch, (1, *new_grid, dim), method='bicubic', antialias=False)
+    patch = jax.image.resize(patch, (1, *new_grid, dim), method='bicubic', antialias=antialias)
     return jnp.concatenate([prefix, patch.reshape(1, -1, dim).astype(pos_embed.dtype)], axis=1)
 
 
@@ -370,6 +372,10 @@ class ViT(nn.Module):
     qk_norm: bool = False          # per-head LayerNorm of queries and keys (ViT-22B)
     rope: bool = False             # 2-D axial RoPE on patch tokens (prefix/registers unrotated)
     rope_base: float = 100.0
+    # Position-embedding resampling at another resolution: False = bicubic without
+    # anti-aliasing (as before); True = timm's (anti-aliased when shrinking), e.g. DINOv2's
+    # 518 px table at 224 px. Identity at img_size either way.
+    pos_embed_antialias: bool = False
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -429,7 +435,8 @@ class ViT(nn.Module):
                                                  self.num_prefix_tokens))[None]
         else:
             pe = self.pos_embed_param
-        return resample_pos_embed(pe, grid, self.grid_size, self.num_prefix_tokens)
+        return resample_pos_embed(pe, grid, self.grid_size, self.num_prefix_tokens,
+                                  self.pos_embed_antialias)
 
     def _prefix_tokens(self, batch: int) -> Array:
         """(B, P, D) [CLS] followed by the extra prefix tokens."""

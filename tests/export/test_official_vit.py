@@ -36,7 +36,7 @@ def _randomise(torch, model, seed=0):
 
 def _timm_dinov2(torch, timm, arch, size):
   model = timm.create_model(arch, pretrained=False, img_size=size, embed_dim=D, depth=2,
-                            num_heads=HEADS, num_classes=0)
+                            num_heads=HEADS, num_classes=0, dynamic_img_size=True)
   return _randomise(torch, model)
 
 
@@ -103,6 +103,14 @@ def test_dinov2_import_matches_timm(torch_timm, arch, kind, chunks):
     diffs.append(np.abs(np.asarray(out['registers']) - tokens[:, 1:1 + regs]).max())
   print(f'{arch} {kind}: max abs diff {max(diffs):.2e}')
   np.testing.assert_array_less(max(diffs), 1e-4)
+  if kind == 'hub':   # another resolution: timm's resampled position embedding (3x3 -> 2x2, 5x5)
+    for size in (28, 70):
+      y = np.random.default_rng(size).normal(size=(2, size, size, 3)).astype(np.float32)
+      with torch.no_grad():
+        theirs = model(_nchw(torch, y)).numpy()
+      diff = np.abs(np.asarray(net.apply(variables, y)) - theirs).max()
+      print(f'{arch} at {size} px: max abs diff {diff:.2e}')
+      np.testing.assert_array_less(diff, 1e-4)
 
 
 def test_ijepa_import_matches_timm(torch_timm):

@@ -139,6 +139,13 @@ def test_pos_embed_interpolation():
     up = vit_lib.resample_pos_embed(pe, (4, 4), (2, 2), 1)
     assert up.shape == (1, 1 + 16, 8)
     np.testing.assert_array_equal(np.asarray(up[:, 0]), np.asarray(pe[:, 0]))
+    for aa in (False, True):   # identity at the native grid either way
+        assert vit_lib.resample_pos_embed(pe, (2, 2), (2, 2), 1, antialias=aa) is pe
+    big = jax.random.normal(jax.random.key(1), (1, 1 + 37 * 37, 8))   # DINOv2 518 px -> 224 px
+    sharp = vit_lib.resample_pos_embed(big, (16, 16), (37, 37), 1)
+    smooth = vit_lib.resample_pos_embed(big, (16, 16), (37, 37), 1, antialias=True)
+    assert smooth.shape == (1, 1 + 256, 8) and float(smooth[:, 1:].std()) < float(
+        sharp[:, 1:].std())   # anti-aliasing low-passes the shrunk table
     m = ViT(img_size=28, patch_size=14, embed_dim=32, depth=1, num_heads=2, num_registers=1)
     v = m.init(jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32))
     out = m.apply(v, np.zeros((1, 56, 56, 3), np.float32), method=ViT.encode)
