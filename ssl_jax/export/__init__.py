@@ -1,6 +1,6 @@
 """Encoder export (Orbax encoder-only checkpoints; timm-layout safetensors) and import of official
-PyTorch ViT checkpoints (DINO, MAE, MoCo v3). Imports are lazy so ``import ssl_jax.export`` is
-cheap and needs neither torch nor safetensors."""
+PyTorch ViT checkpoints (DINO, MAE, MoCo v3, DINOv2 with or without registers, I-JEPA). Imports
+are lazy so ``import ssl_jax.export`` is cheap and needs neither torch nor safetensors."""
 from __future__ import annotations
 
 
@@ -18,7 +18,8 @@ def load_encoder(directory: str):
 
 
 def load_vit_checkpoint(path: str, layout: str = 'auto', num_heads: int | None = None):
-  """(ViT module, variables) from an official DINO / MAE / MoCo v3 PyTorch checkpoint file."""
+  """(ViT module, variables) from an official DINO / MAE / MoCo v3 / DINOv2 / I-JEPA PyTorch
+  checkpoint file."""
   from ssl_jax.export import torch_import  # pylint: disable=g-import-not-at-top
   return torch_import.load_vit_checkpoint(path, layout, num_heads)
 

@@ -8,6 +8,13 @@ conversion is a rename plus a layout change per tensor:
 * ``LayerNorm``/``BatchNorm`` scale     -> ``.weight``; BatchNorm ``mean``/``var`` ->
   ``running_mean``/``running_var`` (+ ``num_batches_tracked``, which timm's state dict carries)
 * ViT with fixed sin-cos position embedding: timm's ``pos_embed`` is regenerated as a tensor.
+* ViT register tokens (``register_tokens``, Darcet et al. 2024) are appended to timm's
+  ``reg_token`` and get zero ``pos_embed`` rows (timm adds a position embedding to every prefix
+  token unless ``no_embed_class``; a zero row leaves them as ssl_jax runs them).
+* LayerScale (``ls1``/``ls2.gamma``) and QK-norm (``attn.q_norm``/``k_norm``) keep their names;
+  timm builds them from ``init_values`` and ``qk_norm``. SwiGLU's packed ``mlp.fc1`` (D, 2H) is
+  timm's ``SwiGLUPacked``, built by the ``vit_giant_patch14_dinov2`` architecture with
+  ``mlp_ratio = 2H / D``. 2-D RoPE has no timm ``VisionTransformer`` twin and is refused.
 
 ``timm_model_args(backbone)`` gives the keyword arguments that build the matching timm model::
 
@@ -100,7 +107,43 @@ def to_timm_state_dict(backbone, variables) -> dict[str, np.ndarray]:
   if isinstance(backbone, vit_lib.ViT) and backbone.pos_embed == 'sincos':
     out['pos_embed'] = vit_lib.sincos_2d_pos_embed(backbone.embed_dim, backbone.grid_size,
                                                    backbone.num_prefix_tokens)[None]
+  if isinstance(backbone, vit_lib.ViT) and backbone.num_registers:
+    out = _merge_registers(backbone, out)
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _merge_registers(backbone, sd: dict) -> dict:
+  """ssl_jax's ``register_tokens`` -> the tail of timm's ``reg_token``, with zero ``pos_embed``
+  rows at their positions (sequence [cls, reg..., registers..., patches] in both)."""
+  sd = dict(sd)
+  p, regs = backbone.num_prefix_tokens, sd.pop('register_tokens')
+  if p < 1:
+    raise ValueError('timm places register tokens after a class token; this ViT has '
+                     'num_prefix_tokens=0 (use the Orbax encoder export)')
+  sd['reg_token'] = np.concatenate([sd['reg_token'], regs], 1) if 'reg_token' in sd else regs
+  if 'pos_embed' in sd:
+    pe = sd['pos_embed']
+    sd['pos_embed'] = np.concatenate(
+        [pe[:, :p], np.zeros((1, regs.shape[1], pe.shape[2]), pe.dtype), pe[:, p:]], 1)
+  return sd
+
+
+def _split_registers(backbone, sd: dict) -> dict:
+  """Inverse of :func:`_merge_registers` (a state dict that already holds ``register_tokens``,
+  e.g. DINOv2's, is returned as it is)."""
+  if 'register_tokens' in sd:
+    return sd
+  sd, p, r = dict(sd), backbone.num_prefix_tokens, backbone.num_registers
+  reg = sd.pop('reg_token')
+  if reg.shape[1] != p - 1 + r:
+    raise ValueError(f'timm reg_token holds {reg.shape[1]} tokens, this ViT needs '
+                     f'{p - 1} prefix + {r} register tokens')
+  sd['register_tokens'] = reg[:, p - 1:]
+  if p > 1:
+    sd['reg_token'] = reg[:, :p - 1]
+  if 'pos_embed' in sd:
+    sd['pos_embed'] = np.concatenate([sd['pos_embed'][:, :p], sd['pos_embed'][:, p + r:]], 1)
+  return sd
 
 
 def from_timm_state_dict(backbone, state_dict) -> dict:
@@ -109,12 +152,16 @@ def from_timm_state_dict(backbone, state_dict) -> dict:
   identity) are ignored; a missing key raises KeyError naming it."""
   sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
         for k, v in state_dict.items()}
+  if isinstance(backbone, vit_lib.ViT) and backbone.num_registers:
+    sd = _split_registers(backbone, sd)
   template = jax.eval_shape(_init_fn(backbone))
   params = traverse_util.flatten_dict(template['params'])
   out_params = {}
   for path, spec in params.items():
     if len(path) == 1:
       key = path[0]
+      if key not in sd:
+        raise KeyError(f'state dict has no {key!r} (needed for flax {key})')
       tensor = sd[key]
     else:
       suffix, _ = _leaf_to_torch(path, np.zeros((1,) * len(spec.shape)))
@@ -154,13 +201,37 @@ def timm_model_args(backbone) -> tuple[str, dict]:
     if p >= 1 and backbone.pool == 'token' and backbone.pool_token != 0:
       raise ValueError(f'timm pools prefix token 0 only, this ViT pools token '
                        f'{backbone.pool_token} (model.pool_token); use the Orbax encoder export')
+    if backbone.rope:
+      raise ValueError('timm\'s VisionTransformer has no 2-D RoPE (model.rope=True); use the '
+                       'Orbax encoder export')
+    if backbone.layer_norm_eps != 1e-6:
+      raise ValueError(f'timm\'s VisionTransformer uses LayerNorm eps 1e-6, this ViT '
+                       f'{backbone.layer_norm_eps}; use the Orbax encoder export')
     kw = dict(img_size=backbone.img_size, patch_size=backbone.patch_size,
               embed_dim=backbone.embed_dim, depth=backbone.depth, num_heads=backbone.num_heads,
               mlp_ratio=backbone.mlp_ratio, qkv_bias=backbone.qkv_bias, num_classes=0,
-              class_token=p >= 1, reg_tokens=max(p - 1, 0),
+              class_token=p >= 1, reg_tokens=max(p - 1, 0) + backbone.num_registers,
               global_pool='token' if p >= 1 and backbone.pool == 'token' else 'avg',
               fc_norm=False)
-    return _VIT_ARCH.get(backbone.embed_dim, 'vit_base_patch16_224'), kw
+    if backbone.num_registers and p < 1:
+      raise ValueError('timm places register tokens after a class token; this ViT has '
+                       'num_prefix_tokens=0 (use the Orbax encoder export)')
+    if backbone.pos_embed == 'none':
+      kw['pos_embed'] = 'none'
+    # Defaults-off parts stay out of the kwargs, so older timm versions build plain ViTs.
+    if backbone.layerscale_init:
+      kw['init_values'] = float(backbone.layerscale_init)
+    if backbone.qk_norm:
+      kw['qk_norm'] = True
+    arch = _VIT_ARCH.get(backbone.embed_dim, 'vit_base_patch16_224')
+    if backbone.mlp == 'swiglu':
+      # The DINOv2 ViT-g architecture brings SwiGLUPacked + SiLU (classes, not JSON); every
+      # other argument of it is overridden here. int(D * ratio) must be exactly 2H.
+      hidden = vit_lib.swiglu_hidden_dim(backbone.embed_dim, backbone.mlp_ratio)
+      arch = 'vit_giant_patch14_dinov2'
+      kw['mlp_ratio'] = (2 * hidden + 0.5) / backbone.embed_dim
+      kw.setdefault('init_values', 0.0)   # falsy: no LayerScale (create_model drops None)
+    return arch, kw
   if isinstance(backbone, resnet_lib.ResNet):
     arch = {(2, 2, 2, 2): 'resnet18', (3, 4, 6, 3): 'resnet50'}.get(tuple(backbone.stage_sizes))
     if arch is None:
