@@ -109,6 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ignore_quarantined = False  # start at step 0 although checkpoints_corrupt/ holds the run
   c.train.preemption_sync_every = 10  # multi-process: agree on a SIGTERM stop every N steps
   c.train.progress_bar = True
+  c.train.wandb_project = ''      # Weights & Biases project ('' = TensorBoard only; pip install wandb)
+  c.train.wandb_mode = 'online'   # 'online' | 'offline' (WORKDIR/wandb, `wandb sync` later) | 'disabled'
   c.train.final_eval = True      # kNN of the trained and of a random-init encoder at the end
   # Resume with a config whose trajectory fields (batch size, steps, optim.*, method.*, model.*,
   # data source, seed...) differ from WORKDIR/config.json: False stops with the differences,
@@ -310,6 +312,8 @@ def validate(config, num_devices: int | None = None):
   _choice(config.eval.get('linear_normalize', 'standardize'), 'eval.linear_normalize',
           ('standardize', 'l2', 'none'))
   _choice(config.eval.get('plot', ''), 'eval.plot', ('tsne', 'umap', ''))
+  _choice(config.train.get('wandb_mode', 'online'), 'train.wandb_mode',
+          ('online', 'offline', 'disabled'))
   _require(all(isinstance(k, int) and k > 0 for k in config.eval.get('knn_ks', (20,))),
            'eval.knn_ks', f"must be positive integers, got {config.eval.get('knn_ks')!r}")
   _choice(config.data.source, 'data.source', ('builtin', 'tfds', 'folder'))

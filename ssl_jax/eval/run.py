@@ -117,9 +117,8 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
 
   if is_main:
     paths.write_json_atomic(paths.as_path(exp.workdir) / 'eval.json', result)
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    # tensorboardX writes gs:// itself (google-cloud-storage) and local paths.
-    with SummaryWriter(str(paths.as_path(exp.workdir) / 'tensorboard')) as writer:
+    from ssl_jax.train import summaries  # pylint: disable=g-import-not-at-top
+    with summaries.Summaries(exp.workdir, c) as writer:   # TensorBoard [+ W&B]
       for key, value in result.items():
         if isinstance(value, float) and key != 'eval_seconds':
           writer.add_scalar(f'eval/{key}', value, step)

@@ -18,6 +18,7 @@ from ssl_jax import paths
 from ssl_jax.data import pipeline, sources
 from ssl_jax.eval import knn
 from ssl_jax.train import checkpoint as ckpt_lib
+from ssl_jax.train import summaries
 from ssl_jax.train import experiment as experiment_lib
 from ssl_jax.train import preemption
 from ssl_jax.train import sharding, step as step_lib
@@ -32,12 +33,11 @@ def _is_main() -> bool:
   return jax.process_index() == 0
 
 
-def _summary_writer(workdir):
+def _summary_writer(workdir, config=None):
+  """TensorBoard (and W&B when config.train.wandb_project is set) on process 0, else None."""
   if not _is_main():
     return None
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  # tensorboardX writes gs:// itself (google-cloud-storage) and local paths; one string for both.
-  return SummaryWriter(str(paths.as_path(workdir) / 'tensorboard'))
+  return summaries.Summaries(workdir, config)
 
 
 # Kept under their old names for callers of the loop (tests, notebooks).
@@ -190,7 +190,7 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
   if data_state is not None:
     iterator.set_state(data_state)
   start = int(jax.device_get(state.step))
-  writer = _summary_writer(exp.workdir)
+  writer = _summary_writer(exp.workdir, c)
   bar = _progress(c.train.steps, start, c.train.progress_bar)
   history, last_metrics = [], {}
   # history.json spans every session of the run: the entries of earlier sessions up to the step

@@ -170,6 +170,8 @@ FIELD_RULES = (
     ('mesh.*', 'harmless'),            # device layout; the state is resharded on restore
     ('train.log_every', 'harmless'),
     ('train.progress_bar', 'harmless'),
+    ('train.wandb_project', 'harmless'),
+    ('train.wandb_mode', 'harmless'),
     ('train.checkpoint_every', 'harmless'),
     ('train.keep_checkpoints', 'harmless'),
     ('train.knn_every', 'harmless'),

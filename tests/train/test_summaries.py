@@ -1,0 +1,43 @@
+"""Scalars go to TensorBoard and, when config.train.wandb_project is set, to W&B (offline here)."""
+import glob
+import os
+
+import pytest
+
+from ssl_jax import config as config_lib
+from ssl_jax.train import summaries
+
+
+def _config(project='', mode='offline'):
+  c = config_lib.base_config()
+  c.train.wandb_project = project
+  c.train.wandb_mode = mode
+  return c
+
+
+def test_tensorboard_only_by_default(tmp_path):
+  with summaries.Summaries(str(tmp_path), _config()) as w:
+    w.add_scalar('train/loss', 1.0, 1)
+  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+  assert not os.path.exists(tmp_path / 'wandb')
+
+
+def test_wandb_offline_run_has_the_scalars_and_one_id_per_workdir(tmp_path, monkeypatch):
+  pytest.importorskip('wandb')
+  monkeypatch.setenv('WANDB_SILENT', 'true')
+  for step in (1, 2):   # two sessions of one run (a resume): the same W&B run id
+    with summaries.Summaries(str(tmp_path), _config('ssl_jax_tests')) as w:
+      w.add_scalar('train/ssl_jax_test_metric', 0.5 * step, step)
+  run_id = summaries.wandb_run_id(str(tmp_path))
+  runs = glob.glob(str(tmp_path / 'wandb' / f'offline-run-*-{run_id}'))
+  assert len(runs) == 2, os.listdir(tmp_path / 'wandb')
+  for run in runs:
+    (log,) = glob.glob(os.path.join(run, f'run-{run_id}.wandb'))
+    assert b'train/ssl_jax_test_metric' in open(log, 'rb').read()
+  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+
+
+def test_bad_wandb_mode_is_refused():
+  c = _config('p', mode='ofline')
+  with pytest.raises(ValueError, match="train.wandb_mode='ofline'.*did you mean 'offline'"):
+    config_lib.validate(c)
