@@ -10,6 +10,12 @@ Variants (``--config=configs/ijepa.py:<variant>[,<backbone>]``):
       python -m ssl_jax.main --config=configs/ijepa.py:builtin --workdir=/tmp/ijepa_builtin
       python benchmarks/quality.py configs/ijepa.py:builtin
 
+* ``cifar10`` — ViT-S (default; or ``cifar10,vit_tiny``) with 4 px patches at 32 px (an 8x8 grid),
+  predictor 192-d x 6 blocks, batch 512, 300 epochs, EMA 0.996 -> 1; a scaled-down recipe not yet
+  trained to completion here::
+
+      python -m ssl_jax.main --config=configs/ijepa.py:cifar10 --workdir=gs://BUCKET/ijepa_c10
+
 * ``imagenet`` — the paper's ViT-H/14 at 224 px (the default; ``imagenet,vit_base`` and
   ``imagenet,vit_large`` give ViT-B/16 and ViT-L/16, the paper's smaller models, with the same
   recipe) following the official ``configs/in1k_vith14_ep300.yaml``: 4 target blocks of scale
@@ -72,6 +78,13 @@ def get_config(arg: str = 'builtin'):
     m.pred_dim, m.pred_depth, m.pred_heads = 64, 2, 4
     m.momentum = 0.99
     common.schedule(c, steps=1000, warmup_steps=50, checkpoint_every=500)
+  elif variant == 'cifar10':
+    common.cifar10_data(c, crop_scale=(0.3, 1.0), batch_size=512)
+    c.data.flip = 0.0
+    common.vit(c, backbone, default='vit_small', patch_size=4)
+    m.pred_dim, m.pred_depth, m.pred_heads = 192, 6, 6
+    common.schedule(c, steps=300 * 97, warmup_steps=15 * 97, checkpoint_every=5000,
+                    knn_every=10000)
   elif variant == 'imagenet':
     common.imagenet_data(c, batch_size=2048, crop_scale=(0.3, 1.0))
     c.data.flip = 0.0
