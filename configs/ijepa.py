@@ -5,7 +5,9 @@ Variants (``--config=configs/ijepa.py:<variant>[,<backbone>]``):
 
 * ``builtin`` — a 64-d, depth-4 ViT with 2 px patches on the built-in MNIST-5k set at 16 px (an
   8x8 patch grid, so that 4 target blocks of 15-20 % fit), predictor 64-d x 2 blocks, batch 64;
-  CPU-sized::
+  CPU-sized. NOT YET AT THE BAR: 1000 steps gave kNN 0.403 vs 0.487 for the random encoder
+  (error ratio 1.16; loss 0.347 -> 0.088, target std 0.44, no collapse; 54 min on 2 shared
+  cores at load ~20). Longer runs / other EMA and lr settings are still to be tried::
 
       python -m ssl_jax.main --config=configs/ijepa.py:builtin --workdir=/tmp/ijepa_builtin
       python benchmarks/quality.py configs/ijepa.py:builtin
