@@ -10,7 +10,10 @@ and MAE (mask 0.75, decoder 4 blocks x 192 wide, 3 heads; ViT only), each on a C
 ResNet-18 (width 64) and on ViT-Tiny (embed 192, depth 12, heads 3, patch 4). Each config is
 ``configs/<method>.py:cifar10`` (DINO/MAE: ``cifar10,<backbone>``) with the row's overrides (see
 ``make_config``); the data source is switched to the built-in set (only the batch's shapes
-matter: one fixed batch is used).
+matter: one fixed batch is used). I-JEPA's rows are ours alone (no lightly step):
+``ijepa_vit_tiny`` (``configs/ijepa.py:cifar10,vit_tiny``: 32 px, an 8x8 grid, predictor
+192-d x 6; in ``all`` unless ``--vs_lightly``) and the MFU row ``ijepa_vit_base16``
+(``configs/ijepa.py:imagenet,vit_base``).
 
 What is timed: the real jitted train step (``step.jit_train_step`` of ``experiment.Experiment``) (on-device augmentation with the
 config's recipes, forward, backward, optimizer update, EMA teacher / DINO center updates, the
@@ -70,9 +73,14 @@ ALL_ROWS = tuple(f'{m}_{b}' for m in METHODS for b in BACKBONES)
 # The accelerator rows (``--rows mfu``): the papers' ImageNet steps of ViT-B/16 at 224 px, bf16.
 MFU_ROWS = ('mae_vit_base16', 'dino_vit_base16')
 NOT_APPLICABLE = {'mae_resnet18': 'MAE masks ViT patches; no ResNet variant'}
+# Rows of ours alone (no lightly_step.py counterpart): I-JEPA on ViT-Tiny/4 at 32 px and (an MFU
+# row) the paper's step on ViT-B/16 at 224 px.
+OURS_ONLY_ROWS = ('ijepa_vit_tiny',)
+MFU_ROWS += ('ijepa_vit_base16',)
 LABELS = {'simclr': 'SimCLR', 'byol': 'BYOL', 'dino': 'DINO', 'mae': 'MAE',
           'resnet18': 'ResNet-18 (CIFAR stem)', 'vit_tiny': 'ViT-Tiny/4',
           'vit_base16': 'ViT-B/16, 224 px'}
+LABELS['ijepa'] = 'I-JEPA'
 
 # Dense (no sparsity) bf16 peak TFLOP/s of one JAX device, from the vendors' data sheets, for MFU.
 # Matched in order as a substring of the lower-cased ``device_kind``; TPU v2/v3 devices are single
@@ -124,7 +132,7 @@ def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str 
   if bb == 'vit_base16':
     c = load_config(method, 'imagenet,vit_base')
     c.data.max_upscale = 1e3  # 224 px crops of the built-in 28 px digits: only shapes matter
-  elif method in ('dino', 'mae'):
+  elif method in ('dino', 'mae', 'ijepa'):
     c = load_config(method, f'cifar10,{bb}')
   else:
     c = load_config(method, 'cifar10')
@@ -351,7 +359,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--rows', default='all',
                  help=f"'all' (the CPU rows), 'mfu' ({', '.join(MFU_ROWS)}: ViT-B/16 at 224 px, "
-                 f"for accelerators) or a comma list of {', '.join(ALL_ROWS + MFU_ROWS)}")
+                 'for accelerators) or a comma list of '
+                 f"{', '.join(ALL_ROWS + OURS_ONLY_ROWS + MFU_ROWS)}")
   p.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
                  help='compute dtype (model.dtype); auto: bfloat16 for the ViT-B/16 rows, '
                  'float32 for the others')
@@ -382,13 +391,15 @@ def main():
                  'Eigen; see docs/performance.md)')
   args = p.parse_args()
   from ssl_jax import runtime  # pylint: disable=g-import-not-at-top
-  rows = {'all': ALL_ROWS, 'mfu': MFU_ROWS}.get(args.rows) or tuple(args.rows.split(','))
+  cpu_rows = ALL_ROWS + (() if args.vs_lightly else OURS_ONLY_ROWS)
+  rows = {'all': cpu_rows, 'mfu': MFU_ROWS}.get(args.rows) or tuple(args.rows.split(','))
   for row in rows:
-    if row not in ALL_ROWS + MFU_ROWS:
-      p.error(f'unknown row {row!r}; choose from {", ".join(ALL_ROWS + MFU_ROWS)}')
-    if args.vs_lightly and row in MFU_ROWS:
-      p.error(f'--vs_lightly: lightly_step.py has no {row} step (ResNet-18 and ViT-Tiny rows '
-              'only); time the ViT-B/16 rows without it')
+    if row not in ALL_ROWS + OURS_ONLY_ROWS + MFU_ROWS:
+      p.error(f'unknown row {row!r}; choose from '
+              f'{", ".join(ALL_ROWS + OURS_ONLY_ROWS + MFU_ROWS)}')
+    if args.vs_lightly and row not in ALL_ROWS:
+      p.error(f'--vs_lightly: lightly_step.py has no {row} step (the SimCLR, BYOL, DINO and '
+              'MAE ResNet-18 and ViT-Tiny rows only); time this row without it')
   if args.peak_tflops < 0:
     p.error(f'--peak_tflops={args.peak_tflops}: must be positive (or 0: look it up)')
   ynn = args.xla_ynn

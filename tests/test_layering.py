@@ -20,7 +20,7 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / 'ssl_jax'
-FAMILIES = ('contrastive', 'distillation', 'masked', 'pretext', 'hybrid')
+FAMILIES = ('contrastive', 'distillation', 'masked', 'pretext', 'hybrid', 'jepa')
 TRAIN_CLIENTS = ('loop', 'memory')
 
 # Lowest layer first; a node may import nodes of its own or lower layers (docs/architecture.md).

@@ -9,6 +9,10 @@
   rejection loop has a data-dependent trip count.
 - :class:`BlockMaskBank` — the same BEiT masks drawn on device (iBOT, data2vec): a bank
   precomputed on the host, one entry and one of the grid's 8 symmetries picked per image.
+- :func:`multiblock_masks` — I-JEPA's multi-block context / target masks (Assran et al., "Self-
+  Supervised Learning from Images with a Joint-Embedding Predictive Architecture", CVPR 2023),
+  drawn on device with static token counts; :func:`block_size` and
+  :func:`multiblock_token_counts` are its host-side helpers.
 """
 
 from __future__ import annotations
@@ -179,3 +183,111 @@ class BlockMaskBank:
       on = jax.random.bernoulli(k_on, self.mask_prob, (batch,))
       m = m & on[:, None, None]
     return m.reshape(batch, -1)
+
+
+# ----------------------------------------------------------------------------- I-JEPA multi-block
+
+def block_size(u, grid: int, scale, aspect):
+  """I-JEPA's block (h, w) on a ``grid`` x ``grid`` patch grid for one uniform draw ``u``.
+
+  As the official ``MaskCollator._sample_block_size`` (facebookresearch/ijepa,
+  src/masks/multiblock.py): *one* draw sets both the scale ``s = s0 + u (s1 - s0)`` and the aspect
+  ratio ``r = r0 + u (r1 - r0)``, ``K = floor(N s)``, ``h = round(sqrt(K r))``,
+  ``w = round(sqrt(K / r))``, each capped at ``grid - 1``. ``u`` is a Python float (host) or a
+  traced scalar (device); both round half to even, as Python's ``round``.
+  """
+  xp = np if isinstance(u, (float, int, np.floating, np.ndarray)) else jnp
+  s = scale[0] + u * (scale[1] - scale[0])
+  r = aspect[0] + u * (aspect[1] - aspect[0])
+  keep = xp.floor(grid * grid * s)
+  h = xp.minimum(xp.round(xp.sqrt(keep * r)), grid - 1).astype(np.int32)
+  w = xp.minimum(xp.round(xp.sqrt(keep / r)), grid - 1).astype(np.int32)
+  return h, w
+
+
+def _box(top, left, h, w, grid: int):
+  """(grid * grid,) bool, True inside the h x w block at (top, left); all traced scalars."""
+  rows = jnp.arange(grid)[:, None]
+  cols = jnp.arange(grid)[None, :]
+  inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+  return inside.reshape(-1)
+
+
+def _first_k(mask, k: int):
+  """(k,) int32 indices of ``mask``'s True entries in raster order (the official collator's
+  ``nonzero`` then ``[:k]``). Where fewer than k are True the list repeats them cyclically, so
+  every index still lies inside the mask (static shape, no padding token)."""
+  order = jnp.argsort(~mask, stable=True).astype(jnp.int32)   # True entries first, in order
+  count = jnp.maximum(jnp.sum(mask), 1)
+  return order[jnp.arange(k) % count]
+
+
+def multiblock_masks(rng, batch: int, grid: int, *, num_targets: int = 4,
+                     target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
+                     context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0),
+                     num_target_tokens: int, num_context_tokens: int):
+  """I-JEPA multi-block masks (Assran et al. 2023, Sec. 3; the official ``MaskCollator``), jittable.
+
+  Per batch one target block size and one context block size (:func:`block_size`; the official
+  collator draws them once per batch from a shared seed). Per image, ``num_targets`` target
+  blocks and one context block at uniform positions ``top ~ U{0, ..., grid - h - 1}`` (the
+  official ``randint(0, H - h)``, whose upper end is exclusive); the target blocks are removed
+  from the context block. Shapes stay static under jit: every target block keeps its first
+  ``num_target_tokens`` patches in raster order and the context its first
+  ``num_context_tokens`` -- the official collator truncates the same way, to the minimum over
+  the batch. Choose ``num_target_tokens`` <= the smallest block (:func:`multiblock_token_counts`)
+  so targets are never padded; a context with fewer patches than ``num_context_tokens`` repeats
+  its patches (the official collator instead redraws contexts with at most ``min_keep`` = 10).
+
+  Returns:
+    context_ids: (B, num_context_tokens) int32 patch indices of the context.
+    target_ids: (B, num_targets, num_target_tokens) int32 patch indices of each target block.
+    context_mask: (B, N) bool, the whole context (before truncation).
+    target_masks: (B, num_targets, N) bool, the whole target blocks.
+  """
+  k_size, k_pos = jax.random.split(rng)
+  u_t, u_c = jax.random.uniform(k_size, (2,))
+  th, tw = block_size(u_t, grid, target_scale, target_aspect)
+  ch, cw = block_size(u_c, grid, context_scale, context_aspect)
+
+  def one(key):
+    k_t, k_c = jax.random.split(key)
+    kt_top, kt_left = jax.random.split(k_t)
+    tops = jax.random.randint(kt_top, (num_targets,), 0, grid - th)
+    lefts = jax.random.randint(kt_left, (num_targets,), 0, grid - tw)
+    targets = jax.vmap(lambda t, l: _box(t, l, th, tw, grid))(tops, lefts)
+    kc_top, kc_left = jax.random.split(k_c)
+    top = jax.random.randint(kc_top, (), 0, grid - ch)
+    left = jax.random.randint(kc_left, (), 0, grid - cw)
+    context = _box(top, left, ch, cw, grid) & ~jnp.any(targets, axis=0)
+    target_ids = jax.vmap(lambda m: _first_k(m, num_target_tokens))(targets)
+    return _first_k(context, num_context_tokens), target_ids, context, targets
+
+  context_ids, target_ids, context, targets = jax.vmap(one)(jax.random.split(k_pos, batch))
+  return {'context_ids': context_ids, 'target_ids': target_ids, 'context_mask': context,
+          'target_masks': targets}
+
+
+def multiblock_token_counts(grid: int, *, num_targets: int = 4, target_scale=(0.15, 0.2),
+                            target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0),
+                            context_aspect=(1.0, 1.0), samples: int = 1024,
+                            quantile: float = 0.01, seed: int = 0) -> tuple[int, int]:
+  """Default static (num_target_tokens, num_context_tokens) for :func:`multiblock_masks`.
+
+  Targets: the smallest block area over the whole size range, so no target is ever padded
+  (evaluated on a fine grid of draws; areas are a step function of the draw). Context: the
+  ``quantile`` of the context sizes over ``samples`` draws (with a fixed seed, so a config always
+  gets the same count) -- 1 % approximates the official collator's minimum over a GPU's batch of
+  128 images, so about one image in a hundred repeats some context patches.
+  """
+  us = np.linspace(0.0, 1.0, 10001)
+  h, w = block_size(us, grid, target_scale, target_aspect)
+  num_target = int(np.min(h * w))
+  draw = lambda k: multiblock_masks(   # batches of one: each draw its own block sizes
+      k, 1, grid, num_targets=num_targets, target_scale=target_scale,
+      target_aspect=target_aspect, context_scale=context_scale, context_aspect=context_aspect,
+      num_target_tokens=1, num_context_tokens=1)['context_mask'][0]
+  keys = jax.random.split(jax.random.PRNGKey(seed), samples)
+  counts = np.asarray(jax.jit(jax.vmap(draw))(keys)).sum(axis=1)
+  num_context = int(max(1, np.floor(np.quantile(counts, quantile))))
+  return num_target, num_context

@@ -6,7 +6,7 @@ paper it implements. No parameters, no state. The families:
 
 * ``common``: Pieces every loss family uses
 * ``contrastive``: Contrastive losses over one InfoNCE core
-* ``regression``: Non-contrastive regression of one view onto the other
+* ``regression``: Non-contrastive regression of one view onto the other; I-JEPA in latent space
 * ``redundancy``: Redundancy reduction and variance-covariance regularisation
 * ``clustering``: Online clustering with balanced assignments
 * ``distillation``: Self-distillation from an EMA teacher
@@ -35,7 +35,7 @@ from ssl_jax.losses.contrastive import (
     cmc_view_pairs, cmc_loss, cpc_infonce, info_nce_with_negatives, info_nce_queue,
     memory_bank_info_nce, in_batch_info_nce, moco_v3_contrastive, moco_v3_symmetric,
     nearest_neighbour, nnclr_contrastive, nnclr_symmetric)
-from ssl_jax.losses.regression import normalized_mse, negative_cosine
+from ssl_jax.losses.regression import normalized_mse, negative_cosine, ijepa_loss, IJEPA_LOSSES
 from ssl_jax.losses.redundancy import barlow_twins, vicreg
 from ssl_jax.losses.clustering import sinkhorn_knopp, swav
 from ssl_jax.losses.distillation import (

@@ -1,4 +1,4 @@
-"""Non-contrastive regression of one view onto the other: BYOL, SimSiam."""
+"""Non-contrastive regression of one view onto the other: BYOL, SimSiam; I-JEPA in latent space."""
 from __future__ import annotations
 
 import jax
@@ -42,3 +42,36 @@ def negative_cosine(p, z):
   """
   p, z = l2_normalize(p), l2_normalize(z)
   return -jnp.mean(jnp.sum(p * z, axis=-1))
+
+
+IJEPA_LOSSES = ('smooth_l1', 'l2')
+
+
+def ijepa_loss(pred, target, kind: str = 'smooth_l1', beta: float = 1.0):
+  r"""I-JEPA's prediction loss, averaged over target patches, blocks and the batch.
+
+  Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive
+  Architecture", CVPR 2023, Eq. (1): for M target blocks :math:`B_i` of predictions
+  :math:`\hat s_{y_j}` and target-encoder outputs :math:`s_{y_j}` (layer-normed per token),
+
+  .. math::
+     \mathcal{L} = \frac{1}{M} \sum_{i=1}^{M} \sum_{j \in B_i}
+                   \lVert \hat s_{y_j} - s_{y_j} \rVert_2^2 .
+
+  ``kind='l2'`` is that squared distance, ``kind='smooth_l1'`` (the default) what the official
+  code trains with (facebookresearch/ijepa, src/train.py: ``F.smooth_l1_loss(z, h)``, beta 1):
+  per element :math:`\tfrac12 d^2 / \beta` for :math:`|d| < \beta`, else :math:`|d| - \tfrac12
+  \beta`. Both are the mean over every element (the official ``reduction='mean'``), i.e. the
+  paper's sum per token divided by D and by the tokens per block, so its learning rates carry
+  over. On layer-normed targets most :math:`|d| < 1`, where smooth-L1 is half the L2.
+
+  Args:
+    pred, target: (..., K, D) predictions and targets (the caller stops the target's gradient).
+  """
+  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  if kind == 'l2':
+    return jnp.mean(d ** 2)
+  if kind == 'smooth_l1':
+    a = jnp.abs(d)
+    return jnp.mean(jnp.where(a < beta, 0.5 * d ** 2 / beta, a - 0.5 * beta))
+  raise ValueError(f'I-JEPA loss kind={kind!r} is not one of {IJEPA_LOSSES}')

@@ -41,6 +41,7 @@ METHODS = {
     'cutpaste': 'ssl_jax.methods.pretext.cutpaste:CutPaste',
     'colorization': 'ssl_jax.methods.pretext.colorization:Colorization',
     'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
+    'ijepa': 'ssl_jax.methods.jepa.ijepa:IJEPA',
 }
 
 _BUILTIN_METHODS = dict(METHODS)
