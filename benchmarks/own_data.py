@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -222,6 +223,8 @@ def main():
           'knn_top1': round(top1, 3), 'knn_top1_random': round(top0, 3),
           'error_ratio': round(ratio, 3), 'bar_met': bool(bar), 'wall_s': round(s['wall_s']),
           'rankme': round(s.get('rankme', 0), 1), 'cpu': cpu_name(),
+          'process_cpu_s': round(resource.getrusage(resource.RUSAGE_SELF).ru_utime
+                                 + resource.getrusage(resource.RUSAGE_SELF).ru_stime),
           'load_start_end': [round(load0, 1), round(os.getloadavg()[0], 1)]}), flush=True)
 
 

@@ -287,9 +287,9 @@ def check_run_length(train):
   _choice(train.get('steps_from', ''), 'train.steps_from', ('', 'epochs', 'budget_minutes'))
   if train.get('steps_from', ''):
     return
-  _require(not (steps and epochs), 'train.epochs',
-           f'={epochs} and train.steps={steps} are both set; set exactly one, e.g. add '
-           '--config.train.steps=0 to train by epochs')
+  if steps and epochs:
+    raise ValueError(f'config.train.epochs={epochs:g} and config.train.steps={steps} are both set; '
+                     'set exactly one, e.g. add --config.train.steps=0 to train by epochs')
   _require(bool(steps or epochs or budget), 'train.steps',
            'is 0 and neither train.epochs nor train.budget_minutes is set; set one, e.g. '
            '--config.train.epochs=40')

@@ -30,7 +30,8 @@ def _train(**fields):
 
 
 def test_exactly_one_of_steps_and_epochs():
-  with pytest.raises(ValueError, match=r'config.train.epochs.*both set.*--config.train.steps=0'):
+  both = r'config.train.epochs=40 and config.train.steps=300 are both set.*--config.train.steps=0'
+  with pytest.raises(ValueError, match=both):
     config_lib.check_run_length(_train(steps=300, epochs=40.0))
   with pytest.raises(ValueError, match=r'config.train.steps: is 0 .*--config.train.epochs='):
     config_lib.check_run_length(_train(steps=0))
