@@ -195,6 +195,23 @@ def run(method: str, root: str, minutes: float, workdir: str, overrides=()) -> d
   return summary
 
 
+def random_baseline(method: str, root: str, minutes: float) -> dict:
+  """kNN top-1 and label-free monitors of the folder recipe's random-init encoder (no training:
+  one init and one feature compile), so a folder's difficulty is known before any run."""
+  from ssl_jax.eval import knn, monitors  # pylint: disable=g-import-not-at-top
+  from ssl_jax.train import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  c = importlib.import_module(f'configs.{method}').get_config(f'folder,{root},{minutes:g}')
+  c.train.steps, c.train.epochs, c.train.budget_minutes = 1, 0.0, 0.0
+  exp = experiment_lib.Experiment(c, tempfile.mkdtemp(prefix='own_random_'))
+  state = exp.initial_state()
+  scores, feats = knn.knn_eval(exp.feature_fn, state.params, state.buffers, c, exp.mesh)
+  z1, z2 = monitors.monitor_features(exp.feature_fn, state.params, state.buffers,
+                                     feats.train_source, mesh=exp.mesh,
+                                     image_size=c.data.image_size, batch_size=c.eval.batch_size)
+  return {'knn_top1_random': scores[c.eval.knn_k], **monitors.label_free_metrics(z1, z2)}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--methods', default='simclr,byol,moco')
@@ -205,12 +222,24 @@ def main():
   p.add_argument('--set', action='append', default=[], help='FIELD=VALUE override, e.g. '
                  'train.budget_minutes=5')
   p.add_argument('--generate_only', action='store_true')
+  p.add_argument('--random_only', action='store_true',
+                 help='only the random-init encoder (kNN, monitors) of each folder')
   a = p.parse_args()
   roots = {k: make_folder(k, a.cache, a.seed) for k in a.kinds.split(',')}
   if a.generate_only:
     print(json.dumps(roots, indent=1))
     return
   overrides = [s.split('=', 1) for s in a.set]
+  if a.random_only:
+    for kind, root in roots.items():
+      for method in a.methods.split(','):
+        t0, load0 = time.time(), os.getloadavg()[0]
+        r = {k: round(v, 3) for k, v in random_baseline(method, root, a.minutes).items()}
+        print(json.dumps({'kind': kind, 'method': method, **r, 'wall_s': round(time.time() - t0),
+                          'cpu': cpu_name(), 'load_start_end': [round(load0, 1),
+                                                                round(os.getloadavg()[0], 1)]}),
+              flush=True)
+    return
   for kind, root in roots.items():
     for method in a.methods.split(','):
       load0 = os.getloadavg()[0]

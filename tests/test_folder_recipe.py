@@ -1,6 +1,9 @@
 """The folder recipe's rules (configs/_folder.py): image count / size / colour / budget -> the
 chosen settings, and every flagship config's ``folder`` variant building a valid config."""
+import glob
 import importlib
+import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -89,3 +92,28 @@ def test_folder_variant_is_a_valid_config(method, tiny_folder, tmp_path, capsys)
   config_lib.validate(r)
   unlabelled = importlib.import_module(f'configs.{method}').get_config(f'folder,{grey}')
   assert not unlabelled.train.final_eval and unlabelled.train.monitor_every > 0
+
+
+def test_held_out_folders_are_reproducible(tmp_path, monkeypatch):
+  """benchmarks/own_data.py: a folder is a function of (kind, seed), labelled train/ and test/."""
+  spec = importlib.util.spec_from_file_location(
+      'own_data', os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'own_data.py'))
+  own = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(own)
+  monkeypatch.setattr(own, 'TRAIN', 16)
+  monkeypatch.setattr(own, 'TEST', 8)
+  for kind in ('shapes', 'textures'):
+    a = own.make_folder(kind, str(tmp_path / 'a'))
+    b = own.make_folder(kind, str(tmp_path / 'b'))
+    stats = folder_stats(a)
+    assert (stats.num_images, stats.side, stats.colour) == (16, 32, True)
+    assert 6 <= stats.num_classes <= 8             # 16 images over 8 balanced classes
+    files = sorted(glob.glob(os.path.join(a, '*', '*', '*.png')))
+    assert len(files) == 24
+    for f in files[::5]:
+      np.testing.assert_array_equal(np.asarray(Image.open(f)),
+                                    np.asarray(Image.open(f.replace(a, b))))
+  first = lambda root: np.asarray(Image.open(sorted(glob.glob(f'{root}/train/*/*.png'))[0]))
+  seed0 = own.make_folder('shapes', str(tmp_path / 'a'))
+  seed1 = own.make_folder('shapes', str(tmp_path / 'a'), seed=1)
+  assert seed0 != seed1 and not np.array_equal(first(seed0), first(seed1))
