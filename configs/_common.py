@@ -161,6 +161,8 @@ def takes_backbone(get_config):
 
   @functools.wraps(get_config)
   def with_backbone(arg: str = 'builtin'):
+    if arg.startswith('folder'):   # folder,PATH[,MINUTES]: the commas are the recipe's
+      return get_config(arg)
     variant, _, backbone = arg.partition(',')
     c = get_config(variant)
     return apply_backbone(c, backbone) if backbone else c

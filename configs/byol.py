@@ -22,11 +22,22 @@ Variants (``--config=configs/byol.py:<variant>``):
 import ml_collections
 
 from configs import _common as common
+from configs import _folder as folder
 from ssl_jax import config as config_lib
+
+
+def folder_config(arg: str):
+  """``folder,PATH[,MINUTES]``: the recipe chosen from the user's images (configs/_folder.py) on
+  top of the builtin (short budgets) or cifar10 BYOL settings."""
+  c = get_config(folder.base_variant(arg))
+  folder.configure(c, arg)
+  return c
 
 
 @common.takes_backbone
 def get_config(arg: str = 'builtin'):
+  if arg.startswith('folder'):
+    return folder_config(arg)
   c = config_lib.base_config()
   c.method.name = 'byol'
   c.method.momentum = 0.996

@@ -30,6 +30,7 @@ vit_small, vit_base, resnet18, resnet50 to override the variant's default):
 import ml_collections
 
 from configs import _common as common
+from configs import _folder as folder
 from ssl_jax import config as config_lib
 
 
@@ -136,7 +137,23 @@ def apply_scale(c, variant, backbone, name):
   return c
 
 
+def folder_config(arg: str):
+  """``folder,PATH[,MINUTES]``: the recipe chosen from the user's images (configs/_folder.py) on
+  top of the builtin (short budgets) or cifar10 DINO settings. Short budgets train a ResNet-18
+  (DINO works with ResNets, Caron et al. 2021 Table 2): a CPU-sized ViT learns too slowly here.
+  Local crops are half the global side."""
+  base = folder.base_variant(arg)
+  c = get_config(base)
+  r = folder.configure(c, arg, vit=base != 'builtin')
+  c.method.local_crop_size = r.image_size // 2
+  c.method.global_crop_scale = (max(0.3, r.crop_scale[0]), 1.0)
+  c.method.local_crop_scale = (0.1, 0.3)
+  return c
+
+
 def get_config(arg: str = 'builtin'):
+  if arg.startswith('folder'):
+    return folder_config(arg)
   variant, _, backbone = arg.partition(',')
   c = config_lib.base_config()
   c.method.name = 'dino'

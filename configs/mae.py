@@ -24,10 +24,21 @@ vit_base to override the variant's default):
           --config=configs/mae.py:imagenet --workdir=gs://BUCKET/mae_in1k
 """
 from configs import _common as common
+from configs import _folder as folder
 from ssl_jax import config as config_lib
 
 
+def folder_config(arg: str):
+  """``folder,PATH[,MINUTES]``: the recipe chosen from the user's images (configs/_folder.py) on
+  top of the builtin (short budgets) or cifar10 MAE settings, on a ViT with an 8x8 patch grid."""
+  c = get_config(folder.base_variant(arg))
+  folder.configure(c, arg, vit=True)
+  return c
+
+
 def get_config(arg: str = 'builtin'):
+  if arg.startswith('folder'):
+    return folder_config(arg)
   variant, _, backbone = arg.partition(',')
   c = config_lib.base_config()
   c.method.name = 'mae'

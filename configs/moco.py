@@ -25,6 +25,7 @@ Variants (``--config=configs/moco.py:<variant>``); the plain names are MoCo v2, 
   stepped x0.1 at epochs 120 and 160 of 200, the InstDis augmentation.
 """
 from configs import _common as common
+from configs import _folder as folder
 from ssl_jax import config as config_lib
 
 _IMAGENET_STEPS_PER_EPOCH_B256 = 5005
@@ -41,8 +42,22 @@ def _v1(c):
   return c
 
 
+def folder_config(arg: str):
+  """``folder,PATH[,MINUTES]``: the recipe chosen from the user's images (configs/_folder.py) on
+  top of the builtin (short budgets) or cifar10 MoCo v2 settings; the queue holds at most half
+  the training images (a larger one keeps other views of the query's own image as negatives)."""
+  c = get_config(folder.base_variant(arg))
+  r = folder.configure(c, arg)
+  n = folder.folder_lib.folder_stats(c.data.path).num_images
+  c.method.queue_size = max(r.batch_size, min(c.method.queue_size, n // 2) // r.batch_size
+                            * r.batch_size)
+  return c
+
+
 @common.takes_backbone
 def get_config(arg: str = 'builtin'):
+  if arg.startswith('folder'):
+    return folder_config(arg)
   c = config_lib.base_config()
   c.method.name = 'moco'
   c.method.version = 2               # documentation only: v1/v2 differ by the fields below

@@ -17,11 +17,25 @@ Variants (``--config=configs/simclr.py:<variant>``):
           --config=configs/simclr.py:imagenet --workdir=gs://BUCKET/simclr_in1k
 """
 from configs import _common as common
+from configs import _folder as folder
 from ssl_jax import config as config_lib
+
+
+def folder_config(arg: str):
+  """``folder,PATH[,MINUTES]``: the recipe chosen from the user's images (configs/_folder.py) on
+  top of the builtin (short budgets) or cifar10 method settings::
+
+      python -m ssl_jax.main --config=configs/simclr.py:folder,/data/my_images,10 --workdir=/tmp/x
+  """
+  c = get_config(folder.base_variant(arg))
+  folder.configure(c, arg)
+  return c
 
 
 @common.takes_backbone
 def get_config(arg: str = 'builtin'):
+  if arg.startswith('folder'):
+    return folder_config(arg)
   c = config_lib.base_config()
   c.method.name = 'simclr'
   c.method.temperature = 0.2

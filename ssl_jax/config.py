@@ -7,6 +7,7 @@ compiled and stops with a message that names the bad field.
 from __future__ import annotations
 
 import difflib
+import math
 
 import ml_collections
 
@@ -96,7 +97,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_accum_steps = 1   # micro-batches per update (batch statistics are per micro-batch)
 
   c.train = ml_collections.ConfigDict()
+  # Run length: exactly one of steps / epochs (the other 0), or neither with budget_minutes.
+  # epochs -> steps = ceil(epochs * training images / data.batch_size); budget_minutes > 0 times
+  # a few steps and caps the run at what fits the budget (train/loop.py, resolve_run_length).
   c.train.steps = 100
+  c.train.epochs = 0.0
+  c.train.budget_minutes = 0.0
+  c.train.steps_from = ''        # set by the resolver: '' (given) | 'epochs' | 'budget_minutes'
+  # Label-free monitors (RankMe, embedding std, alignment/uniformity: eval/monitors.py) every N
+  # steps and at the end, to history.json, TensorBoard (monitor/*) and the summary (0: off).
+  c.train.monitor_every = 0
   c.train.log_every = 10
   c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 3
@@ -278,6 +288,42 @@ def _check_vit_parts(m):
     _require(not (d and h) or (d // h) % 4 == 0, 'model.rope',
              f'needs head_dim = embed_dim / num_heads divisible by 4, got {d}/{h}; change '
              'model.embed_dim or model.num_heads')
+# The share of a time budget left for what follows the training steps (the final kNN of the
+# trained and the random encoder, monitors, checkpoints): train.budget_minutes trains for 90%.
+BUDGET_RESERVE = 0.1
+
+
+def steps_for_epochs(epochs: float, num_images: int, batch_size: int) -> int:
+  """Optimizer steps in ``epochs`` passes over ``num_images`` at ``batch_size`` (rounded up, >= 1)."""
+  return max(1, math.ceil(epochs * num_images / batch_size))
+
+
+def steps_for_budget(budget_minutes: float, seconds_per_step: float, spent_seconds: float = 0.0,
+                     compile_seconds: float = 0.0) -> int:
+  """Steps that fit ``budget_minutes``: (budget - time spent measuring - one more compile)
+  x (1 - BUDGET_RESERVE) / seconds per step, at least 1."""
+  left = budget_minutes * 60.0 - spent_seconds - compile_seconds
+  return max(1, int(left * (1.0 - BUDGET_RESERVE) / max(seconds_per_step, 1e-9)))
+
+
+def check_run_length(train):
+  """Exactly one of train.steps / train.epochs, or neither with train.budget_minutes (a resolved
+  config, train.steps_from set, keeps the epochs / budget it was sized from beside its steps)."""
+  steps, epochs = train.steps, train.get('epochs', 0) or 0
+  budget = train.get('budget_minutes', 0) or 0
+  _require(_is_number(epochs) and epochs >= 0, 'train.epochs',
+           f'must be a non-negative number, got {epochs!r}')
+  _require(_is_number(budget) and budget >= 0, 'train.budget_minutes',
+           f'must be a non-negative number of minutes, got {budget!r}')
+  _choice(train.get('steps_from', ''), 'train.steps_from', ('', 'epochs', 'budget_minutes'))
+  if train.get('steps_from', ''):
+    return
+  if steps and epochs:
+    raise ValueError(f'config.train.epochs={epochs:g} and config.train.steps={steps} are both set; '
+                     'set exactly one, e.g. add --config.train.steps=0 to train by epochs')
+  _require(bool(steps or epochs or budget), 'train.steps',
+           'is 0 and neither train.epochs nor train.budget_minutes is set; set one, e.g. '
+           '--config.train.epochs=40')
 
 
 def validate(config, num_devices: int | None = None):
@@ -285,6 +331,7 @@ def validate(config, num_devices: int | None = None):
   from ssl_jax import methods, models  # pylint: disable=g-import-not-at-top
   _check_field_names(config)
   _check_types(config)
+  check_run_length(config.train)
   methods.check_name(config.method.name)   # the method's own fields: methods.build_method
   _choice(config.model.backbone, 'model.backbone', models.BACKBONES)
   _choice(config.optim.name, 'optim.name', ('lars', 'adamw', 'sgd'))

@@ -18,6 +18,7 @@ import functools
 import io
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -159,3 +160,31 @@ class FolderSource:
   def __repr__(self):
     return f'FolderSource({self.root!r}, split={self.split!r}, n={len(self)}, ' \
            f'classes={self.num_classes})'
+
+
+class FolderStats(NamedTuple):
+  """What the ``folder`` recipes (configs/_folder.py) read from a folder: image count, classes
+  (0: unlabelled), the median shorter side in pixels, and whether the images have colour."""
+  num_images: int
+  num_classes: int
+  side: int
+  colour: bool
+
+
+def folder_stats(root: str, split: str = 'train', sample: int = 32, seed: int = 0) -> FolderStats:
+  """FolderStats of ``split`` from its listing and ``sample`` decoded images (a fixed random
+  subset): an image is grey when its channels differ by at most 8 levels everywhere."""
+  files, _, classes = list_folder(str(paths.as_path(root)), split)
+  pick = np.random.default_rng(seed).permutation(len(files))[:sample]
+  sides, colour = [], False
+  for i in pick:
+    try:
+      img = decode_image(files[int(i)])
+    except Exception:  # pylint: disable=broad-except  # the run's RobustSource reports bad files
+      continue
+    sides.append(min(img.shape[:2]))
+    a = img.astype(np.int16)
+    colour = colour or bool(np.abs(a - a[..., :1]).max() > 8)
+  if not sides:
+    raise FileNotFoundError(f'none of {len(pick)} sampled images of {root!r} could be decoded')
+  return FolderStats(len(files), len(classes), int(np.median(sides)), colour)

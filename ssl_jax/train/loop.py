@@ -14,9 +14,10 @@ import jax
 import numpy as np
 from absl import logging
 
+from ssl_jax import config as config_lib
 from ssl_jax import paths
 from ssl_jax.data import pipeline, sources
-from ssl_jax.eval import knn
+from ssl_jax.eval import knn, monitors
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import summaries
 from ssl_jax.train import experiment as experiment_lib
@@ -128,6 +129,18 @@ class Trainer(experiment_lib.Experiment):
                              self.mesh)
     return scores[self.config.eval.knn_k]
 
+  def monitor(self, state) -> dict:
+    """Label-free monitors (eval/monitors.py) of the current encoder on a fixed subset of the
+    training images; {} when training reads an iterable (no random-access source)."""
+    if self.train_source is None:
+      return {}
+    c = self.config
+    z1, z2 = monitors.monitor_features(
+        self.feature_fn, state.params, state.buffers, self.train_source, mesh=self.mesh,
+        image_size=c.data.image_size, batch_size=c.eval.batch_size,
+        crop_frac=c.data.eval_crop_frac, seed=c.seed)
+    return monitors.label_free_metrics(z1, z2)
+
 
 def check_batch_spec(local_batch: dict, method, local_size: int):
   """The state was shaped from ``pipeline.batch_spec`` (no data read); a real batch that differs
@@ -142,6 +155,26 @@ def check_batch_spec(local_batch: dict, method, local_size: int):
 
 
 Experiment = Trainer  # the name tests and notebooks know; readers use experiment.Experiment
+
+
+def _monitor_due(t, done: int) -> bool:
+  """Monitors run every train.monitor_every steps, not at the last step (the summary's own run
+  covers it)."""
+  every = t.get('monitor_every', 0)
+  return bool(every) and done % every == 0 and done != t.steps
+
+
+def _log_monitors(exp, state, done: int, writer) -> dict:
+  """The monitors of ``state`` to TensorBoard (monitor/*), with a warning on collapse."""
+  metrics = exp.monitor(state)
+  if writer:
+    for k, v in metrics.items():
+      writer.add_scalar(f'monitor/{k}', v, done)
+  warning = monitors.collapse_warning(metrics) if metrics else ''
+  if warning and _is_main():
+    logging.warning('step %d: %s', done, warning)
+    _say(f'warning at step {done}: {warning}')
+  return metrics
 
 
 def _progress(total, initial, enabled):
@@ -160,9 +193,83 @@ def train_and_evaluate(config, workdir: str, mesh=None, train_data=None) -> dict
   """
   lock = take_workdir_lock(workdir)
   try:
+    config = resolve_run_length(config, workdir, mesh, train_data)
     return _train_and_evaluate(Experiment(config, workdir, mesh, train_data), config)
   finally:
     lock.release()
+
+
+def _say(msg: str):
+  if _is_main():
+    print(f'ssl_jax: {msg}', file=sys.stderr, flush=True)
+
+
+def resolve_run_length(config, workdir, mesh=None, train_data=None):
+  """``config`` with ``train.steps`` resolved from ``train.epochs`` (steps = ceil(epochs x training
+  images / batch)) and/or capped by ``train.budget_minutes`` (a few timed steps: steps =
+  config.steps_for_budget), ``train.steps_from`` recording which; warm-up longer than a tenth of
+  the run is cut to a tenth. Unchanged when ``train.steps`` is given alone. The resolved config is
+  what the run saves, so a resume (or eval) reuses its steps instead of re-timing."""
+  t = config.train
+  epochs, budget = t.get('epochs', 0) or 0, t.get('budget_minutes', 0) or 0
+  if t.get('steps_from', '') or not (epochs or budget):
+    return config
+  config_lib.check_run_length(t)
+  c = config.copy_and_resolve_references()
+  steps, steps_from = t.steps or None, ''
+  if epochs:
+    if train_data is not None:
+      raise ValueError('config.train.epochs needs the size of config.data; with train_data given, '
+                       'set config.train.steps instead')
+    n = len(sources.get_source(c.data, c.data.train_split))
+    steps, steps_from = config_lib.steps_for_epochs(epochs, n, c.data.batch_size), 'epochs'
+    _say(f'train.epochs={epochs:g} x {n} images / batch {c.data.batch_size} -> {steps} steps')
+  if budget:
+    if jax.process_count() > 1:
+      raise ValueError('config.train.budget_minutes sizes single-process runs; on several '
+                       'processes set config.train.steps or config.train.epochs')
+    saved = (workdir_lib.load_config(workdir) or {}).get('train', {})
+    if saved.get('budget_minutes') == budget and saved.get('steps_from') == 'budget_minutes':
+      fit = int(saved['steps'])
+      _say(f'train.budget_minutes={budget:g}: {fit} steps, as sized when this run started')
+    else:
+      fit = _steps_in_budget(c, workdir, mesh, train_data, budget)
+    if steps is None or fit <= steps:
+      _say(f'train.budget_minutes={budget:g} caps the run at {fit} steps')
+      steps = fit
+    steps_from = 'budget_minutes'  # so a resume reuses the steps instead of timing again
+  with c.unlocked():
+    c.train.steps, c.train.steps_from = int(steps), steps_from
+    if c.optim.warmup_steps > steps // 10:
+      c.optim.warmup_steps = steps // 10
+  return c
+
+
+def _steps_in_budget(c, workdir, mesh, train_data, budget: float) -> int:
+  """Times the real step (data pipeline included) for a few seconds and sizes the run to
+  ``budget`` minutes (config.steps_for_budget); the measurement counts against the budget."""
+  t0 = time.perf_counter()
+  probe = c.copy_and_resolve_references()
+  with probe.unlocked():
+    probe.train.steps, probe.train.steps_from = 10**6, 'budget_minutes'
+  exp = Trainer(probe, workdir, mesh, train_data)
+  state, it = exp.initial_state(), exp.train_iterator()
+  state, _ = exp.step_fn(state, sharding.global_batch(exp.mesh, next(it)))
+  jax.block_until_ready(state.step)
+  compile_s = time.perf_counter() - t0
+  times = []
+  while len(times) < 3 or (sum(times) < 5.0 and len(times) < 20):
+    t1 = time.perf_counter()
+    state, _ = exp.step_fn(state, sharding.global_batch(exp.mesh, next(it)))
+    jax.block_until_ready(state.step)
+    times.append(time.perf_counter() - t1)
+  per_step = float(np.median(times))
+  spent = time.perf_counter() - t0
+  steps = config_lib.steps_for_budget(budget, per_step, spent, compile_s)
+  _say(f'train.budget_minutes={budget:g}: {per_step:.2f} s/step (median of {len(times)}), '
+       f'{spent:.0f} s spent measuring, {compile_s:.0f} s to compile -> {steps} steps '
+       f'({config_lib.BUDGET_RESERVE:.0%} kept for evaluation)')
+  return steps
 
 
 def take_workdir_lock(workdir) -> workdir_lib.WorkdirLock:
@@ -278,6 +385,8 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
         history.append({'step': done, 'knn_top1': acc})
         if writer:
           writer.add_scalar('eval/knn_top1', acc, done)
+      if _monitor_due(c.train, done):
+        history.append({'step': done, **_log_monitors(exp, state, done, writer)})
       if done % c.train.checkpoint_every == 0 or done == c.train.steps:
         check_nonfinite()
         write_history()
@@ -310,6 +419,8 @@ def _train_and_evaluate(exp: Trainer, c) -> dict:
       'images_per_sec': last_metrics.get('images_per_sec'),
       'skipped_updates': int(jax.device_get(state.skipped)), 'steps_run': steps_run,
   }
+  if c.train.get('monitor_every', 0):
+    summary.update(_log_monitors(exp, state, c.train.steps, writer))
   if c.train.final_eval:
     summary['knn_top1'] = exp.knn_eval(state)
     summary['knn_top1_random_init'] = exp.knn_eval(exp.initial_state())

@@ -175,6 +175,7 @@ FIELD_RULES = (
     ('train.checkpoint_every', 'harmless'),
     ('train.keep_checkpoints', 'harmless'),
     ('train.knn_every', 'harmless'),
+    ('train.monitor_every', 'harmless'),
     ('train.final_eval', 'harmless'),
     ('train.preemption_sync_every', 'harmless'),
     ('train.nan_policy', 'harmless'),  # the non-finite stop message suggests changing it
