@@ -41,7 +41,8 @@ def catalog() -> dict:
   configs = {}
   for name in config_modules():
     variants, note = config_variants(name)
-    configs[name] = {'variants': variants, 'backbones': note}
+    own_data = hasattr(importlib.import_module(f'configs.{name}'), 'folder_config')
+    configs[name] = {'variants': variants, 'backbones': note, 'folder': own_data}
   return {
       'methods': sorted(methods.METHODS),
       'configs': configs,
@@ -58,7 +59,8 @@ def format_catalog(cat: dict) -> str:
   width = max(len(n) for n in cat['configs'])
   for name, info in cat['configs'].items():
     note = f"  {info['backbones']}" if info['backbones'] else ''
-    lines.append(f"  {name:<{width}}  {', '.join(info['variants'])}{note}")
+    variants = info['variants'] + (['folder,PATH[,MINUTES]'] if info.get('folder') else [])
+    lines.append(f"  {name:<{width}}  {', '.join(variants)}{note}")
   lines += ['', 'backbones (config.model.backbone):', '  ' + ', '.join(cat['backbones']), '',
             'datasets (config.data.source):'] + [f'  {d}' for d in cat['datasets']]
   return '\n'.join(lines)
