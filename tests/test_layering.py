@@ -31,7 +31,7 @@ LAYERS = (
     ('data', 'losses'),
     ('models',),
     ('optim',),
-    ('methods',),  # base.py, common.py, teacher.py, the registry (__init__.py, by string only)
+    ('methods',),  # base.py, common.py, teacher.py, masked_image.py, the registry (by string)
     tuple(f'methods/{f}' for f in FAMILIES),
     ('train',),  # step, state, sharding, checkpoint, preemption, the run assembly
     ('eval', 'export', 'viz', 'infomin'),
@@ -47,11 +47,6 @@ KNOWN_EXCEPTIONS = {
     # method module is imported) and in models/; neither imports config, so no cycle.
     ('ssl_jax.config', 'methods'): 'config.validate looks the method name up in the registry',
     ('ssl_jax.config', 'models'): 'config.validate asks models/ for the backbone names',
-    # CMAE is MAE plus a contrastive branch: CMAE(MAE) inherits MAE's init, views, predict and
-    # reconstruct. The fix is to move MaskedImageMethod and MAE's online stack down to
-    # methods/*.py; that moves MAE's body, which issue 29 item 3 (h6) rewrites at the same time,
-    # so it waits for that merge.
-    ('ssl_jax.methods.hybrid.cmae', 'methods/masked'): 'CMAE subclasses MAE',
 }
 
 

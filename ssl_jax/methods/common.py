@@ -1,29 +1,15 @@
-"""Pieces several methods share: EMA target networks and fixed-size queues (functional)."""
+"""Pieces several methods share: projector / predictor heads and fixed-size queues (functional).
+
+The EMA teacher is ``methods/teacher.py``; ``ema_update``, ``momentum_schedule`` and
+``EMAHparams`` stay importable from here for code written before it."""
 from __future__ import annotations
 
 import dataclasses
 
 import jax
 
-from ssl_jax import optim as schedules
+from ssl_jax.methods.teacher import EMAHparams, ema_update, momentum_schedule  # noqa: F401
 from ssl_jax.models.heads import MLP
-
-
-def ema_update(target, online, momentum):
-  """target <- m * target + (1 - m) * online, leaf-wise (BYOL Eq. 1, MoCo Eq. 2, DINO Sec. 3.1).
-
-  ``momentum`` may be a traced scalar (a schedule of the step), so the update runs inside the
-  compiled step. Written as ``t + (1 - m) (o - t)``: the same value, but exact where online equals
-  target (frozen parameters stay bit-identical in the target) and at m = 1.
-  """
-  return jax.tree_util.tree_map(lambda t, o: t + (1.0 - momentum) * (o - t), target, online)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EMAHparams:
-  """``config.method`` fields of an EMA target / teacher on ``momentum_schedule``."""
-  momentum: float = 0.996
-  momentum_final: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,13 +33,6 @@ class PredictorHparams:
   pred_bn: bool = True
   pred_last_bn: bool = False
   pred_last_bn_affine: bool = True
-
-
-def momentum_schedule(method_cfg, total_steps: int):
-  """EMA momentum as a pure function of the step: cosine from ``momentum`` to
-  ``momentum_final`` (BYOL/DINO), constant when they are equal (MoCo). ``method_cfg`` holds
-  ``EMAHparams``' fields."""
-  return schedules.cosine_increase(method_cfg.momentum, method_cfg.momentum_final, total_steps)
 
 
 def enqueue(queue, ptr, items):

@@ -53,7 +53,7 @@ def test_one_vs_eight_devices(runs):
 
 def test_target_is_ema_with_the_cosine_schedule(runs):
   states, exp = runs['states'], runs['exp']
-  helpers.assert_trees_close(states[0].buffers['target']['params'],
+  helpers.assert_trees_close(states[0].buffers['teacher']['params'],
                              {k: states[0].params[k] for k in ('backbone', 'projector')}, 0, 0)
   for t in range(STEPS):
     base = runs['config'].method.momentum
@@ -61,11 +61,11 @@ def test_target_is_ema_with_the_cosine_schedule(runs):
     np.testing.assert_allclose(exp.method.momentum_at(t), tau, rtol=1e-7)
     online = {k: states[t + 1].params[k] for k in ('backbone', 'projector')}
     expected = jax.tree_util.tree_map(lambda a, b: tau * a + (1 - tau) * b,
-                                      states[t].buffers['target']['params'], online)
-    helpers.assert_trees_close(states[t + 1].buffers['target']['params'], expected, rtol=1e-5,
+                                      states[t].buffers['teacher']['params'], online)
+    helpers.assert_trees_close(states[t + 1].buffers['teacher']['params'], expected, rtol=1e-5,
                                atol=1e-7)
   # Predictor is online only; the loss is in [0, 8] and the cosine metric in [-1, 1].
-  assert 'predictor' not in states[-1].buffers['target']['params']
+  assert 'predictor' not in states[-1].buffers['teacher']['params']
   assert all(0 <= h['loss'] <= 8 and abs(h['cosine']) <= 1 for h in runs['history'])
 
 

@@ -72,10 +72,10 @@ def test_ema_target_gets_no_gradient_online_heads_do():
   views = method.views({'view0': canvas}, jax.random.PRNGKey(1))
 
   def loss(params, target):
-    state = types.SimpleNamespace(buffers=dict(buffers, target=target))
+    state = types.SimpleNamespace(buffers=dict(buffers, teacher=target))
     return method.loss(params, state, views, jax.random.PRNGKey(2))[0]
 
-  g_params, g_target = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, buffers['target'])
+  g_params, g_target = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, buffers['teacher'])
   assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(g_target))
   for name in ('backbone', 'decoder', 'feature_decoder', 'projector', 'predictor'):
     assert any(np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(g_params[name])), name
@@ -91,7 +91,7 @@ def runs():
   # float32 rounding noise into +-lr steps whose sign depends on the reduction order, i.e. on the
   # device count (MoCo v3's test switches to LARS for the same reason).
   c.optim.name, c.optim.lr = 'sgd', 0.5
-  snapshot = lambda s: {'params': s.params, 'target': s.buffers['target']['params']}
+  snapshot = lambda s: {'params': s.params, 'target': s.buffers['teacher']['params']}
   eight = utils.run(c, 8, STEPS, snapshot=snapshot)
   state1, history1 = helpers.run_steps(c, 1, STEPS)
   return dict(config=c, eight=eight, state1=state1, history1=history1)
@@ -127,14 +127,14 @@ def test_one_vs_eight_devices(runs):
 def test_momentum_encoder_is_ema_of_online(runs):
   eight = runs['eight']
   init = eight['init']
-  before = [{'target': init.buffers['target']['params']}] + eight['snaps'][:-1]
+  before = [{'target': init.buffers['teacher']['params']}] + eight['snaps'][:-1]
   for t, (prev, now) in enumerate(zip(before, eight['snaps'])):
     m = 1 - (1 - 0.99) * (math.cos(math.pi * t / STEPS) + 1) / 2   # cosine 0.99 -> 1, m(t)
     online = {k: now['params'][k] for k in ('backbone', 'projector')}
     expected = jax.tree_util.tree_map(lambda a, b: m * a + (1 - m) * b, prev['target'], online)
     helpers.assert_trees_close(now['target'], expected, rtol=1e-5, atol=1e-7)
   # The target started as the online network and, with m < 1, moved.
-  helpers.assert_trees_close(init.buffers['target']['params']['backbone'],
+  helpers.assert_trees_close(init.buffers['teacher']['params']['backbone'],
                              init.params['backbone'], rtol=0, atol=0)
   assert not np.allclose(eight['snaps'][-1]['target']['projector']['fc0']['kernel'],
                          init.params['projector']['fc0']['kernel'])

@@ -48,7 +48,7 @@ def test_targets_and_loss_match_numpy(one_device):
 
   @jax.jit
   def forward(params, buffers, views):
-    t = method.backbone.apply({'params': buffers['teacher']['backbone']}, views['view0'],
+    t = method.backbone.apply({'params': buffers['teacher']['params']['backbone']}, views['view0'],
                               return_layers=True, method=ViT.encode)
     s = method.backbone.apply({'params': params['backbone']}, views['view0'],
                               mask=views['mask'], mask_token=params['mask_token'],
@@ -58,7 +58,7 @@ def test_targets_and_loss_match_numpy(one_device):
   layers, patches = forward(st.params, st.buffers, views)
   layers = [np.asarray(l, np.float64)[:, 1:] for l in layers]   # patch tokens only
   target = (np_instance_norm(layers[-2]) + np_instance_norm(layers[-1])) / 2
-  got = method.targets(st.buffers['teacher']['backbone'], views['view0'])
+  got = method.targets(st.buffers['teacher']['params']['backbone'], views['view0'])
   np.testing.assert_allclose(got, target, rtol=1e-4, atol=1e-4)
   head = st.params['regression_head']
   pred = np.asarray(patches, np.float64) @ np.asarray(head['kernel']) + np.asarray(head['bias'])
@@ -153,7 +153,7 @@ def test_v2_loss_matches_numpy(v2_one_device):
   rng = jax.random.PRNGKey(1)
   loss, (metrics, _) = jax.jit(method.loss)(st.params, st, views, rng)
 
-  target = np.asarray(method.targets(st.buffers['teacher']['backbone'], views['view0']),
+  target = np.asarray(method.targets(st.buffers['teacher']['params']['backbone'], views['view0']),
                       np.float64)
   assert target.shape[0] == b                 # the teacher runs once per image
   target = np.repeat(target, 2, axis=0)

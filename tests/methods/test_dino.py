@@ -71,9 +71,9 @@ def test_loss_uses_old_center_then_updates_it(one_device):
     crops = [views['global0'], views['global1'], views['local0'], views['local1']]
     feats = [method.backbone.apply({'params': params['backbone']}, x) for x in crops]
     s = method.head.apply({'params': params['head']}, jnp.stack(feats).reshape(4 * b, -1))
-    t_feats = [method.backbone.apply({'params': buffers['teacher']['backbone']}, x)
+    t_feats = [method.backbone.apply({'params': buffers['teacher']['params']['backbone']}, x)
                for x in crops[:2]]
-    t = method.head.apply({'params': buffers['teacher']['head']},
+    t = method.head.apply({'params': buffers['teacher']['params']['head']},
                           jnp.stack(t_feats).reshape(2 * b, -1))
     return s.reshape(4, b, -1), t.reshape(2, b, -1)
 
@@ -112,7 +112,7 @@ def test_after_update_is_ema_with_cosine_momentum(one_device):
   m0 = exp.config.method.momentum
   assert m0 < 1
   mom = 1 - (1 - m0) * (np.cos(np.pi * 1 / STEPS) + 1) / 2
-  helpers.assert_trees_close(out.buffers['teacher'],
+  helpers.assert_trees_close(out.buffers['teacher']['params'],
                              jax.tree_util.tree_map(lambda p: (1 - mom) * p,
                                                     {k: st.params[k] for k in ('backbone', 'head')}),
                              rtol=1e-5, atol=1e-7)
@@ -122,8 +122,8 @@ def test_training_moves_teacher_and_center(one_device):
   _, _, state, history = one_device
   assert all(h['nonfinite'] == 0 for h in history)
   assert float(np.abs(state.buffers['center']).max()) > 0
-  diff = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()),
-                                state.params['backbone'], state.buffers['teacher']['backbone'])
+  diff = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), state.params['backbone'],
+                                state.buffers['teacher']['params']['backbone'])
   assert max(jax.tree_util.tree_leaves(diff)) > 0
   ent = [h['teacher_entropy'] for h in history]
   assert all(0.0 < e < np.log(64) for e in ent)
@@ -159,7 +159,7 @@ def test_features_use_the_teacher(one_device):
   images = jnp.asarray(exp.train_ds[0]['global0'][:4])
   f = exp.method.features(state.params, state.buffers, images)
   x = exp.method.normalize(images)
-  teacher = exp.method.backbone.apply({'params': state.buffers['teacher']['backbone']}, x)
+  teacher = exp.method.backbone.apply({'params': state.buffers['teacher']['params']['backbone']}, x)
   student = exp.method.backbone.apply({'params': state.params['backbone']}, x)
   np.testing.assert_allclose(f, teacher, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(f - student).max()) > 1e-6
@@ -189,9 +189,10 @@ def test_resnet_backbone_runs_with_batchnorm_teacher():
   state, history = helpers.run_steps(c, 1, 2)
   assert all(h['nonfinite'] == 0 and np.isfinite(h['loss']) for h in history)
   stats = jax.device_get(state.buffers['batch_stats'])
-  assert set(stats) == {'backbone', 'teacher_backbone'}
+  t_stats = jax.device_get(state.buffers['teacher']['batch_stats'])
+  assert set(stats) == {'backbone'} and set(t_stats) == {'backbone'}
   moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()),
-                                 stats['backbone'], stats['teacher_backbone'])
+                                 stats['backbone'], t_stats['backbone'])
   assert max(jax.tree_util.tree_leaves(moved)) > 0   # two different sets of running stats
 
 
@@ -207,8 +208,8 @@ def test_batchnorm_head_uses_batch_statistics_of_all_crops():
   state = exp.initial_state()
   state, _ = exp.step_fn(state, sharding.global_batch(exp.mesh, exp.train_ds[0]))
   state = jax.device_get(state)
-  stats = state.buffers['batch_stats']
-  assert set(stats) == {'head', 'teacher_head'} and 'bn0' in stats['head']
+  stats, teacher_stats = state.buffers['batch_stats'], state.buffers['teacher']['batch_stats']
+  assert set(stats) == {'head'} and set(teacher_stats) == {'head'} and 'bn0' in stats['head']
   views = jax.jit(method.views)(exp.train_ds[1], jax.random.PRNGKey(1))
   loss, (metrics, new_buffers) = jax.jit(method.loss)(state.params, state, views,
                                                        jax.random.PRNGKey(2))
@@ -224,14 +225,14 @@ def test_batchnorm_head_uses_batch_statistics_of_all_crops():
                            for x in crops])
   s, s_stats = head(state.params['head'], stats['head'], feats)
   t_feats = jnp.concatenate([method.backbone.apply(
-      {'params': state.buffers['teacher']['backbone']}, x) for x in crops[:2]])
-  t, t_stats = head(state.buffers['teacher']['head'], stats['teacher_head'], t_feats)
+      {'params': state.buffers['teacher']['params']['backbone']}, x) for x in crops[:2]])
+  t, t_stats = head(state.buffers['teacher']['params']['head'], teacher_stats['head'], t_feats)
   center = np.asarray(state.buffers['center'], np.float64)
   np.testing.assert_allclose(
       loss, np_dino_loss(s.reshape(4, b, -1), t.reshape(2, b, -1), center, 0.1,
                          float(metrics['teacher_temp'])), rtol=1e-4)
   helpers.assert_trees_close(new_buffers['batch_stats']['head'], s_stats)
-  helpers.assert_trees_close(new_buffers['batch_stats']['teacher_head'], t_stats)
+  helpers.assert_trees_close(new_buffers['teacher']['batch_stats']['head'], t_stats)
   # Each BatchNorm normalises over its own batch: per-crop statistics would give other logits.
   s_g, _ = head(state.params['head'], stats['head'], feats[:2 * b])
   assert np.abs(s_g - s[:2 * b]).max() > 1e-4

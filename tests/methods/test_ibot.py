@@ -61,9 +61,9 @@ def test_losses_inside_the_method_match_numpy(one_device):
     loc = [method.backbone.apply({'params': params['backbone']}, views[f'local{i}'])
            for i in range(2)]
     s_loc = method.head.apply({'params': params['head']}, jnp.concatenate(loc))
-    t_enc = method.backbone.apply({'params': buffers['teacher']['backbone']}, g,
+    t_enc = method.backbone.apply({'params': buffers['teacher']['params']['backbone']}, g,
                                   method=ViT.encode)
-    t_tok = method.head.apply({'params': buffers['teacher']['head']}, t_enc['tokens'])
+    t_tok = method.head.apply({'params': buffers['teacher']['params']['head']}, t_enc['tokens'])
     s_cls = jnp.concatenate([s_tok[:, 0], s_loc]).reshape(4, b, -1)
     return (s_cls, s_tok[:, 1:].reshape(2, b, 16, -1), t_tok[:, 0].reshape(2, b, -1),
             t_tok[:, 1:].reshape(2, b, 16, -1))

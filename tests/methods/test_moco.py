@@ -93,7 +93,7 @@ def test_queue_holds_the_keys_of_each_step_in_order(runs):
     return exp.method.keys(target, views['view1'], jax.random.split(k_loss)[1])[0]
 
   for t in range(STEPS):
-    expected = keys_at(t, states[t].buffers['target'], exp.train_ds[t])
+    expected = keys_at(t, states[t].buffers['teacher'], exp.train_ds[t])
     np.testing.assert_allclose(states[t + 1].buffers['queue'][t * b:(t + 1) * b], expected,
                                rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(states[-1].buffers['queue'], axis=-1), 1.0, rtol=1e-5)
@@ -104,12 +104,12 @@ def test_key_encoder_is_constant_momentum_ema(runs):
   for t in range(STEPS):
     online = {k: states[t + 1].params[k] for k in ('backbone', 'projector')}
     expected = jax.tree_util.tree_map(lambda a, b: m * a + (1 - m) * b,
-                                      states[t].buffers['target']['params'], online)
-    helpers.assert_trees_close(states[t + 1].buffers['target']['params'], expected, rtol=1e-5,
+                                      states[t].buffers['teacher']['params'], online)
+    helpers.assert_trees_close(states[t + 1].buffers['teacher']['params'], expected, rtol=1e-5,
                                atol=1e-7)
   # The key encoder keeps its own BatchNorm running statistics from its forward passes.
-  before = states[0].buffers['target']['batch_stats']['projector']['bn0']['mean']
-  after = states[-1].buffers['target']['batch_stats']['projector']['bn0']['mean']
+  before = states[0].buffers['teacher']['batch_stats']['projector']['bn0']['mean']
+  after = states[-1].buffers['teacher']['batch_stats']['projector']['bn0']['mean']
   assert not np.allclose(before, after)
 
 

@@ -53,7 +53,7 @@ def test_frozen_random_patch_projection(runs):
   # Weight decay would move them without the optimizer mask: they must be bit-identical.
   lib.assert_trees_equal(last.params['backbone']['patch_embed'],
                          first.params['backbone']['patch_embed'])
-  lib.assert_trees_equal(last.buffers['target']['params']['backbone']['patch_embed'],
+  lib.assert_trees_equal(last.buffers['teacher']['params']['backbone']['patch_embed'],
                          first.params['backbone']['patch_embed'])
   assert not np.allclose(last.params['backbone']['blocks_0']['attn']['qkv']['kernel'],
                          first.params['backbone']['blocks_0']['attn']['qkv']['kernel'])
@@ -66,8 +66,8 @@ def test_momentum_encoder_ema(runs):
     m = 1 - (1 - 0.99) * (math.cos(math.pi * (t + 1) / 4) + 1) / 2
     online = {k: states[t + 1].params[k] for k in ('backbone', 'projector')}
     expected = jax.tree_util.tree_map(lambda a, b: m * a + (1 - m) * b,
-                                      states[t].buffers['target']['params'], online)
-    helpers.assert_trees_close(states[t + 1].buffers['target']['params'], expected, rtol=1e-5,
+                                      states[t].buffers['teacher']['params'], online)
+    helpers.assert_trees_close(states[t + 1].buffers['teacher']['params'], expected, rtol=1e-5,
                                atol=1e-7)
 
 

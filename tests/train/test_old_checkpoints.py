@@ -8,6 +8,12 @@ method whose backbone moved from the method into ``config.model.num_prefix_token
 
 What is promised: such a workdir (no ``config.json``) is read with the command line's config and
 a warning, gives the same features, and a trainer resumes it.
+
+Runs of the methods with an EMA teacher (BYOL, MoCo v1/v2/v3, DINO, iBOT, data2vec, CMAE) made
+before ``methods/teacher.py`` kept it in another buffer layout (``buffers['target']``; DINO/iBOT
+``buffers['teacher'][module]`` with ``batch_stats['teacher_*']``; data2vec
+``buffers['teacher']['backbone']``): they are refused with the checkpoint-mismatch message, which
+names the buffers and the two ways on (a new workdir, or ``train.warm_start``).
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from configs import simclr, sit
+from configs import byol, simclr, sit
+from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import experiment as experiment_lib
 from ssl_jax.train import loop, sharding
 from tests import helpers
@@ -65,3 +72,24 @@ def test_old_run_resumes_training(tmp_path):
   assert summary['resumed_from_step'] == 2 and summary['steps_run'] == 1
   assert np.isfinite(summary['final_loss'])
   assert (workdir / 'config.json').exists(), 'the resumed run now remembers its config'
+
+
+def test_run_with_the_old_teacher_layout_is_refused(tmp_path):
+  """A BYOL checkpoint with the momentum encoder under ``buffers['target']`` (before teacher.py)
+  is refused with a message that names the buffers; nothing is moved."""
+  run = experiment_lib.Experiment(helpers.tiny(byol.get_config('builtin'), steps=2),
+                                  str(tmp_path), helpers.mesh(1))
+  state = run.initial_state()
+  old = state.replace(buffers={('target' if k == 'teacher' else k): v
+                               for k, v in state.buffers.items()})
+  writer = ckpt_lib.Checkpointer(str(tmp_path))
+  writer.save(2, old, {}, run.meta)
+  writer.close()
+  run.open_checkpointer(read_only=True)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    run.restore_latest()
+  run.checkpointer.close()
+  msg = str(e.value)
+  assert 'the buffers' in msg and 'buffers.target.' in msg and 'buffers.teacher.' in msg, msg
+  assert '--workdir' in msg and 'warm_start' in msg, msg
+  assert ckpt_lib.Checkpointer(str(tmp_path)).committed_steps() == [2], 'nothing moved'

@@ -8,10 +8,10 @@ the normalised MSE (``losses.normalized_mse``, Eq. 2), symmetrised over the two 
     L = || p1_hat - sg(z2'_hat) ||^2 + || p2_hat - sg(z1'_hat) ||^2      (batch mean of each)
 
 The target momentum follows the cosine schedule tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2
-(0.996 -> 1), a pure function of the step (``common.momentum_schedule``), applied in
-``after_update`` with ``common.ema_update``. The views are asymmetric (``aug.recipe =
-('byol_view1', 'byol_view2')``: blur p 1.0 / 0.1, solarize 0 / 0.2). The target's BatchNorm runs
-in training mode and keeps its own running statistics (see ``siamese.py``).
+(0.996 -> 1), a pure function of the step (``teacher.momentum_schedule``), applied in
+``after_update`` by ``teacher.update`` (``buffers['teacher']``). The views are asymmetric
+(``aug.recipe = ('byol_view1', 'byol_view2')``: blur p 1.0 / 0.1, solarize 0 / 0.2). The
+target's BatchNorm runs in training mode and keeps its own running statistics (see ``siamese.py``).
 
 Config (``config.method``): momentum, momentum_final, proj_{layers,hidden_dim,dim},
 pred_{layers,hidden_dim,dim}.
@@ -24,6 +24,7 @@ import jax
 
 from ssl_jax import losses
 from ssl_jax.methods import common
+from ssl_jax.methods import teacher
 from ssl_jax.methods.contrastive.siamese import SiameseMethod
 
 
@@ -34,7 +35,7 @@ class BYOL(SiameseMethod):
   use_predictor = True
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(SiameseMethod.Hparams, common.PredictorHparams, common.EMAHparams):
+  class Hparams(SiameseMethod.Hparams, common.PredictorHparams, teacher.EMAHparams):
     pass
 
   def loss(self, params, state, views, rng):
@@ -42,9 +43,9 @@ class BYOL(SiameseMethod):
     stats = state.buffers['batch_stats']
     _, p1, stats = self.online(params, stats, views['view0'], k1)
     _, p2, stats = self.online(params, stats, views['view1'], k2)
-    t1, target = self.target(state.buffers['target'], views['view0'], k3)
+    t1, target = self.target(state.buffers['teacher'], views['view0'], k3)
     t2, target = self.target(target, views['view1'], k4)
     loss = losses.normalized_mse(p1, t2) + losses.normalized_mse(p2, t1)
-    buffers = dict(state.buffers, batch_stats=stats, target=target)
+    buffers = dict(state.buffers, batch_stats=stats, teacher=target)
     cos = 1.0 - loss / 4.0  # mean cosine similarity between predictions and target projections
     return loss, ({'cosine': cos}, buffers)

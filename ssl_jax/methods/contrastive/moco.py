@@ -4,7 +4,7 @@
   CVPR 2020) and **v2** (Chen et al., "Improved Baselines with Momentum Contrastive Learning",
   2020): class ``MoCo``. A query encoder (backbone -> projector) and a momentum key encoder (its
   EMA, Eq. 2: theta_k <- m theta_k + (1 - m) theta_q, constant m = 0.999) in
-  ``buffers['target']``; a FIFO queue of K L2-normalised keys of earlier batches
+  ``buffers['teacher']`` (``methods/teacher.py``); a FIFO queue of K L2-normalised keys of earlier batches
   (``buffers['queue']`` (K, D), ``buffers['queue_ptr']``) gives the negatives of the InfoNCE loss
   (Eq. 1, ``losses.info_nce_queue``). The current keys are enqueued inside the jitted step after
   the loss has used the old queue (``common.enqueue``), oldest batch overwritten; K must be a
@@ -49,6 +49,7 @@ import optax
 
 from ssl_jax import losses
 from ssl_jax.methods import common
+from ssl_jax.methods import teacher
 from ssl_jax.methods.contrastive.siamese import SiameseMethod, random_unit_rows
 from ssl_jax import optim as schedules
 
@@ -60,7 +61,7 @@ class MoCo(SiameseMethod):
   use_predictor = False
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(SiameseMethod.Hparams, common.EMAHparams):
+  class Hparams(SiameseMethod.Hparams, teacher.EMAHparams):
     temperature: float
     queue_size: int
     lr_schedule: str = 'cosine'   # 'cosine' | 'step' (MoCo v1, SGD)
@@ -88,11 +89,11 @@ class MoCo(SiameseMethod):
   def loss(self, params, state, views, rng):
     k_q, k_k = jax.random.split(rng)
     q, _, stats = self.online(params, state.buffers['batch_stats'], views['view0'], k_q)
-    k, target = self.keys(state.buffers['target'], views['view1'], k_k)
+    k, target = self.keys(state.buffers['teacher'], views['view1'], k_k)
     queue = state.buffers['queue']
     loss, acc = losses.info_nce_queue(q, k, queue, self.temperature)
     queue, ptr = common.enqueue(queue, state.buffers['queue_ptr'], k)
-    buffers = dict(state.buffers, batch_stats=stats, target=target, queue=queue, queue_ptr=ptr)
+    buffers = dict(state.buffers, batch_stats=stats, teacher=target, queue=queue, queue_ptr=ptr)
     return loss, ({'contrastive_acc': acc}, buffers)
 
   def build_optimizer(self, total_steps: int):
@@ -119,7 +120,7 @@ class MoCoV3(SiameseMethod):
   momentum_step_offset = 1
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(SiameseMethod.Hparams, common.PredictorHparams, common.EMAHparams):
+  class Hparams(SiameseMethod.Hparams, common.PredictorHparams, teacher.EMAHparams):
     temperature: float
 
   def __init__(self, config):
@@ -132,11 +133,11 @@ class MoCoV3(SiameseMethod):
     stats = state.buffers['batch_stats']
     _, q1, stats = self.online(params, stats, views['view0'], k1)
     _, q2, stats = self.online(params, stats, views['view1'], k2)
-    t1, target = self.target(state.buffers['target'], views['view0'], k3)
+    t1, target = self.target(state.buffers['teacher'], views['view0'], k3)
     t2, target = self.target(target, views['view1'], k4)
     loss, acc = losses.moco_v3_symmetric(q1, q2, t1, t2, self.temperature)
     return loss, ({'contrastive_acc': acc},
-                  dict(state.buffers, batch_stats=stats, target=target))
+                  dict(state.buffers, batch_stats=stats, teacher=target))
 
   def param_label(self, path: str) -> str:
     if self.config.model.get('frozen_patch_embed', False) and path.startswith(

@@ -5,14 +5,15 @@ Parameters: ``params = {'backbone', 'projector'[, 'predictor']}`` (the online ne
 Buffers:
 
 * ``batch_stats``: the online network's BatchNorm running statistics, per module;
-* ``target`` (methods with a momentum encoder): ``{'params': {...}, 'batch_stats': {...}}`` for
-  the backbone and projector. Its params are an EMA of the online params (``after_update``, with
-  ``common.ema_update`` and the momentum a pure function of the step). Its BatchNorm *statistics*
-  are not averaged: like the key encoder of MoCo and the target network of BYOL, the target runs
-  in training mode (it normalises with the batch statistics of its own input, which is what the
-  loss sees) and keeps its own running averages from those forward passes, exactly as PyTorch's
-  ``encoder_k`` buffers do (MoCo only EMAs ``parameters()``). Those running averages are only
-  used if someone evaluates the target network in eval mode; evaluation uses the online backbone;
+* ``teacher`` (methods with a momentum encoder): the EMA teacher of ``methods/teacher.py``,
+  ``{'params': {...}, 'batch_stats': {...}}`` for the backbone and projector. Its params are an
+  EMA of the online params (``after_update``: ``teacher.update``, the momentum a pure function of
+  the step). Its BatchNorm *statistics* are not averaged: like the key encoder of MoCo and the
+  target network of BYOL, the target runs in training mode (it normalises with the batch
+  statistics of its own input, which is what the loss sees) and keeps its own running averages
+  from those forward passes, exactly as PyTorch's ``encoder_k`` buffers do (MoCo only EMAs
+  ``parameters()``). Those running averages are only used if someone evaluates the target
+  network in eval mode; evaluation uses the online backbone;
 * method extras (queues and their pointers).
 
 Each view goes through the network in its own call, so BatchNorm normalises each view with the
@@ -22,6 +23,7 @@ one forward per view.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ import optax
 
 from ssl_jax import losses
 from ssl_jax.methods import common
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.common import mlp_from_config
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax import optim as schedules
@@ -67,7 +70,7 @@ class SiameseMethod(Method):
     self.predictor = mlp_from_config(m, 'pred') if self.use_predictor else None
     if self.use_predictor and self.predictor is None:
       raise ValueError('config.method.pred_layers must be >= 1 for this method')
-    self.momentum_fn = (common.momentum_schedule(m, config.train.steps) if self.use_target
+    self.momentum_fn = (teacher_lib.momentum_schedule(m, config.train.steps) if self.use_target
                         else None)
 
   # -- modules ------------------------------------------------------------------------------------
@@ -87,9 +90,7 @@ class SiameseMethod(Method):
                                                     else {})}, x, train=False)
     buffers = {'batch_stats': stats}
     if self.use_target:
-      online = ('backbone', 'projector')
-      buffers['target'] = {'params': {k: params[k] for k in online},
-                           'batch_stats': {k: stats[k] for k in online}}
+      buffers[teacher_lib.KEY] = teacher_lib.from_student(params, ('backbone', 'projector'), stats)
     buffers.update(self.init_extra(keys[3]))
     return params, buffers
 
@@ -110,12 +111,13 @@ class SiameseMethod(Method):
     return z, p, new
 
   def target(self, target, x, rng):
-    """(z, new_target): the momentum encoder's projection (no gradient), train-mode BatchNorm."""
-    tp, ts = target['params'], target['batch_stats']
-    h, bb = apply_module(self.backbone, tp['backbone'], ts['backbone'], x, train=True,
+    """(z, new_target): the momentum encoder's projection (no gradient), train-mode BatchNorm;
+    ``target`` is ``buffers['teacher']``."""
+    tp, stats = target['params'], functools.partial(teacher_lib.stats_of, target)
+    h, bb = apply_module(self.backbone, tp['backbone'], stats('backbone'), x, train=True,
                          rngs={'dropout': rng})
-    z, pj = apply_module(self.projector, tp['projector'], ts['projector'], h, train=True)
-    new = dict(target, batch_stats={'backbone': bb, 'projector': pj})
+    z, pj = apply_module(self.projector, tp['projector'], stats('projector'), h, train=True)
+    new = teacher_lib.with_stats(target, backbone=bb, projector=pj)
     return jax.lax.stop_gradient(z), jax.lax.stop_gradient(new)
 
   # -- EMA ----------------------------------------------------------------------------------------
@@ -126,12 +128,7 @@ class SiameseMethod(Method):
     """Target params <- m * target + (1 - m) * online params (MoCo Eq. 2, BYOL Eq. 1)."""
     if not self.use_target:
       return state
-    # state.step was already incremented by apply_gradients: the update just made is step - 1.
-    m = self.momentum_at(state.step - 1 + self.momentum_step_offset)
-    target = state.buffers['target']
-    online = {k: state.params[k] for k in target['params']}
-    target = dict(target, params=common.ema_update(target['params'], online, m))
-    return state.replace(buffers=dict(state.buffers, target=target))
+    return teacher_lib.update(state, self.momentum_at, self.momentum_step_offset)
 
   # -- optimizer ----------------------------------------------------------------------------------
   def param_label(self, path: str) -> str:

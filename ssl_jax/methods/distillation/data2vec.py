@@ -19,7 +19,7 @@ Choices, stated:
   position embedding between student and teacher; an EMA copy of them is the common
   re-implementation); the EMA momentum anneals *linearly* from ``momentum`` to
   ``momentum_final`` over ``momentum_anneal_steps`` and then stays (fairseq
-  ``get_annealed_rate``);
+  ``get_annealed_rate``; ``teacher.momentum_schedule(shape='linear')``, ``buffers['teacher']``);
 * masks: BEiT block-wise masks with ratio ``mask_ratio`` from a host-precomputed bank drawn on
   device (``data.masking.BlockMaskBank``, see there);
 * evaluation/export use the *student* backbone (data2vec fine-tunes the student); ``features``
@@ -56,7 +56,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.data import masking
-from ssl_jax.methods import common
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import Method, init_module
 from ssl_jax.data.masking import BlockMaskBank
 from ssl_jax.models.cpu.dense import Dense
@@ -64,14 +64,6 @@ from ssl_jax.models.decoders import Data2VecConvDecoder
 from ssl_jax.models.vit import ViT
 
 STUDENTS = ('mask_token', 'visible')
-
-
-def linear_anneal(start: float, end: float, anneal_steps: int):
-  """fairseq's ``get_annealed_rate``: linear from ``start`` to ``end`` over ``anneal_steps``."""
-  def fn(step):
-    frac = jnp.clip(step / max(anneal_steps, 1), 0.0, 1.0)
-    return start + (end - start) * frac
-  return fn
 
 
 class Data2Vec(Method):
@@ -138,8 +130,8 @@ class Data2Vec(Method):
                                      size=m.mask_bank_size, seed=config.seed,
                                      min_num_patches=m.mask_min_patches or None)
       self.regression_head = Dense(self.feature_dim, name='regression_head')
-    self.momentum_fn = linear_anneal(m.momentum, m.momentum_final,
-                                     m.momentum_anneal_steps or config.train.steps)
+    self.momentum_fn = teacher_lib.momentum_schedule(
+        m, m.momentum_anneal_steps or config.train.steps, shape='linear')
 
   def views(self, batch, rng):
     k_aug, k_mask = jax.random.split(rng)
@@ -158,12 +150,13 @@ class Data2Vec(Method):
     bb_params, _ = init_module(self.backbone, k1, x)
     if self.student == 'visible':
       dec = self.decoder.init(k2, jnp.zeros((2, self.num_patches, self.feature_dim)))['params']
-      return {'backbone': bb_params, 'decoder': dec}, {'teacher': {'backbone': bb_params}}
+      params = {'backbone': bb_params, 'decoder': dec}
+      return params, {'teacher': teacher_lib.from_student(params, ('backbone',))}
     head = self.regression_head.init(k2, jnp.zeros((2, self.feature_dim)))['params']
     params = {'backbone': bb_params, 'regression_head': head,
               'mask_token': 0.02 * jax.random.truncated_normal(k2, -2.0, 2.0,
                                                                (self.feature_dim,))}
-    return params, {'teacher': {'backbone': bb_params}}
+    return params, {'teacher': teacher_lib.from_student(params, ('backbone',))}
 
   def targets(self, teacher_backbone, x):
     """(B, N, D) regression targets from the teacher on unmasked images ``x``."""
@@ -208,7 +201,7 @@ class Data2Vec(Method):
     m = self.hp
     x, mask = views['view0'], views['mask']
     target = jax.lax.stop_gradient(
-        self.targets(jax.lax.stop_gradient(state.buffers['teacher']['backbone']), x))
+        self.targets(jax.lax.stop_gradient(state.buffers['teacher']['params']['backbone']), x))
     student = (self._student_visible if self.student == 'visible'
                else self._student_mask_token)
     pred, target, cls = student(params, x, views, target, rng)
@@ -232,7 +225,4 @@ class Data2Vec(Method):
   # gets no training signal) or 'token', the [CLS] token (data2vec 2.0's ``cls_loss`` trains it).
 
   def after_update(self, state):
-    mom = self.momentum_fn(state.step - 1)
-    teacher = common.ema_update(state.buffers['teacher'],
-                                {'backbone': state.params['backbone']}, mom)
-    return state.replace(buffers=dict(state.buffers, teacher=teacher))
+    return teacher_lib.update(state, self.momentum_fn)

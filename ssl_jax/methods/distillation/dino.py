@@ -11,8 +11,9 @@ output distribution of an EMA teacher of itself:
 * center (``buffers['center']``): the loss uses the *old* center; the new one
   ``m c + (1 - m) mean(teacher logits)`` (momentum 0.9, mean over the global batch and both global
   crops) is returned by ``loss`` as a new buffer, i.e. updated after the loss, as Algorithm 1.
-* teacher (``buffers['teacher']``): EMA of the student backbone and head with the cosine momentum
-  schedule 0.996 -> 1 (``common.momentum_schedule``), updated in ``after_update``.
+* teacher (``buffers['teacher']``, the layout of ``methods/teacher.py``): EMA of the student
+  backbone and head with the cosine momentum schedule 0.996 -> 1 (``teacher.momentum_schedule``),
+  updated in ``after_update``; its BatchNorm statistics (ResNet, ``use_bn_in_head``) are its own.
 * schedules: teacher temperature linear warm-up (``warmup_teacher_temp`` -> ``teacher_temp`` over
   ``warmup_teacher_temp_steps``), lr warm-up + cosine, weight decay cosine from
   ``optim.weight_decay`` (0.04) to ``method.weight_decay_end`` (0.4).
@@ -46,7 +47,7 @@ import optax
 from ssl_jax import losses
 from ssl_jax.data import augment
 from ssl_jax.data.pipeline import CropSpec
-from ssl_jax.methods import common
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax.models.heads import DINOHead
 from ssl_jax import optim as schedules
@@ -95,7 +96,7 @@ class DINO(Method):
   teacher_keys = ('backbone', 'head')
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(Method.Hparams, common.EMAHparams):
+  class Hparams(Method.Hparams, teacher_lib.EMAHparams):
     out_dim: int
     hidden_dim: int
     bottleneck_dim: int
@@ -120,7 +121,7 @@ class DINO(Method):
     self.num_local = m.num_local_crops
     self.head = self._make_head()
     total = config.train.steps
-    self.momentum_fn = common.momentum_schedule(m, total)
+    self.momentum_fn = teacher_lib.momentum_schedule(m, total)
     self.teacher_temp_fn = schedules.linear_warmup_constant(
         m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_steps)
 
@@ -170,20 +171,18 @@ class DINO(Method):
 
   def _buffers(self, params, bb_stats, hd_stats=None):
     """Teacher = a copy of the student; centers start at 0 (as the official code). BatchNorm
-    statistics (ResNet backbone, ``use_bn_in_head``) are kept apart for student and teacher."""
-    buffers = {'teacher': {k: params[k] for k in self.teacher_keys},
+    statistics (ResNet backbone, ``use_bn_in_head``) are kept apart for student
+    (``buffers['batch_stats']``) and teacher (``buffers['teacher']['batch_stats']``)."""
+    stats = {k: v for k, v in (('backbone', bb_stats), ('head', hd_stats)) if v}
+    buffers = {'teacher': teacher_lib.from_student(params, self.teacher_keys, stats),
                'center': jnp.zeros((1, self.hp.out_dim), jnp.float32)}
-    stats = {}
-    if bb_stats:
-      stats.update(backbone=bb_stats, teacher_backbone=bb_stats)
-    if hd_stats:
-      stats.update(head=hd_stats, teacher_head=hd_stats)
     if stats:
       buffers['batch_stats'] = stats
     return buffers
 
   # -- forward pieces ---------------------------------------------------------------------------
   def _stats(self, buffers, name):
+    """The student's BatchNorm statistics of module ``name`` ({} when it has none)."""
     return buffers.get('batch_stats', {}).get(name, {})
 
   def _student_features(self, params, buffers, views, rng):
@@ -200,31 +199,32 @@ class DINO(Method):
       feats.append(f)
     return jnp.concatenate(feats), stats
 
-  def _head_apply(self, head_params, buffers, name, x):
-    """The head in train mode, threading its BatchNorm statistics ``name`` when it has any
+  def _head_apply(self, head_params, stats, x):
+    """The head in train mode, threading its BatchNorm statistics ``stats`` when it has any
     (the teacher's head too runs in train mode, as DINO's teacher). Returns (logits, stats)."""
-    return apply_module(self.head, head_params, self._stats(buffers, name), x, train=True)
+    return apply_module(self.head, head_params, stats, x, train=True)
 
   def _teacher_apply(self, buffers, x, **kw):
     """Teacher backbone forward, no gradient. A BatchNorm teacher (ResNet) runs in train mode
     with its own running statistics, as DINO's teacher (SyncBN, train mode); a ViT teacher runs
     without stochastic depth."""
-    stats = self._stats(buffers, 'teacher_backbone')
-    teacher = jax.lax.stop_gradient(buffers['teacher'])
+    stats = teacher_lib.stats_of(buffers['teacher'], 'backbone')
+    teacher = jax.lax.stop_gradient(buffers['teacher']['params'])
     out, stats = apply_module(self.backbone, teacher['backbone'], stats, x, train=bool(stats), **kw)
     return jax.lax.stop_gradient(out), stats
 
   def _new_stats(self, buffers, student_stats, teacher_stats, head_stats=None):
-    """The ``batch_stats`` buffer with the new statistics; ``head_stats`` is the (student,
-    teacher) pair of head statistics."""
+    """The ``batch_stats`` and ``teacher`` buffers with the new statistics; ``head_stats`` is the
+    (student, teacher) pair of head statistics."""
     if 'batch_stats' not in buffers:
       return {}
-    new = dict(buffers['batch_stats'])
+    new, new_teacher = dict(buffers['batch_stats']), {}
     if student_stats:
-      new.update(backbone=student_stats, teacher_backbone=teacher_stats)
+      new['backbone'], new_teacher['backbone'] = student_stats, teacher_stats
     if head_stats is not None and 'head' in new:
-      new.update(head=head_stats[0], teacher_head=head_stats[1])
-    return {'batch_stats': new}
+      new['head'], new_teacher['head'] = head_stats
+    return {'batch_stats': new,
+            'teacher': teacher_lib.with_stats(buffers['teacher'], **new_teacher)}
 
   # -- training ---------------------------------------------------------------------------------
   def loss(self, params, state, views, rng):
@@ -233,13 +233,14 @@ class DINO(Method):
     b = views['global0'].shape[0]
     n_crops = 2 + self.num_local
     feats, s_stats = self._student_features(params, buffers, views, rng)
-    student, sh_stats = self._head_apply(params['head'], buffers, 'head', feats)
+    student, sh_stats = self._head_apply(params['head'], self._stats(buffers, 'head'), feats)
     student = student.reshape(n_crops, b, -1)
 
     t_feats, t_stats = self._teacher_apply(
         buffers, jnp.concatenate([views['global0'], views['global1']]))
-    teacher, th_stats = self._head_apply(jax.lax.stop_gradient(buffers['teacher']['head']),
-                                         buffers, 'teacher_head', t_feats)
+    teacher, th_stats = self._head_apply(
+        jax.lax.stop_gradient(buffers['teacher']['params']['head']),
+        teacher_lib.stats_of(buffers['teacher'], 'head'), t_feats)
     teacher = jax.lax.stop_gradient(teacher.reshape(2, b, -1))
 
     temp = self.teacher_temp_fn(state.step)
@@ -252,11 +253,7 @@ class DINO(Method):
     return loss, (metrics, new_buffers)
 
   def after_update(self, state):
-    # state.step was incremented by apply_gradients; the update just made was number step - 1.
-    mom = self.momentum_fn(state.step - 1)
-    online = {k: state.params[k] for k in self.teacher_keys}
-    teacher = common.ema_update(state.buffers['teacher'], online, mom)
-    return state.replace(buffers=dict(state.buffers, teacher=teacher))
+    return teacher_lib.update(state, self.momentum_fn)
 
   def build_optimizer(self, total_steps: int):
     """AdamW (or SGD) with DINO's weight-decay schedule, per-tensor clipping and the frozen last
@@ -285,14 +282,14 @@ class DINO(Method):
   def features(self, params, buffers, images_uint8):
     """Pooled features of the *teacher* backbone in eval mode (what DINO evaluates)."""
     x = self.normalize(images_uint8)
-    out, _ = apply_module(self.backbone, buffers['teacher']['backbone'],
-                          self._stats(buffers, 'teacher_backbone'), x, train=False)
+    out, _ = apply_module(self.backbone, buffers['teacher']['params']['backbone'],
+                          teacher_lib.stats_of(buffers['teacher'], 'backbone'), x, train=False)
     return out.astype(jnp.float32)
 
   def encoder_variables(self, params, buffers):
     """The teacher backbone's variables (DINO releases the teacher)."""
-    v = {'params': buffers['teacher']['backbone']}
-    stats = self._stats(buffers, 'teacher_backbone')
+    v = {'params': buffers['teacher']['params']['backbone']}
+    stats = teacher_lib.stats_of(buffers['teacher'], 'backbone')
     if stats:
       v['batch_stats'] = stats
     return v

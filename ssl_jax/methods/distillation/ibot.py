@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.distillation.dino import DINO
 from ssl_jax.data.masking import BlockMaskBank
@@ -137,11 +138,11 @@ class IBOT(DINO):
     student_patch = s_patch.reshape(2, b, *s_patch.shape[1:])
 
     # Teacher: unmasked global crops.
-    teacher = jax.lax.stop_gradient(buffers['teacher'])
+    teacher = jax.lax.stop_gradient(buffers['teacher']['params'])
     t_enc = self.backbone.apply({'params': teacher['backbone']}, globals_, train=False,
                                 method=ViT.encode)
     t_cls, t_patch, t_stats = self._head_tokens(teacher['head'],
-                                                self._stats(buffers, 'teacher_head'),
+                                                teacher_lib.stats_of(buffers['teacher'], 'head'),
                                                 t_enc['tokens'])
     t_cls = jax.lax.stop_gradient(t_cls).reshape(2, b, -1)
     t_patch = jax.lax.stop_gradient(t_patch).reshape(2, b, *t_patch.shape[1:])

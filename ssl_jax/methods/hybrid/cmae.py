@@ -34,9 +34,14 @@ global array, so this is the official code's ``concat_all_gather``); the 2 tau f
 official code's. Both terms are logged (``loss_recon``, ``loss_contrastive``) with
 ``contrastive_acc``.
 
-EMA. After every update, target (backbone, projector) <- m target + (1 - m) online
-(``common.ema_update``), m = ``common.momentum_schedule`` of the step (cosine from ``momentum`` to
-``momentum_final``; the official configs keep 0.996 constant, ``momentum_final = momentum``).
+EMA. The momentum encoder is the EMA teacher of ``methods/teacher.py`` (``buffers['teacher']``:
+params of backbone and projector, the projector's own BatchNorm statistics). After every update,
+teacher <- m teacher + (1 - m) online (``teacher.update``), m = ``teacher.momentum_schedule`` of
+the step (cosine from ``momentum`` to ``momentum_final``; the official configs keep 0.996
+constant, ``momentum_final = momentum``).
+
+MAE's encoder and pixel decoder come from ``methods/masked_image.MAEStack`` (shared with MAE, one
+layer below both families).
 
 Masking (``method.mask_unit``): 1 = MAE's per-patch random masking; 2 = the official code's
 masking of whole 2x2 groups of patches (``CMAEViT.random_masking``, ratio 0.65 of the groups).
@@ -59,9 +64,10 @@ from ssl_jax import losses
 from ssl_jax.data import augment, masking
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import common
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.common import mlp_from_config
-from ssl_jax.methods.masked.mae import MAE
+from ssl_jax.methods.masked_image import MAEStack
 from ssl_jax.models import vit as vit_lib
 from ssl_jax.models.decoders import MAEDecoder
 
@@ -94,12 +100,12 @@ def shifted_windows(images, offsets, size: int):
       images, offsets)
 
 
-class CMAE(MAE):
+class CMAE(MAEStack):
   """MAE + feature decoder, projector and predictor against an EMA encoder of a shifted view."""
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(MAE.Hparams, common.ProjectorHparams, common.PredictorHparams,
-                common.EMAHparams):
+  class Hparams(MAEStack.Hparams, common.ProjectorHparams, common.PredictorHparams,
+                teacher_lib.EMAHparams):
     mask_unit: int = 1
     max_shift: int
     feature_decoder_dim: int
@@ -134,7 +140,7 @@ class CMAE(MAE):
     self.target_recipe = augment.get_recipe(target, **dict(config.aug.get('overrides', {})))
     self.temperature = m.temperature
     self.contrastive_weight = m.contrastive_weight
-    self.momentum_fn = common.momentum_schedule(m, config.train.steps)
+    self.momentum_fn = teacher_lib.momentum_schedule(m, config.train.steps)
 
   # -- data -------------------------------------------------------------------------------------
   def crop_specs(self):
@@ -169,8 +175,8 @@ class CMAE(MAE):
     buffers = {
         'batch_stats': {'projector': proj_stats, 'predictor': pred_stats},
         # The momentum encoder starts as a copy of the online backbone and projector.
-        'target': {'params': {'backbone': params['backbone'], 'projector': params['projector']},
-                   'batch_stats': {'projector': proj_stats}},
+        'teacher': teacher_lib.from_student(params, ('backbone', 'projector'),
+                                            {'projector': proj_stats}),
     }
     return params, buffers
 
@@ -178,13 +184,13 @@ class CMAE(MAE):
   def target_projection(self, target, x):
     """(k, new target buffers): the momentum encoder on the full target view, mean of its patch
     tokens before the final norm, through the momentum projector (train-mode BatchNorm, own
-    running statistics); no gradient."""
+    running statistics); no gradient. ``target`` is ``buffers['teacher']``."""
     out = self.backbone.apply({'params': target['params']['backbone']}, x, train=False,
                               method=vit_lib.ViT.encode, return_layers=True)
     h = out['layers'][-1][:, self.backbone.num_prefix_tokens:].astype(jnp.float32).mean(axis=1)
     k, stats = apply_module(self.projector, target['params']['projector'],
-                            target['batch_stats']['projector'], h, train=True)
-    new = dict(target, batch_stats={'projector': stats})
+                            teacher_lib.stats_of(target, 'projector'), h, train=True)
+    new = teacher_lib.with_stats(target, projector=stats)
     return jax.lax.stop_gradient(k), jax.lax.stop_gradient(new)
 
   def loss(self, params, state, views, rng):
@@ -197,19 +203,15 @@ class CMAE(MAE):
                                  feats.mean(axis=1), train=True)
     q, pred_stats = apply_module(self.predictor, params['predictor'], stats['predictor'], z,
                                  train=True)
-    k, target = self.target_projection(state.buffers['target'], views['target_image'])
+    k, target = self.target_projection(state.buffers['teacher'], views['target_image'])
     loss, metrics = losses.cmae_loss(
         pixels, vit_lib.patchify(views['image'], self.patch_size), views['mask'], q, k,
         self.temperature, self.contrastive_weight, self.norm_pix_loss)
-    buffers = dict(state.buffers, target=target,
+    buffers = dict(state.buffers, teacher=target,
                    batch_stats={'projector': proj_stats, 'predictor': pred_stats})
     return loss, (metrics, buffers)
 
   def after_update(self, state):
-    """Target (backbone, projector) <- m target + (1 - m) online, m = momentum(step of the update
-    just made)."""
-    m = self.momentum_fn(state.step - 1)   # apply_gradients already advanced state.step
-    target = state.buffers['target']
-    online = {name: state.params[name] for name in target['params']}
-    target = dict(target, params=common.ema_update(target['params'], online, m))
-    return state.replace(buffers=dict(state.buffers, target=target))
+    """Teacher (backbone, projector) <- m teacher + (1 - m) online, m = momentum(step of the
+    update just made)."""
+    return teacher_lib.update(state, self.momentum_fn)

@@ -18,51 +18,20 @@ eval pooling ``model.pool`` ('mean' | 'token', see :class:`MaskedImageMethod`).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from ssl_jax import losses
 from ssl_jax.data import masking
-from ssl_jax.methods.masked import MaskedImageMethod
+from ssl_jax.methods.masked_image import MAEStack
 from ssl_jax.models import vit as vit_lib
-from ssl_jax.models.decoders import MAEDecoder
 
 
-class MAE(MaskedImageMethod):
-  """Masked autoencoder: visible-only encoder, light decoder, masked-patch MSE."""
-
-  @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(MaskedImageMethod.Hparams):
-    mask_ratio: float
-    norm_pix_loss: bool
-    decoder_dim: int
-    decoder_depth: int
-    decoder_heads: int
-
-  def __init__(self, config):
-    super().__init__(config)
-    m = self.hp
-    self.mask_ratio = m.mask_ratio
-    self.num_keep = masking.num_kept(self.num_patches, self.mask_ratio)
-    self.norm_pix_loss = m.norm_pix_loss
-    self.decoder = MAEDecoder(self.grid, self.patch_dim, m.decoder_dim, m.decoder_depth,
-                              m.decoder_heads, num_prefix_tokens=self.backbone.num_prefix_tokens,
-                              dtype=self.backbone.dtype)
-
-  def init(self, rng, batch):
-    k1, k2 = jax.random.split(rng)
-    x = jnp.zeros((2,) + batch['view0'].shape[1:3] + (3,), jnp.float32)
-    bb = self.backbone.init({'params': k1}, x)['params']
-    tokens = jnp.zeros((2, self.backbone.num_prefix_tokens + self.num_keep,
-                        self.backbone.embed_dim), jnp.float32)
-    ids = jnp.tile(jnp.arange(self.num_patches, dtype=jnp.int32), (2, 1))
-    dec = self.decoder.init({'params': k2}, tokens, ids)['params']
-    return {'backbone': bb, 'decoder': dec}, {}
+class MAE(MAEStack):
+  """Masked autoencoder: visible-only encoder, light decoder, masked-patch MSE (the encoder and
+  decoder are ``methods/masked_image.MAEStack``, shared with CMAE)."""
 
   def views(self, batch, rng):
     k_aug, k_mask = jax.random.split(rng)
@@ -70,25 +39,11 @@ class MAE(MaskedImageMethod):
     return {'image': x, **masking.random_masking(k_mask, x.shape[0], self.num_patches,
                                                  self.mask_ratio)}
 
-  def predict(self, params, views, *, train=False, rng=None):
-    """Encoder on the visible patches -> decoder -> (B, N, p*p*3) predicted patches."""
-    out = self.encode(params, views['image'], train=train, rng=rng, ids_keep=views['ids_keep'])
-    return self.decoder.apply({'params': params['decoder']}, out['tokens'], views['ids_restore'])
-
   def loss(self, params, state, views, rng):
     pred = self.predict(params, views, train=True, rng=rng)
     target = vit_lib.patchify(views['image'], self.patch_size)
     loss = losses.mae_loss(pred, target, views['mask'], self.norm_pix_loss)
     return loss, ({}, state.buffers)
-
-  def reconstruct(self, params, buffers, images_uint8, rng):
-    x = self.normalize(images_uint8)
-    v = {'image': x, **masking.random_masking(rng, x.shape[0], self.num_patches, self.mask_ratio)}
-    pred = self.predict(params, v)
-    if self.norm_pix_loss:  # predictions are per-patch normalised: undo with the target's stats
-      t = vit_lib.patchify(x, self.patch_size)
-      pred = pred * jnp.sqrt(t.var(-1, keepdims=True, ddof=1) + 1e-6) + t.mean(-1, keepdims=True)
-    return self._grid_images(x, v['mask'], pred)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
