@@ -8,11 +8,15 @@
 * A JAX persistent compilation cache in a fresh temporary directory for this session (inherited by
   the subprocesses tests start): tests that build the same tiny experiment again (resume,
   checkpoint and engine tests) load its compiled step instead of compiling it again.
+* ``-n 2 --dist loadfile`` (the README's command) starts the slowest files first and hands out the
+  round-trip configs one test at a time (pytest_xdist_make_scheduler below).
 """
 import atexit
 import os
 import shutil
 import tempfile
+
+import pytest
 
 # XLA:CPU's LLVM optimisation is most of the compile time of the tiny test models and buys them
 # little; every test process (and subprocess, via helpers.xla_flags) compiles without it.
@@ -39,6 +43,7 @@ SLOW_FILES_FIRST = ('tests/train/test_multihost.py', 'tests/train/test_resume.py
 ONE_BY_ONE_FILES = ('tests/test_roundtrip.py',)
 
 
+@pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist, which may be absent
 def pytest_xdist_make_scheduler(config, log):
   """``--dist loadfile`` with the order above; other --dist modes are xdist's own."""
   if config.getvalue('dist') != 'loadfile':
