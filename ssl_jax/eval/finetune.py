@@ -16,6 +16,7 @@ CutMix, which are not implemented here). Evaluation: centre crops of ``config.da
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -70,7 +71,8 @@ class Classifier(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = self.backbone(x, train=train)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(h)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros, name='head')(h)
 
 
 def swin_block_ids(backbone_params) -> dict[str, int]:
@@ -175,9 +177,13 @@ def finetune(method, params, buffers, config, mesh, train_source, test_source,
   model = Classifier(backbone, num_classes)
   enc = method.encoder_variables(params, buffers)
   size = config.data.image_size
-  init_vars = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, size, size, 3)), train=False)
+  # The head starts at zero (kernel and bias), so its shapes are all we need: an eager
+  # ``model.init`` compiled every op of the backbone's init one by one (minutes on CPU).
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(cfg.seed),
+                          jnp.zeros((1, size, size, 3)))
   ft_params = {'backbone': jax.device_get(enc['params']),
-               'head': jax.device_get(init_vars['params']['head'])}
+               'head': jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                              shapes['params']['head'])}
   stats = {'backbone': jax.device_get(enc['batch_stats'])} if 'batch_stats' in enc else {}
   num_layers = _num_layers(backbone)
   tx, _ = build_optimizer(ft_params, cfg, num_layers)
