@@ -1,5 +1,5 @@
 """The one EMA teacher (momentum encoder, target network) of BYOL, MoCo v1/v2/v3, DINO, iBOT,
-data2vec and CMAE: one buffer layout, one update, one schedule rule.
+data2vec, CMAE and I-JEPA: one buffer layout, one update, one schedule rule.
 
 Layout. The teacher lives under one key of the method's buffers, ``buffers['teacher']``::
 

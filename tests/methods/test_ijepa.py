@@ -162,13 +162,13 @@ def test_loss_matches_numpy(run):
   # A final norm far from the identity, so that the extra per-token layer norm of the targets
   # shows (after init and two steps the ViT's own final LayerNorm is nearly parameter-free).
   buffers = jax.tree_util.tree_map(lambda a: a, state.buffers)
-  norm = buffers['teacher']['backbone']['norm']
+  norm = buffers['teacher']['params']['backbone']['norm']
   norm['scale'] = 2.0 * norm['scale'] + np.linspace(0, 1, norm['scale'].shape[0])
   norm['bias'] = norm['bias'] + 0.5
   loss_fn = jax.jit(lambda p, b, v, r: method.loss(p, types.SimpleNamespace(buffers=b, step=2),
                                                    v, r))
   loss, (metrics, _) = loss_fn(state.params, buffers, views, jax.random.PRNGKey(1))
-  teacher = method.backbone.apply({'params': buffers['teacher']['backbone']},
+  teacher = method.backbone.apply({'params': buffers['teacher']['params']['backbone']},
                                   views['view0'], method=ViT.encode)['patches']
   h = np_layer_norm(teacher, 1e-5)
   tids = np.asarray(views['target_ids'])
@@ -205,22 +205,22 @@ def test_ema_target_encoder_and_features(run):
   np.testing.assert_allclose([h['ema_momentum'] for h in history], [0.9, 0.95], rtol=1e-6)
   np.testing.assert_allclose(float(method.momentum_fn(STEPS)), 1.0)
   # t_k = t_{k-1} + (1 - m(k-1)) (s_k - t_{k-1}), from a teacher initialised to the student.
-  helpers.assert_trees_close(states[0].buffers['teacher']['backbone'],
+  helpers.assert_trees_close(states[0].buffers['teacher']['params']['backbone'],
                              states[0].params['backbone'], rtol=0, atol=0)
   for k, m in ((1, 0.9), (2, 0.95)):
-    prev = states[k - 1].buffers['teacher']['backbone']
+    prev = states[k - 1].buffers['teacher']['params']['backbone']
     expect = jax.tree_util.tree_map(lambda t, s: t + (1 - m) * (s - t), prev,
                                     states[k].params['backbone'])
-    helpers.assert_trees_close(states[k].buffers['teacher']['backbone'], expect, rtol=1e-5,
+    helpers.assert_trees_close(states[k].buffers['teacher']['params']['backbone'], expect, rtol=1e-5,
                                atol=1e-6)
   images = np.asarray(exp.train_ds[0]['view0'][:4])
   feats = method.features(state.params, state.buffers, images)
   x = method.normalize(images)
-  t = method.backbone.apply({'params': state.buffers['teacher']['backbone']}, x,
+  t = method.backbone.apply({'params': state.buffers['teacher']['params']['backbone']}, x,
                             method=ViT.encode)['patches'].mean(1)
   np.testing.assert_allclose(feats, t, rtol=1e-5, atol=1e-6)   # target encoder, mean pooled
   assert method.encoder_variables(state.params, state.buffers)['params'] is \
-      state.buffers['teacher']['backbone']
+      state.buffers['teacher']['params']['backbone']
 
 
 def test_one_vs_eight_devices(run):

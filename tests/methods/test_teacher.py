@@ -89,7 +89,7 @@ def test_common_reexports_the_teacher():
   assert common.EMAHparams is teacher.EMAHparams
 
 
-EMA_METHODS = ('byol', 'moco', 'mocov3', 'dino', 'ibot', 'data2vec', 'cmae')
+EMA_METHODS = ('byol', 'moco', 'mocov3', 'dino', 'ibot', 'data2vec', 'cmae', 'ijepa')
 
 
 @pytest.mark.parametrize('name', EMA_METHODS)

@@ -52,7 +52,7 @@ import optax
 from ssl_jax import losses
 from ssl_jax import optim as schedules
 from ssl_jax.data import masking
-from ssl_jax.methods import common
+from ssl_jax.methods import common, teacher
 from ssl_jax.methods.base import Method, init_module
 from ssl_jax.models.predictors import JEPAPredictor
 from ssl_jax.models.vit import ViT
@@ -126,7 +126,8 @@ class IJEPA(Method):
     ids = jnp.zeros((2, self.num_context_tokens), jnp.int32)
     tgt = jnp.zeros((2, self.num_target_tokens), jnp.int32)
     pred = self.predictor.init({'params': k2}, ctx, ids, tgt)['params']
-    return {'backbone': bb, 'predictor': pred}, {'teacher': {'backbone': bb}}
+    params = {'backbone': bb, 'predictor': pred}
+    return params, {'teacher': teacher.from_student(params, ['backbone'])}   # the target encoder
 
   def targets(self, teacher_backbone, x, target_ids):
     """(B, M, Kt, D): the target encoder's final-normed patch tokens on the whole image, layer-
@@ -151,8 +152,8 @@ class IJEPA(Method):
 
   def loss(self, params, state, views, rng):
     x = views['view0']
-    target = jax.lax.stop_gradient(self.targets(
-        jax.lax.stop_gradient(state.buffers['teacher']['backbone']), x, views['target_ids']))
+    target_encoder = jax.lax.stop_gradient(state.buffers['teacher']['params']['backbone'])
+    target = jax.lax.stop_gradient(self.targets(target_encoder, x, views['target_ids']))
     pred = self.predict(params, x, views['context_ids'], views['target_ids'], train=True, rng=rng)
     loss = losses.ijepa_loss(pred, target, self.hp.loss)
 
@@ -167,10 +168,7 @@ class IJEPA(Method):
     return loss, (metrics, state.buffers)
 
   def after_update(self, state):
-    mom = self.momentum_fn(state.step - 1)
-    teacher = common.ema_update(state.buffers['teacher'],
-                                {'backbone': state.params['backbone']}, mom)
-    return state.replace(buffers=dict(state.buffers, teacher=teacher))
+    return teacher.update(state, self.momentum_fn)   # the momentum of the update just made
 
   def build_optimizer(self, total_steps: int):
     """AdamW (or SGD) with I-JEPA's schedules: lr warm-up from ``warmup_start_lr_ratio`` x peak,
@@ -199,9 +197,9 @@ class IJEPA(Method):
     """Pooled features of the *target* encoder in eval mode (what I-JEPA evaluates): the mean of
     its last layer's patch tokens with ``model.pool='mean'``."""
     x = self.normalize(images_uint8)
-    out = self.backbone.apply({'params': buffers['teacher']['backbone']}, x, train=False)
+    out = self.backbone.apply({'params': buffers['teacher']['params']['backbone']}, x, train=False)
     return out.astype(jnp.float32)
 
   def encoder_variables(self, params, buffers):
     """The target encoder's variables (I-JEPA releases the target encoder)."""
-    return {'params': buffers['teacher']['backbone']}
+    return {'params': buffers['teacher']['params']['backbone']}
