@@ -41,6 +41,8 @@ METHODS = {
     'cutpaste': 'ssl_jax.methods.pretext.cutpaste:CutPaste',
     'colorization': 'ssl_jax.methods.pretext.colorization:Colorization',
     'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
+    'lejepa': 'ssl_jax.methods.jepa.lejepa:LeJEPA',
+    'msn': 'ssl_jax.methods.distillation.msn:MSN',
 }
 
 _BUILTIN_METHODS = dict(METHODS)
