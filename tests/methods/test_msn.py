@@ -49,9 +49,9 @@ def test_loss_is_the_official_formula_on_masked_anchors(one_device):
   """Anchors = the student ViT on the kept patches only (int(16 * 0.7) = 11 of the anchor's
   4x4 grid, int(4 * 0.7) = 2 of each focal crop's 2x2), [CLS] -> projector (BatchNorm over all
   anchors); target = the EMA encoder on the unmasked target crop; loss = official MSN loss."""
-  exp, init, _, _ = one_device
+  exp, _, _, _ = one_device
   method = exp.method
-  st = TrainState.create(params=init.params, tx=exp.tx, buffers=init.buffers)
+  st = exp.initial_state()   # on device, not a host copy of buffers the steps donated
   views = jax.jit(method.views)(exp.train_ds[0], jax.random.PRNGKey(0))
   assert views['anchor_keep'].shape == (16, 11) and views['focal_keep'].shape == (32, 2)
   loss, (metrics, _) = jax.jit(method.loss)(st.params, st, views, jax.random.PRNGKey(1))
