@@ -13,6 +13,8 @@ paper it implements. No parameters, no state. The families:
 * ``masked``: Masked image modelling
 * ``pretext``: Pretext classification tasks
 * ``hybrid``: Objectives that add two families
+* ``jepa``: Joint-embedding predictive objectives (LeJEPA's SIGReg)
+* ``msn``: Masked Siamese Networks' prototype loss (MSN / PMSN)
 
 Every public name is re-exported here, so ``losses.nt_xent`` is the same function as
 ``losses.contrastive.nt_xent``.
@@ -28,6 +30,8 @@ from ssl_jax.losses import distillation
 from ssl_jax.losses import masked
 from ssl_jax.losses import pretext
 from ssl_jax.losses import hybrid
+from ssl_jax.losses import jepa
+from ssl_jax.losses import msn
 
 from ssl_jax.losses.common import l2_normalize
 from ssl_jax.losses.contrastive import (
@@ -47,3 +51,7 @@ from ssl_jax.losses.masked import (
 from ssl_jax.losses.pretext import (
     pretext_cross_entropy, uncertainty_weighted_sum, colorization_rebalanced_ce)
 from ssl_jax.losses.hybrid import cmae_loss
+from ssl_jax.losses.jepa import (
+    epps_pulley_grid, epps_pulley, random_directions, sigreg, lejepa_loss)
+from ssl_jax.losses.msn import (
+    prototype_probabilities, sharpen, power_law_prior, msn_regularizer, msn_loss)

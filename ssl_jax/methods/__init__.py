@@ -42,6 +42,8 @@ METHODS = {
     'colorization': 'ssl_jax.methods.pretext.colorization:Colorization',
     'pirl': 'ssl_jax.methods.pretext.pirl:PIRL',
     'ijepa': 'ssl_jax.methods.jepa.ijepa:IJEPA',
+    'lejepa': 'ssl_jax.methods.jepa.lejepa:LeJEPA',
+    'msn': 'ssl_jax.methods.distillation.msn:MSN',
 }
 
 _BUILTIN_METHODS = dict(METHODS)

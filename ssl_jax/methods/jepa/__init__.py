@@ -1,1 +1,1 @@
-"""Joint-embedding predictive architectures: predict representations, not pixels (I-JEPA)."""
+"""Joint-embedding predictive architectures: predict representations, not pixels (I-JEPA, LeJEPA)."""
