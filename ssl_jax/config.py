@@ -40,6 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.frozen_patch_embed = False  # ViT: random, frozen patch projection (MoCo v3)
   c.model.pool = 'token'             # ViT pooled feature: 'token' (prefix token pool_token) | 'mean'
   c.model.pool_token = 0             # ViT: which prefix token 'token' pools (SiT: 1, contrastive)
+  # Modern-ViT parts (issue 32; ssl_jax/models/vit.py); the defaults leave every model unchanged.
+  c.model.num_registers = 0          # ViT register tokens (Darcet et al. 2024; DINOv2-reg: 4)
+  c.model.layerscale_init = 0.0      # ViT LayerScale initial gamma (0 = off; DINOv2: 1e-5)
+  c.model.mlp = 'gelu'               # ViT FFN: 'gelu' | 'swiglu' (DINOv2 ViT-g)
+  c.model.qk_norm = False            # ViT per-head LayerNorm of queries and keys
+  c.model.rope = False               # ViT 2-D axial RoPE on patch tokens (with pos_embed or 'none')
   c.model.window_size = 7         # Swin attention window (tokens per side)
   c.model.swin_depths = ()       # Swin overrides (() = preset): blocks per stage, e.g. (2, 2, 2)
   c.model.swin_heads = ()        # Swin overrides: heads per stage, same length as swin_depths
@@ -247,6 +253,28 @@ def _check_swin(config):
     raise ValueError(f'config.data.image_size: {e}') from None
 
 
+def _check_vit_parts(m):
+  """The issue-32 ViT fields: types, ranges, and RoPE's head width (models/vit.py)."""
+  regs = m.get('num_registers', 0)
+  _require(isinstance(regs, int) and not isinstance(regs, bool) and regs >= 0,
+           'model.num_registers', f'must be a non-negative integer, got {regs!r}')
+  ls = m.get('layerscale_init', 0.0)
+  _require(_is_number(ls) and ls >= 0, 'model.layerscale_init',
+           f'must be a number >= 0 (0 = off; DINOv2 uses 1e-5), got {ls!r}')
+  _choice(m.get('mlp', 'gelu'), 'model.mlp', ('gelu', 'swiglu'))
+  for field in ('qk_norm', 'rope'):
+    _require(isinstance(m.get(field, False), bool), f'model.{field}',
+             f'must be True or False, got {m.get(field)!r}')
+  if m.get('rope', False) and m.backbone.startswith('vit'):
+    from ssl_jax.models import vit  # pylint: disable=g-import-not-at-top
+    preset = vit.VIT_PRESETS.get(m.backbone, {})
+    d = m.get('embed_dim', 0) or preset.get('embed_dim', 0)
+    h = m.get('num_heads', 0) or preset.get('num_heads', 0)
+    _require(not (d and h) or (d // h) % 4 == 0, 'model.rope',
+             f'needs head_dim = embed_dim / num_heads divisible by 4, got {d}/{h}; change '
+             'model.embed_dim or model.num_heads')
+
+
 def validate(config, num_devices: int | None = None):
   """Checks the fields the trainer relies on; raises ValueError naming the first bad field."""
   from ssl_jax import methods, models  # pylint: disable=g-import-not-at-top
@@ -260,7 +288,9 @@ def validate(config, num_devices: int | None = None):
   _choice(config.model.dtype, 'model.dtype', ('float32', 'bfloat16'))
   _choice(config.model.get('conv_impl', 'auto'), 'model.conv_impl', models.resnet.CONV_IMPLS)
   _choice(config.model.get('cpu_dots', 'auto'), 'model.cpu_dots', CPU_DOTS)
-  _choice(config.model.get('pos_embed', 'learned'), 'model.pos_embed', ('learned', 'sincos'))
+  _choice(config.model.get('pos_embed', 'learned'), 'model.pos_embed',
+          ('learned', 'sincos', 'none'))
+  _check_vit_parts(config.model)
   _choice(config.model.get('pool', 'token'), 'model.pool', ('token', 'mean'))
   for field in ('data.batch_size', 'data.image_size', 'train.steps', 'train.log_every',
                 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.knn_k',

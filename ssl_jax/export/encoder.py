@@ -30,7 +30,8 @@ from ssl_jax.models import vit as vit_lib
 _BLOCKS = {'BasicBlock': resnet_lib.BasicBlock, 'Bottleneck': resnet_lib.Bottleneck}
 _VIT_FIELDS = ('img_size', 'patch_size', 'in_chans', 'embed_dim', 'depth', 'num_heads',
                'mlp_ratio', 'qkv_bias', 'num_prefix_tokens', 'pos_embed', 'layer_norm_eps',
-               'pool', 'pool_token')
+               'pool', 'pool_token', 'num_registers', 'layerscale_init', 'mlp', 'qk_norm',
+               'rope', 'rope_base')
 
 
 def module_spec(backbone, model_config=None) -> dict:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ssl_jax.models import resnet
 
 RESNETS = {'resnet18': resnet.resnet18, 'resnet50': resnet.resnet50}
-VITS = ('vit_tiny', 'vit_small', 'vit_base')
+VITS = ('vit_tiny', 'vit_small', 'vit_base', 'vit_large', 'vit_giant')
 SWINS = ('swin_tiny', 'swin_small', 'swin_base')
 BACKBONES = tuple(RESNETS) + VITS + SWINS
 # name -> (factory(model_cfg) -> flax module, feature_dim: int | callable(model_cfg) | None)
@@ -36,7 +36,9 @@ def build_backbone(model_cfg):
   stage, for tiny test models); ViTs read ``patch_size``, ``img_size``,
   ``drop_path_rate``, ``pos_embed`` ('learned' default | 'sincos'), ``num_prefix_tokens``
   ([CLS] + extra prefix / register tokens), ``frozen_patch_embed``, ``pool`` / ``pool_token``
-  (the pooled feature) and optional overrides
+  (the pooled feature), ``num_registers`` (register tokens, never pooled), ``layerscale_init``
+  (0 = no LayerScale), ``mlp`` ('gelu' | 'swiglu'), ``qk_norm``, ``rope`` (2-D axial RoPE) and
+  optional overrides
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models); Swins read ``patch_size``,
   ``window_size``, ``drop_path_rate`` and optional overrides ``embed_dim``, ``swin_depths``
   (blocks per stage) and ``swin_heads`` (heads per stage). Unknown names raise ValueError naming
@@ -72,7 +74,11 @@ def build_backbone(model_cfg):
                    num_prefix_tokens=model_cfg.get('num_prefix_tokens', 1),
                    frozen_patch_embed=model_cfg.get('frozen_patch_embed', False),
                    pool=model_cfg.get('pool', 'token'),
-                   pool_token=model_cfg.get('pool_token', 0), dtype=dtype, **kw)
+                   pool_token=model_cfg.get('pool_token', 0),
+                   num_registers=model_cfg.get('num_registers', 0),
+                   layerscale_init=model_cfg.get('layerscale_init', 0.0),
+                   mlp=model_cfg.get('mlp', 'gelu'), qk_norm=model_cfg.get('qk_norm', False),
+                   rope=model_cfg.get('rope', False), dtype=dtype, **kw)
   if name in SWINS:
     from ssl_jax.models import swin  # pylint: disable=g-import-not-at-top
     kw = dict(swin.SWIN_PRESETS[name])
@@ -92,7 +98,8 @@ def build_backbone(model_cfg):
 # ViT-only model fields and their defaults: another backbone given a non-default value is an error
 # rather than a silently ignored setting.
 _VIT_ONLY = {'num_prefix_tokens': 1, 'pos_embed': 'learned', 'frozen_patch_embed': False,
-             'pool': 'token', 'pool_token': 0}
+             'pool': 'token', 'pool_token': 0, 'num_registers': 0, 'layerscale_init': 0.0,
+             'mlp': 'gelu', 'qk_norm': False, 'rope': False}
 
 
 def register_backbone(name: str, factory: Callable[[Any], Any], *, feature_dim=None):

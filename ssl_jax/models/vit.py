@@ -9,9 +9,14 @@ Parameter names follow timm's ``VisionTransformer`` so an exporter maps them 1:1
     patch_embed/proj/{kernel,bias}       timm patch_embed.proj.{weight,bias}  (HWIO -> OIHW)
     cls_token       (1, 1, D)            timm cls_token
     reg_token       (1, P - 1, D)        timm reg_token   (only when num_prefix_tokens > 1)
+    register_tokens (1, R, D)            DINOv2 register_tokens (num_registers = R > 0);
+                                         timm appends them to reg_token, pos_embed rows 0
     pos_embed       (1, P + N, D)        timm pos_embed   (only for pos_embed='learned')
     blocks_{i}/norm1, attn/qkv, attn/proj, norm2, mlp/fc1, mlp/fc2
                                          timm blocks.{i}.*  (Dense kernels transposed)
+    blocks_{i}/ls1/gamma, ls2/gamma      LayerScale (layerscale_init > 0), timm / DINOv2 names
+    blocks_{i}/attn/q_norm, k_norm       QK-norm (qk_norm=True), timm names
+    blocks_{i}/mlp/fc1 (D, 2H), fc2      SwiGLU (mlp='swiglu'): timm SwiGLUPacked, DINOv2 w12/w3
     norm                                 timm norm
 
 Prefix tokens: token 0 is [CLS]; any further prefix tokens (e.g. SiT's extra contrastive
@@ -154,18 +159,53 @@ class PatchEmbed(nn.Module):
         return x
 
 
+def rope_2d_angles(positions: Array, head_dim: int, base: float = 100.0) -> Array:
+    """Rotation angles of 2-D axial RoPE (Su et al. 2021; axial 2-D form of Heo et al. 2024,
+    "Rotary Position Embedding for Vision Transformer"), float32 (..., head_dim / 2).
+
+    ``positions`` (..., 2) holds (row, col) patch coordinates. The first half of the angles
+    rotates by the row, the second by the column, each with frequencies
+    ``base^(-i / (head_dim / 4))``, i < head_dim / 4. A token with angle 0 is not rotated
+    (prefix and register tokens). Because a rotation R(a) satisfies R(a)^T R(b) = R(b - a),
+    q.k depends only on the positions' difference: attention sees relative positions only.
+    """
+    if head_dim % 4:
+        raise ValueError(f'2-D RoPE needs head_dim divisible by 4, got {head_dim}; '
+                         'change embed_dim / num_heads')
+    n = head_dim // 4
+    freqs = base ** (-jnp.arange(n, dtype=jnp.float32) / n)
+    pos = positions.astype(jnp.float32)
+    return jnp.concatenate([pos[..., :1] * freqs, pos[..., 1:2] * freqs], axis=-1)
+
+
+def apply_rope(x: Array, angles: Array) -> Array:
+    """Rotates (B, T, heads, head_dim) queries or keys by (B | 1, T, head_dim / 2) angles
+    (rotate-half pairing: channel i pairs with i + head_dim / 2; RoFormer, Su et al. 2021)."""
+    half = x.shape[-1] // 2
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection and ``proj`` output (ViT,
     Dosovitskiy et al. 2021; timm layout). ``return_attention=True`` returns the softmax
     probabilities (B, heads, T, T) instead of the output (explicit path); otherwise the fused
-    ``jax.nn.dot_product_attention`` kernel is used."""
+    ``jax.nn.dot_product_attention`` kernel is used. ``qk_norm`` LayerNorms each head's queries
+    and keys (``q_norm``/``k_norm`` as timm; Dehghani et al. 2023, ViT-22B) to keep attention
+    logits bounded; ``rope`` angles (B | 1, T, head_dim / 2) rotate queries and keys after it
+    (2-D RoPE, see :func:`rope_2d_angles`)."""
     dim: int
     num_heads: int
     qkv_bias: bool = True
     dtype: Any = jnp.float32
+    qk_norm: bool = False
+    layer_norm_eps: float = 1e-6
 
     @nn.compact
-    def __call__(self, x: Array, return_attention: bool = False) -> Array:
+    def __call__(self, x: Array, return_attention: bool = False,
+                 rope: Array | None = None) -> Array:
         b, t, d = x.shape
         if d % self.num_heads:
             raise ValueError(f'embed_dim {d} not divisible by num_heads {self.num_heads}')
@@ -174,6 +214,11 @@ class Attention(nn.Module):
                     bias_init=nn.initializers.zeros, dtype=self.dtype, name='qkv')(x)
         # timm splits qkv as (3, heads, head_dim) along the feature axis.
         q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.num_heads, head_dim), 2, 0)
+        if self.qk_norm:
+            q = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='q_norm')(q)
+            k = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='k_norm')(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         if return_attention:
             logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
             return jax.nn.softmax(logits * head_dim ** -0.5, axis=-1)
@@ -198,6 +243,43 @@ class Mlp(nn.Module):
                      dtype=self.dtype, name='fc2')(x)
 
 
+def swiglu_hidden_dim(dim: int, mlp_ratio: float) -> int:
+    """SwiGLU hidden width H as DINOv2 (Oquab et al. 2024) sizes it: 2/3 of ``dim * mlp_ratio``
+    (so the three matrices cost what GELU's two do, Shazeer 2020), rounded up to a multiple of
+    8. ViT-g/14: 1536 * 4 -> 4096. timm's ``SwiGLUPacked`` twin takes ``mlp_ratio = 2H / dim``."""
+    return (int(int(dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU FFN ``fc2(silu(x W_gate) * (x W_value))`` (Shazeer 2020; DINOv2's ViT-g). One
+    packed ``fc1`` (D, 2H) holds [gate | value], as timm's ``SwiGLUPacked`` and DINOv2's
+    ``w12`` (``fc2`` = DINOv2's ``w3``)."""
+    hidden_dim: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = _dense_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        h = Dense(2 * self.hidden_dim, kernel_init=self.kernel_init,
+                  bias_init=nn.initializers.zeros, dtype=self.dtype, name='fc1')(x)
+        gate, value = h[..., :self.hidden_dim], h[..., self.hidden_dim:]
+        return Dense(d, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
+                     dtype=self.dtype, name='fc2')(jax.nn.silu(gate) * value)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale ``gamma * x``, gamma initialised to ``init_value``
+    (CaiT, Touvron et al. 2021; DINOv2 uses 1e-5) so deep ViTs start close to the identity.
+    Param ``gamma`` as timm's and DINOv2's ``ls1.gamma``/``ls2.gamma``."""
+    init_value: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        gamma = self.param('gamma', nn.initializers.constant(self.init_value), (x.shape[-1],))
+        return x * gamma.astype(x.dtype)
+
+
 def drop_path(x: Array, rate: float, rng: Array) -> Array:
     """Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample with
     probability ``rate`` and rescale survivors by 1 / (1 - rate)."""
@@ -207,8 +289,10 @@ def drop_path(x: Array, rate: float, rng: Array) -> Array:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block ``x + attn(norm1(x)); x + mlp(norm2(x))`` with stochastic
-    depth (ViT, Dosovitskiy et al. 2021; timm names norm1/attn/norm2/mlp)."""
+    """Pre-norm transformer block ``x + ls1(attn(norm1(x))); x + ls2(mlp(norm2(x)))`` with
+    stochastic depth (ViT, Dosovitskiy et al. 2021; timm names norm1/attn/ls1/norm2/mlp/ls2).
+    ``layerscale_init > 0`` adds LayerScale (CaiT / DINOv2), ``mlp='swiglu'`` the SwiGLU FFN,
+    ``qk_norm`` per-head query/key LayerNorm; ``rope`` angles go to the attention."""
     dim: int
     num_heads: int
     mlp_ratio: float = 4.0
@@ -216,22 +300,35 @@ class Block(nn.Module):
     drop_path_rate: float = 0.0
     layer_norm_eps: float = 1e-6
     dtype: Any = jnp.float32
+    layerscale_init: float = 0.0
+    mlp: str = 'gelu'
+    qk_norm: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False, return_attention: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, return_attention: bool = False,
+                 rope: Array | None = None) -> Array:
         norm1 = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm1')
-        attn = Attention(self.dim, self.num_heads, self.qkv_bias, self.dtype, name='attn')
+        attn = Attention(self.dim, self.num_heads, self.qkv_bias, self.dtype, self.qk_norm,
+                         self.layer_norm_eps, name='attn')
         if return_attention:
-            return attn(norm1(x), True)
+            return attn(norm1(x), True, rope)
         norm2 = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm2')
-        mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name='mlp')
+        if self.mlp == 'swiglu':
+            mlp = SwiGLU(swiglu_hidden_dim(self.dim, self.mlp_ratio), self.dtype, name='mlp')
+        else:
+            mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name='mlp')
+        if self.layerscale_init:
+            ls1 = LayerScale(self.layerscale_init, name='ls1')
+            ls2 = LayerScale(self.layerscale_init, name='ls2')
+        else:
+            ls1 = ls2 = lambda y: y
         use_dp = train and self.drop_path_rate > 0.0
 
         def residual(y):
             return drop_path(y, self.drop_path_rate, self.make_rng('dropout')) if use_dp else y
 
-        x = x + residual(attn(norm1(x)))
-        return x + residual(mlp(norm2(x)))
+        x = x + residual(ls1(attn(norm1(x), False, rope)))
+        return x + residual(ls2(mlp(norm2(x))))
 
 
 class ViT(nn.Module):
@@ -264,6 +361,15 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     layer_norm_eps: float = 1e-6
+    # Modern-ViT parts (DINOv2 / I-JEPA era); the defaults leave the model unchanged.
+    # Register tokens (Darcet et al. 2024): learned tokens after the prefix tokens, without a
+    # position embedding, that every block sees but no output returns except ``registers``.
+    num_registers: int = 0
+    layerscale_init: float = 0.0   # LayerScale's initial gamma (CaiT; DINOv2: 1e-5); 0 = off
+    mlp: str = 'gelu'              # 'gelu' | 'swiglu' (DINOv2 ViT-g; hidden per swiglu_hidden_dim)
+    qk_norm: bool = False          # per-head LayerNorm of queries and keys (ViT-22B)
+    rope: bool = False             # 2-D axial RoPE on patch tokens (prefix/registers unrotated)
+    rope_base: float = 100.0
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -272,8 +378,16 @@ class ViT(nn.Module):
         return g, g
 
     def setup(self):
-        if self.pos_embed not in ('learned', 'sincos'):
-            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+        if self.pos_embed not in ('learned', 'sincos', 'none'):
+            raise ValueError(f"pos_embed must be 'learned', 'sincos' or 'none', got "
+                             f'{self.pos_embed!r}')
+        if self.num_registers < 0:
+            raise ValueError(f'num_registers must be >= 0, got {self.num_registers}')
+        if self.mlp not in ('gelu', 'swiglu'):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.rope and (self.embed_dim // self.num_heads) % 4:
+            raise ValueError(f'rope needs head_dim = embed_dim / num_heads divisible by 4, got '
+                             f'{self.embed_dim}/{self.num_heads}; change embed_dim or num_heads')
         if self.num_prefix_tokens < 0:
             raise ValueError(f'num_prefix_tokens must be >= 0, got {self.num_prefix_tokens}')
         if self.pool not in ('token', 'mean'):
@@ -288,6 +402,9 @@ class ViT(nn.Module):
         if self.num_prefix_tokens >= 2:
             self.reg_token = self.param('reg_token', _token_init,
                                         (1, self.num_prefix_tokens - 1, d))
+        if self.num_registers:
+            self.register_tokens = self.param('register_tokens', _token_init,
+                                              (1, self.num_registers, d))
         if self.pos_embed == 'learned':
             self.pos_embed_param = self.param('pos_embed', _pos_init,
                                               (1, self.num_prefix_tokens + n, d))
@@ -295,15 +412,18 @@ class ViT(nn.Module):
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         self.blocks = [
             block_cls(d, self.num_heads, self.mlp_ratio, self.qkv_bias, float(rates[i]),
-                      self.layer_norm_eps, self.dtype, name=f'blocks_{i}')
+                      self.layer_norm_eps, self.dtype, self.layerscale_init, self.mlp,
+                      self.qk_norm, name=f'blocks_{i}')
             for i in range(self.depth)]
         # Final norm in float32: its outputs feed losses and heads.
         self.norm = nn.LayerNorm(self.layer_norm_eps, dtype=jnp.float32)
 
     # ------------------------------------------------------------------ pieces
 
-    def _pos_embed_for(self, grid: tuple[int, int]) -> Array:
-        """(1, P + gh*gw, D) position embedding for a (gh, gw) patch grid."""
+    def _pos_embed_for(self, grid: tuple[int, int]) -> Array | None:
+        """(1, P + gh*gw, D) position embedding for a (gh, gw) patch grid (None: 'none')."""
+        if self.pos_embed == 'none':
+            return None
         if self.pos_embed == 'sincos':
             pe = jnp.asarray(sincos_2d_pos_embed(self.embed_dim, self.grid_size,
                                                  self.num_prefix_tokens))[None]
@@ -335,14 +455,42 @@ class ViT(nn.Module):
             if mask.shape != (b, gh * gw):
                 raise ValueError(f'mask must be (B, N) = {(b, gh * gw)}, got {mask.shape}')
             x = jnp.where(mask[..., None].astype(bool), mask_token.astype(x.dtype), x)
-        pe = self._pos_embed_for((gh, gw)).astype(x.dtype)
+        pe = self._pos_embed_for((gh, gw))
+        pe = None if pe is None else pe.astype(x.dtype)
         p = self.num_prefix_tokens
-        x = x + pe[:, p:]
+        if pe is not None:
+            x = x + pe[:, p:]
         if ids_keep is not None:
             x = jnp.take_along_axis(x, ids_keep[..., None].astype(jnp.int32), axis=1)
+        if self.num_registers:  # DINOv2-reg layout: [prefix, registers, patches], no pos embed
+            regs = jnp.broadcast_to(self.register_tokens, (b,) + self.register_tokens.shape[1:])
+            x = jnp.concatenate([regs.astype(x.dtype), x], axis=1)
         if p:
-            x = jnp.concatenate([self._prefix_tokens(b).astype(x.dtype) + pe[:, :p], x], axis=1)
+            pre = self._prefix_tokens(b).astype(x.dtype)
+            x = jnp.concatenate([pre if pe is None else pre + pe[:, :p], x], axis=1)
         return x
+
+    def _rope_for(self, x: Array, ids_keep: Array | None) -> Array | None:
+        """(B | 1, P + R + N', head_dim / 2) RoPE angles for images ``x``: patch tokens rotate
+        by their (row, col) grid position (kept ones only under ``ids_keep``), prefix and
+        register tokens by 0. None when ``rope`` is off."""
+        if not self.rope:
+            return None
+        gh, gw = x.shape[1] // self.patch_size, x.shape[2] // self.patch_size
+        rows, cols = jnp.meshgrid(jnp.arange(gh), jnp.arange(gw), indexing='ij')
+        pos = jnp.stack([rows.reshape(-1), cols.reshape(-1)], axis=-1)[None]  # (1, N, 2)
+        if ids_keep is not None:
+            pos = jnp.take(pos[0], ids_keep.astype(jnp.int32), axis=0)        # (B, K, 2)
+        angles = rope_2d_angles(pos, self.embed_dim // self.num_heads, self.rope_base)
+        extra = self.num_prefix_tokens + self.num_registers
+        return jnp.pad(angles, ((0, 0), (extra, 0), (0, 0)))
+
+    def _drop_registers(self, h: Array) -> Array:
+        """(B, P + R + N', D) -> (B, P + N', D): the sequence every output shows."""
+        if not self.num_registers:
+            return h
+        p = self.num_prefix_tokens
+        return jnp.concatenate([h[:, :p], h[:, p + self.num_registers:]], axis=1)
 
     # ------------------------------------------------------------------ entry points
 
@@ -364,17 +512,22 @@ class ViT(nn.Module):
             data2vec.
         Returns:
           dict with ``tokens`` (B, P + N', D) after the final norm, ``prefix`` (B, P, D),
-          ``patches`` (B, N', D) and, if requested, ``layers`` (list of depth arrays).
+          ``patches`` (B, N', D), ``registers`` (B, R, D) and, if requested, ``layers`` (list
+          of depth arrays). Register tokens appear only under ``registers`` (``tokens`` and
+          ``layers`` leave them out), so slicing by ``num_prefix_tokens`` stays right.
         """
+        rope = self._rope_for(x, ids_keep)
         h = self._embed(x, mask, ids_keep, mask_token)
         layers = []
         for blk in self.blocks:
-            h = blk(h, train, False)
+            h = blk(h, train, False, rope)
             if return_layers:
-                layers.append(h)
-        tokens = self.norm(h)
-        p = self.num_prefix_tokens
-        out = {'tokens': tokens, 'prefix': tokens[:, :p], 'patches': tokens[:, p:]}
+                layers.append(self._drop_registers(h))
+        full = self.norm(h)
+        p, r = self.num_prefix_tokens, self.num_registers
+        tokens = self._drop_registers(full)
+        out = {'tokens': tokens, 'prefix': tokens[:, :p], 'patches': tokens[:, p:],
+               'registers': full[:, p:p + r]}
         if return_layers:
             out['layers'] = layers
         return out
@@ -382,7 +535,8 @@ class ViT(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Pooled (B, D) feature per ``pool``: the final-normed prefix token ``pool_token`` ([CLS]
         by default), or the mean of the final-normed patch tokens (``pool='mean'``, and always
-        when ``num_prefix_tokens == 0``) (ViT, Dosovitskiy et al. 2021)."""
+        when ``num_prefix_tokens == 0``) (ViT, Dosovitskiy et al. 2021). Registers are never
+        pooled (Darcet et al. 2024)."""
         out = self.encode(x, train=train)
         if self.pool == 'mean' or self.num_prefix_tokens == 0:
             return out['patches'].mean(axis=1)
@@ -390,11 +544,19 @@ class ViT(nn.Module):
 
     def last_selfattention(self, x: Array) -> Array:
         """(B, heads, T, T) softmax attention of the last block, eval mode (DINO attention maps,
-        Caron et al. 2021). Call with ``model.apply(vars, x, method=ViT.last_selfattention)``."""
+        Caron et al. 2021). Call with ``model.apply(vars, x, method=ViT.last_selfattention)``.
+        With registers, their rows and columns are left out (T = P + N), so each row sums to
+        1 minus the attention paid to registers."""
+        rope = self._rope_for(x, None)
         h = self._embed(x)
         for blk in self.blocks[:-1]:
-            h = blk(h, False, False)
-        return self.blocks[-1](h, False, True)
+            h = blk(h, False, False, rope)
+        att = self.blocks[-1](h, False, True, rope)
+        if not self.num_registers:
+            return att
+        keep = np.r_[0:self.num_prefix_tokens, self.num_prefix_tokens + self.num_registers:
+                     att.shape[-1]]
+        return att[:, :, keep][:, :, :, keep]
 
 
 # ----------------------------------------------------------------------------- presets
@@ -404,6 +566,8 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
     'vit_small': dict(embed_dim=384, depth=12, num_heads=6),
     'vit_base': dict(embed_dim=768, depth=12, num_heads=12),
     'vit_large': dict(embed_dim=1024, depth=24, num_heads=16),
+    # DINOv2's ViT-g/14 (Oquab et al. 2024); DINOv2 trains it with mlp='swiglu'.
+    'vit_giant': dict(embed_dim=1536, depth=40, num_heads=24),
 }
 
 
@@ -425,3 +589,9 @@ def vit_base(**kw) -> ViT:
 def vit_large(**kw) -> ViT:
     """ViT-L (Dosovitskiy et al. 2021): D=1024, depth 24, 16 heads; kw override."""
     return ViT(**{**VIT_PRESETS['vit_large'], **kw})
+
+
+def vit_giant(**kw) -> ViT:
+    """ViT-g as DINOv2 (Oquab et al. 2024): D=1536, depth 40, 24 heads; DINOv2 pairs it with
+    ``mlp='swiglu'`` (hidden 4096) and ``layerscale_init=1e-5``; kw override."""
+    return ViT(**{**VIT_PRESETS['vit_giant'], **kw})
