@@ -21,8 +21,8 @@ Variants (``--config=configs/dinov2.py:<variant>[,<backbone>]``):
   teacher momentum 0.992 -> 1, layer-wise lr decay 0.9, patch-embedding lr x 0.2, 100 epochs,
   drop path 0.1 (S) / 0.2 (B) (ours: the yaml's 0.3 is for ViT-L). ViT-L/g: 131072 prototypes
   (DINO bottleneck 384), lr 2e-4 x sqrt(B/1024), 80 warm-up epochs, momentum 0.994 -> 1, no
-  layer-wise decay, drop path 0.4, 500 epochs, LayerScale 1e-5 (+ SwiGLU for g) where the
-  backbone offers them. B = 1024 (S/B) / 2048 (L/g) is ours (the yaml gives per-GPU batches)::
+  layer-wise decay, drop path 0.4, 500 epochs. All: LayerScale 1e-5, SwiGLU FFN for ViT-g,
+  registers off (DINOv2-reg: ``--config.model.num_registers=4``). B = 1024 (S/B) / 2048 (L/g) is ours (the yaml gives per-GPU batches)::
 
       launch/tpu_pod.sh --tpu=NAME -- python -m ssl_jax.main \
           --config=configs/dinov2.py:imagenet,vit_large --workdir=gs://BUCKET/dinov2_vitl14
@@ -97,10 +97,10 @@ def dinov2_base(c):
 
 
 def _modern_vit(c, layerscale: float, swiglu: bool):
-  """LayerScale / SwiGLU where the model config has those fields (models/vit.py's DINOv2 parts)."""
-  if 'layerscale_init' in c.model:
-    c.model.layerscale_init = layerscale
-  if swiglu and 'mlp' in c.model:
+  """DINOv2's ViT parts: LayerScale, and the SwiGLU FFN for ViT-g. Registers (DINOv2-reg,
+  Darcet et al. 2024) stay off as in the paper's runs: ``--config.model.num_registers=4``."""
+  c.model.layerscale_init = layerscale
+  if swiglu:
     c.model.mlp = 'swiglu'
 
 
