@@ -9,6 +9,12 @@ Variants (``--config=configs/dinov2.py:<variant>[,<backbone>]``):
       python -m ssl_jax.main --config=configs/dinov2.py:builtin --workdir=/tmp/dinov2_builtin
       python benchmarks/quality.py configs/dinov2.py:builtin
 
+* ``cifar10`` — ViT-S (default; or ``cifar10,vit_tiny``) with 4 px patches: 32 px global and
+  16 px local crops, batch 512, 300 epochs, 8192 prototypes per head, the recipe's schedules
+  scaled to 97 steps per epoch::
+
+      python -m ssl_jax.main --config=configs/dinov2.py:cifar10 --workdir=gs://BUCKET/dinov2_c10
+
 * ``imagenet`` — ViT-S/14 (default), ``imagenet,vit_base``, ``imagenet,vit_large`` or
   ``imagenet,vit_giant`` (patch 14) with the official recipe (``dinov2/configs/
   ssl_default_config.yaml``; ViT-L/g from ``train/vitl14.yaml`` / ``vitg14.yaml``): 2 global
@@ -127,6 +133,23 @@ def imagenet(c, backbone: str):
   return c
 
 
+def cifar10(c, backbone: str):
+  """CIFAR-10 at 32 px: DINO's cifar10 shapes with DINOv2's recipe (epochs of 97 steps)."""
+  m = c.method
+  common.cifar10_data(c, batch_size=512)
+  common.vit(c, backbone, default='vit_small', patch_size=4)
+  c.model.cifar_stem = True
+  c.model.drop_path_rate = 0.1
+  c.model.layerscale_init = 1e-5
+  m.out_dim = m.patch_out_dim = 8192
+  m.local_crop_size = 16
+  m.warmup_teacher_temp_steps = 30 * 97
+  m.freeze_last_layer_steps = 97
+  common.schedule(c, steps=300 * 97, warmup_steps=10 * 97, checkpoint_every=5000,
+                  knn_every=10000)
+  return c
+
+
 def builtin(c, backbone: str):
   """CPU-sized: the DINO / iBOT builtin shapes (tuned in the report of the quality run)."""
   m = c.method
@@ -163,6 +186,8 @@ def get_config(arg: str = 'builtin'):
   dinov2_base(c)
   if variant == 'builtin':
     return builtin(c, backbone)
+  if variant == 'cifar10':
+    return cifar10(c, backbone)
   if variant in ('imagenet', 'highres'):
     imagenet(c, backbone)
     if variant == 'highres':
@@ -172,5 +197,5 @@ def get_config(arg: str = 'builtin'):
       c.train.steps += 10000
       c.train.allow_config_change = True
     return c
-  raise common.unknown_variant('dinov2', variant, "'builtin', 'imagenet' or 'highres'",
+  raise common.unknown_variant('dinov2', variant, "'builtin', 'cifar10', 'imagenet' or 'highres'",
                                hint=BACKBONES)
