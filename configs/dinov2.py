@@ -175,6 +175,8 @@ def builtin(c, backbone: str):
   c.optim.lr_scaling = 'linear'
   c.optim.lr = 2e-3              # x 64 / 256 = 5e-4 peak, as DINO's builtin
   c.optim.min_lr_ratio = 0.01
+  # Measured (2-core EPYC, shared): with --set train.steps=500, kNN 0.715 vs 0.631 random, error
+  # ratio 0.77 (bar 0.667); the 1500-step default is not measured yet.
   common.schedule(c, steps=1500, warmup_steps=50, checkpoint_every=500)
   return c
 
