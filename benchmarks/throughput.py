@@ -23,7 +23,9 @@ timed to completion (``block_until_ready``) and the median is reported. FLOPs pe
 XLA's cost analysis of that compiled step; GFLOP/s = FLOPs / median step time; the ceiling is
 the median GFLOP/s of a jitted 2048x2048 float32 ``jnp.dot`` on the same machine.
 
-MFU rows (``--rows mfu``, for accelerators): ``mae_vit_base16`` and ``dino_vit_base16``, the
+MFU rows (``--rows mfu``, for accelerators): ``mae_vit_base16``, ``dino_vit_base16`` and
+``dinov2_vit_base14`` (``configs/dinov2.py:imagenet,vit_base``: 2 x 224 px + 8 x 98 px crops,
+patch 14, heads 65536 + 65536, Sinkhorn-Knopp, KoLeo), the
 papers' ImageNet steps as ``configs/mae.py:imagenet,vit_base`` (224 px, patch 16, mask 0.75,
 decoder 8 x 512) and ``configs/dino.py:imagenet,vit_base`` (2 x 224 px + 10 x 96 px crops, head
 65536) define them, in bfloat16 compute (``--dtype``). With a known accelerator (``device_kind``
@@ -67,20 +69,22 @@ from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
 from ssl_jax.data import pipeline, sources  # pylint: disable=wrong-import-position
 from ssl_jax.train import experiment, sharding, step as step_lib  # pylint: disable=wrong-import-position
 
-METHODS = ('simclr', 'byol', 'dino', 'mae')
+METHODS = ('simclr', 'byol', 'dino', 'mae', 'dinov2')
 BACKBONES = ('resnet18', 'vit_tiny')
 ALL_ROWS = tuple(f'{m}_{b}' for m in METHODS for b in BACKBONES)
 # The accelerator rows (``--rows mfu``): the papers' ImageNet steps of ViT-B/16 at 224 px, bf16.
-MFU_ROWS = ('mae_vit_base16', 'dino_vit_base16')
-NOT_APPLICABLE = {'mae_resnet18': 'MAE masks ViT patches; no ResNet variant'}
+MFU_ROWS = ('mae_vit_base16', 'dino_vit_base16', 'dinov2_vit_base14')
+MFU_BACKBONES = ('vit_base16', 'vit_base14')
+NOT_APPLICABLE = {'mae_resnet18': 'MAE masks ViT patches; no ResNet variant',
+                  'dinov2_resnet18': 'DINOv2 masks ViT patches; no ResNet variant'}
 # Rows of ours alone (no lightly_step.py counterpart): I-JEPA on ViT-Tiny/4 at 32 px and (an MFU
 # row) the paper's step on ViT-B/16 at 224 px.
 OURS_ONLY_ROWS = ('ijepa_vit_tiny',)
 MFU_ROWS += ('ijepa_vit_base16',)
 LABELS = {'simclr': 'SimCLR', 'byol': 'BYOL', 'dino': 'DINO', 'mae': 'MAE',
           'resnet18': 'ResNet-18 (CIFAR stem)', 'vit_tiny': 'ViT-Tiny/4',
-          'vit_base16': 'ViT-B/16, 224 px'}
-LABELS['ijepa'] = 'I-JEPA'
+          'vit_base16': 'ViT-B/16, 224 px', 'dinov2': 'DINOv2', 'vit_base14': 'ViT-B/14, 224 px',
+          'ijepa': 'I-JEPA'}
 
 # Dense (no sparsity) bf16 peak TFLOP/s of one JAX device, from the vendors' data sheets, for MFU.
 # Matched in order as a substring of the lower-cased ``device_kind``; TPU v2/v3 devices are single
@@ -113,6 +117,9 @@ DEFAULT_LIGHTLY_PYTHON = os.path.join(ROOT, 'benchmarks', '.lightly_venv', 'bin'
 
 # DINO / MAE benchmark shapes (the issue's): 6 local crops of 16 px, head 65536; MAE decoder.
 DINO_LOCAL_CROPS, DINO_LOCAL_SIZE, DINO_OUT_DIM = 6, 16, 65536
+# DINOv2's iBOT head runs on every patch token of the global crops (static shapes): 8192
+# prototypes keep its logits (2 B x 64 patches x K) in a CPU's memory at batch 256.
+DINOV2_PATCH_OUT_DIM = 8192
 MAE_DECODER = dict(decoder_dim=192, decoder_depth=4, decoder_heads=3)
 
 
@@ -129,11 +136,14 @@ def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str 
   'auto': bfloat16 compute for the MFU rows, float32 for the others (as lightly's side)."""
   from configs import _common as common  # pylint: disable=g-import-not-at-top
   method, _, bb = row.partition('_')
-  if bb == 'vit_base16':
+  if bb in MFU_BACKBONES:
     c = load_config(method, 'imagenet,vit_base')
     c.data.max_upscale = 1e3  # 224 px crops of the built-in 28 px digits: only shapes matter
   elif method in ('dino', 'mae', 'ijepa'):
     c = load_config(method, f'cifar10,{bb}')
+  elif method == 'dinov2':   # no cifar10 variant: the ViT-S/14 recipe at 32 px, shrunk below
+    c = load_config(method, 'imagenet')
+    c.data.image_size = 32
   else:
     c = load_config(method, 'cifar10')
   if bb == 'vit_tiny':
@@ -143,17 +153,20 @@ def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str 
   elif bb == 'resnet18':
     common.cifar_resnet18(c, width=64)
     c.model.conv_impl = conv_impl
-  if bb != 'vit_base16':
-    if method == 'dino':
+  if bb not in MFU_BACKBONES:
+    if method in ('dino', 'dinov2'):
       c.method.out_dim = DINO_OUT_DIM
       c.method.num_local_crops = DINO_LOCAL_CROPS
       c.method.local_crop_size = DINO_LOCAL_SIZE
+    if method == 'dinov2':
+      c.method.patch_out_dim = DINOV2_PATCH_OUT_DIM
+      c.method.freeze_last_layer_steps = 0
     if method == 'mae':
       c.method.mask_ratio = 0.75
       c.method.update(MAE_DECODER)
     c.data.image_size = 32
   if dtype == 'auto':
-    dtype = 'bfloat16' if bb == 'vit_base16' else 'float32'
+    dtype = 'bfloat16' if bb in MFU_BACKBONES else 'float32'
   c.model.dtype = dtype
   # One fixed batch of the right shapes; the data set is irrelevant (no TFDS download needed).
   c.data.source, c.data.name, c.data.num_workers = 'builtin', 'mnist5k', 0

@@ -45,6 +45,9 @@ from ssl_jax.losses.clustering import sinkhorn_knopp, swav
 from ssl_jax.losses.distillation import (
     dino_loss, ema_center, ibot_patch_loss, instance_norm_tokens, data2vec_targets, data2vec_loss,
     softmax_entropy)
+from ssl_jax.losses.distillation import (
+    multicrop_cross_entropy, masked_patch_cross_entropy, sinkhorn_knopp_targets, koleo_loss,
+    dinov2_loss, distribution_entropy)
 from ssl_jax.losses.masked import (
     mae_loss, simmim_l1_loss, SIMMIM_LOSSES, simmim_loss, local_norm_targets, masked_cross_entropy,
     straight_through, vq_vae_loss)

@@ -1,8 +1,11 @@
-"""Self-distillation from an EMA teacher: DINO, iBOT, data2vec, and their collapse monitors."""
+"""Self-distillation from an EMA teacher: DINO, iBOT, DINOv2, data2vec, and their collapse
+monitors."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from ssl_jax.losses.clustering import sinkhorn_knopp
 
 
 def dino_loss(student_logits, teacher_logits, center, student_temp: float, teacher_temp):
@@ -31,9 +34,22 @@ def dino_loss(student_logits, teacher_logits, center, student_temp: float, teach
   Returns:
     scalar loss.
   """
-  v, g = student_logits.shape[0], teacher_logits.shape[0]
   t = jax.nn.softmax((jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
                       - jnp.reshape(center, (1, 1, -1))) / teacher_temp, axis=-1)
+  return multicrop_cross_entropy(student_logits, t, student_temp)
+
+
+def multicrop_cross_entropy(student_logits, teacher_probs, student_temp: float):
+  r"""The multi-crop cross-entropy of :func:`dino_loss` with the teacher targets given as
+  probabilities :math:`P_t(x_q)` (a centred softmax, or Sinkhorn-Knopp codes in DINOv2):
+  :math:`\frac{1}{|\{(q, v): v \ne q\}|} \sum_q \sum_{v \ne q} \frac{1}{B} \sum_b
+  -P_t(x_q)_b^\top \log\mathrm{softmax}(g_s(x_v)_b / \tau_s)`.
+
+  Args: student_logits (V, B, K), global crops first; teacher_probs (G, B, K), G <= V (treated
+  as constants). Returns the scalar loss.
+  """
+  v, g = student_logits.shape[0], teacher_probs.shape[0]
+  t = jax.lax.stop_gradient(teacher_probs).astype(jnp.float32)
   log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp, axis=-1)
   # ce[q, v] = mean_b -t_q . log s_v  for every (teacher crop, student crop) pair.
   ce = -jnp.einsum('qbk,vbk->qv', t, log_s) / student_logits.shape[1]
@@ -82,11 +98,132 @@ def ibot_patch_loss(student_patch_logits, teacher_patch_logits, masks, center,
   """
   t = jax.nn.softmax((jax.lax.stop_gradient(teacher_patch_logits).astype(jnp.float32)
                       - jnp.reshape(center, (1, 1, 1, -1))) / teacher_temp, axis=-1)
+  return masked_patch_cross_entropy(student_patch_logits, t, masks, student_temp)
+
+
+def masked_patch_cross_entropy(student_patch_logits, teacher_patch_probs, masks,
+                               student_temp: float):
+  r"""The masked-patch cross-entropy of :func:`ibot_patch_loss` with the teacher targets given
+  as probabilities (centred softmax, or DINOv2's Sinkhorn-Knopp codes): per image the mean of
+  :math:`-P_t^\top \log\mathrm{softmax}(g_s / \tau_s)` over its masked patches (0 if none),
+  then the mean over the G x B images. Shapes: (G, B, N, K), (G, B, N, K), (G, B, N)."""
+  t = jax.lax.stop_gradient(teacher_patch_probs).astype(jnp.float32)
   log_s = jax.nn.log_softmax(student_patch_logits.astype(jnp.float32) / student_temp, axis=-1)
-  ce = -jnp.sum(t * log_s, axis=-1)                       # (G, B, N)
   m = masks.astype(jnp.float32)
-  per_image = jnp.sum(ce * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+  # where(): a target row outside the mask may hold anything (SK codes there are 0).
+  ce = jnp.where(m > 0, -jnp.sum(t * log_s, axis=-1), 0.0)       # (G, B, N)
+  per_image = jnp.sum(ce, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
   return jnp.mean(per_image)
+
+
+def sinkhorn_knopp_targets(teacher_logits, teacher_temp, iterations: int = 3, valid=None):
+  r"""DINOv2's teacher targets by Sinkhorn-Knopp centering (Oquab et al., "DINOv2: Learning
+  Robust Visual Features without Supervision", TMLR 2024, Sec. 4, after SwAV, Caron et al. 2020):
+  instead of ``softmax((g_t - c) / tau_t)`` with a running center c, the teacher's outputs over
+  the *global* batch are turned into balanced codes
+
+  .. math::
+     Q = \mathrm{diag}(u)\, \exp(g_t^\top / \tau_t)\, \mathrm{diag}(v), \quad
+     Q 1_B = \tfrac{1}{K} 1_K, \; Q^\top 1_K = \tfrac{1}{B} 1_B,
+
+  by ``iterations`` (3) alternating prototype-row / sample-column normalisations, returned as
+  :math:`B Q^\top` (each sample's code sums to 1; each prototype gets ~B/K of the mass). This is
+  :func:`ssl_jax.losses.clustering.sinkhorn_knopp` with :math:`\epsilon = \tau_t` (the same
+  algorithm as DINOv2's ``sinkhorn_knopp_teacher``), shared rather than copied.
+
+  Args:
+    teacher_logits: (..., K) teacher head outputs; all leading axes are samples (crops x batch,
+      or crops x batch x patches).
+    teacher_temp: tau_t (may be a traced schedule value).
+    iterations: Sinkhorn iterations (3 in DINOv2).
+    valid: optional bool array of the leading shape: the samples that take part (DINOv2's patch
+      targets use the masked patches only; B is then their global count). Others get 0.
+  Returns:
+    float32 codes of the shape of ``teacher_logits``.
+  """
+  shape = teacher_logits.shape
+  flat = teacher_logits.reshape(-1, shape[-1])
+  v = None if valid is None else valid.reshape(-1).astype(bool)
+  q = sinkhorn_knopp(flat, teacher_temp, iterations, v)
+  # No valid sample at all (a batch without masked patches) would give 0/0: codes 0 instead.
+  q = jnp.where(jnp.isfinite(q), q, 0.0)
+  return q.reshape(shape)
+
+
+def koleo_loss(x, eps: float = 1e-8):
+  r"""KoLeo regulariser (Sablayrolles et al., "Spreading vectors for similarity search", ICLR
+  2019, from the Kozachenko-Leonenko differential-entropy estimator; DINOv2 Sec. 4):
+
+  .. math::
+     \mathcal{L}_{koleo} = -\frac{1}{n} \sum_{i=1}^{n} \log d_{n,i}, \qquad
+     d_{n,i} = \min_{j \ne i} \lVert \hat x_i - \hat x_j \rVert_2, \quad
+     \hat x = x / \lVert x \rVert_2,
+
+  over the n rows of ``x`` (DINOv2: the student's [CLS] features of one global crop). It pushes
+  every feature away from its nearest neighbour, spreading the batch over the sphere. Under
+  ``jax.jit`` with a sharded batch the neighbours are searched in the *global* batch (the
+  official code searches each GPU's local batch). The neighbour index carries no gradient; the
+  distance does, to both ends. ``eps`` as the official code: normalisation floor, and added
+  inside the distance and the log so that duplicates stay finite.
+
+  Args: x (n, D), n >= 2. Returns the scalar loss.
+  """
+  x = x.astype(jnp.float32)
+  x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  dots = x @ x.T
+  n = x.shape[0]
+  # Largest inner product = nearest neighbour on the sphere; the diagonal is excluded.
+  nn_idx = jnp.argmax(jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, dots), axis=-1)
+  d = jnp.linalg.norm(x - x[jax.lax.stop_gradient(nn_idx)] + eps, axis=-1)
+  return -jnp.mean(jnp.log(d + eps))
+
+
+def dinov2_loss(student_cls_logits, teacher_cls_probs, student_patch_logits, teacher_patch_probs,
+                masks, student_global_cls, student_temp: float, dino_weight: float = 1.0,
+                ibot_weight: float = 1.0, koleo_weight: float = 0.1):
+  r"""DINOv2's training objective (Oquab et al. 2024, Sec. 4; ``ssl_meta_arch.py``):
+
+  .. math::
+     \mathcal{L} = w_{dino}\, \mathcal{L}_{DINO} + w_{iBOT}\, \mathcal{L}_{iBOT}
+        + w_{koleo} \sum_{q \in \mathrm{global}} \mathcal{L}_{koleo}(z^{cls}_q)
+
+  * :math:`\mathcal{L}_{DINO}`: :func:`multicrop_cross_entropy` of the DINO head's [CLS] logits of
+    every crop against the teacher's targets of the two global crops (pairs v != q);
+  * :math:`\mathcal{L}_{iBOT}`: :func:`masked_patch_cross_entropy` of the (separate) iBOT head's
+    patch logits of the masked global crops against the teacher's targets of the same patches;
+  * :math:`\mathcal{L}_{koleo}`: :func:`koleo_loss` of the student backbone's [CLS] features
+    (before the head) of each global crop, summed over the two crops.
+
+  Teacher targets are the centred softmax (DINO's running center) or Sinkhorn-Knopp codes
+  (:func:`sinkhorn_knopp_targets`); defaults are the official weights (1, 1, 0.1).
+
+  Args:
+    student_cls_logits: (V, B, K); teacher_cls_probs: (G, B, K);
+    student_patch_logits, teacher_patch_probs: (G, B, N, K'); masks: (G, B, N), 1 = masked;
+    student_global_cls: (G, B, D) backbone [CLS] features of the global crops.
+  Returns:
+    (loss, {'dino_loss', 'ibot_loss', 'koleo_loss'}) with the unweighted terms.
+  """
+  parts = {
+      'dino_loss': multicrop_cross_entropy(student_cls_logits, teacher_cls_probs, student_temp),
+      'ibot_loss': masked_patch_cross_entropy(student_patch_logits, teacher_patch_probs, masks,
+                                              student_temp),
+      'koleo_loss': sum(koleo_loss(z) for z in student_global_cls),
+  }
+  loss = (dino_weight * parts['dino_loss'] + ibot_weight * parts['ibot_loss']
+          + koleo_weight * parts['koleo_loss'])
+  return loss, parts
+
+
+def distribution_entropy(p):
+  """Collapse monitors of :func:`softmax_entropy` for targets given as probabilities (..., K):
+  (mean per-row entropy, entropy of the mean row), in nats; rows that sum to 0 are skipped."""
+  p = jax.lax.stop_gradient(p).astype(jnp.float32).reshape(-1, p.shape[-1])
+  live = (jnp.sum(p, axis=-1) > 0).astype(jnp.float32)
+  ent = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-30)), axis=-1)
+  n = jnp.maximum(jnp.sum(live), 1.0)
+  pm = jnp.sum(p * live[:, None], axis=0) / n
+  return jnp.sum(ent * live) / n, -jnp.sum(pm * jnp.log(jnp.clip(pm, 1e-30)))
 
 
 def instance_norm_tokens(x, eps: float = 1e-5):

@@ -17,6 +17,7 @@ METHODS = {
     'simclr': 'ssl_jax.methods.contrastive.simclr:SimCLR',
     'dino': 'ssl_jax.methods.distillation.dino:DINO',
     'ibot': 'ssl_jax.methods.distillation.ibot:IBOT',
+    'dinov2': 'ssl_jax.methods.distillation.dinov2:DINOv2',
     'data2vec': 'ssl_jax.methods.distillation.data2vec:Data2Vec',
     'mae': 'ssl_jax.methods.masked.mae:MAE',
     'simmim': 'ssl_jax.methods.masked.simmim:SimMIM',
