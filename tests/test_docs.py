@@ -159,3 +159,19 @@ def test_readme_evaluate_and_export_run_as_written(tmp_path):
   out = subprocess.run([sys.executable, '-c', check], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0 and 'snippet ok' in out.stdout, out.stderr[-3000:]
+
+
+LAUNCH = [(p, c) for p, c in ALL if c.startswith(('launch/', 'sbatch'))]
+
+
+@pytest.mark.parametrize('page,cmd', LAUNCH, ids=[f'{p}:{i}' for i, (p, _) in enumerate(LAUNCH)])
+def test_documented_launch_commands_run_dry(page, cmd):
+  """Each launch line runs as written with --dry-run, and passes the ssl_jax command through."""
+  words = shlex.split(cmd)
+  if words[0] == 'sbatch':   # sbatch's own options, then the script and its command
+    words = words[next(i for i, w in enumerate(words) if w.startswith('launch/')):]
+  script, rest = words[0], words[1:]
+  out = subprocess.run(['bash', script, '--dry-run'] + rest, cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, SLURM_JOB_NUM_NODES='4'))
+  assert out.returncode == 0, (page, cmd, out.stdout[-1500:], out.stderr[-1500:])
+  assert 'ssl_jax.main' in out.stdout, (page, cmd, out.stdout[-1500:])
