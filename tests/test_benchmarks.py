@@ -207,3 +207,20 @@ def test_block_knn_extract_keeps_names_with_their_columns(block_knn, quality, tm
   acc = block_knn.score_all({'b': tr['b1_mean_norm']}, y_tr, {'b': te['b1_mean_norm']}, y_te,
                             k=20, temperature=0.07, num_classes=10)
   assert set(acc) == {'b', 'b_z'} and all(0.2 < a <= 1.0 for a in acc.values())
+
+
+def test_accelerator_check_smoke_runs_the_whole_path_on_cpu(tmp_path):
+  """benchmarks/accelerator_check.sh --smoke: device, a tiny quickstart run, the JSON format."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'check.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(['bash', 'benchmarks/accelerator_check.sh', '--smoke', '--out', str(out)],
+                        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result['device']['platform'] == 'cpu'
+  q = result['quickstart']
+  assert q['ok'] and q['finite'] and q['steps'] == 4 and q['first_loss'] > 0
+  assert 'skipped' in result['mfu'] and 'skipped' in result['input'] and result['seconds'] > 0
