@@ -251,7 +251,8 @@ def test_loss_inside_the_method_matches_the_formula(one_device, parts_and_grads,
             dino(teacher, t_enc['tokens'][:, 0]), ibot(teacher, t_enc['tokens'][:, 1:]))
 
   s_cls, s_patch, feats, t_cls, t_patch = (
-      np.asarray(a, np.float64) for a in logits(st.params, st.buffers['teacher'], views))
+      np.asarray(a, np.float64)
+      for a in logits(st.params, st.buffers['teacher']['params'], views))
   assert s_cls.shape == (4 * B, K) and s_patch.shape == (2 * B, N, KP)
   temp = 0.05
   probs = np_sinkhorn(t_cls, temp).reshape(2, B, K)
@@ -271,7 +272,7 @@ def test_heads_are_untied(one_device, parts_and_grads, step_inputs):
   _, exp, state, _ = one_device
   st, views = step_inputs
   assert set(state.params) == {'backbone', 'dino_head', 'ibot_head', 'mask_token'}
-  assert set(state.buffers['teacher']) == {'backbone', 'dino_head', 'ibot_head'}
+  assert set(state.buffers['teacher']['params']) == {'backbone', 'dino_head', 'ibot_head'}
   assert state.params['dino_head']['last_layer_v'].shape[-1] == K
   assert state.params['ibot_head']['last_layer_v'].shape[-1] == KP
   jac, _ = parts_and_grads(st.params, st, views, jax.random.PRNGKey(1))
@@ -306,7 +307,8 @@ def test_training_runs_and_resumes_exactly(one_device):
              for h in history)
   assert 'center' not in state.buffers   # SK centering keeps no running center
   diff = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()),
-                                state.params['ibot_head'], state.buffers['teacher']['ibot_head'])
+                                state.params['ibot_head'],
+                                state.buffers['teacher']['params']['ibot_head'])
   assert max(jax.tree_util.tree_leaves(diff)) > 0   # the teacher is an EMA, not a copy
   exp = loop.Experiment(tiny_config(), workdir, helpers.mesh(1))
   restored, _ = exp.restore_or_init()

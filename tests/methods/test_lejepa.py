@@ -8,7 +8,6 @@ import pytest
 
 from configs import lejepa as lejepa_config
 from ssl_jax import losses
-from ssl_jax.train.state import TrainState
 from tests import helpers
 from tests.losses.test_jepa import lejepa_numpy
 
@@ -46,9 +45,9 @@ def one_device():
 def test_loss_is_the_formula_on_recomputed_projections(one_device):
   """method.loss = (1 - lambda) prediction + lambda SIGReg of the projector outputs of all four
   crops (globals first), the directions drawn from the loss key's second half."""
-  exp, init, _, _ = one_device
+  exp, _, _, _ = one_device
   method = exp.method
-  st = TrainState.create(params=init.params, tx=exp.tx, buffers=init.buffers)
+  st = exp.initial_state()   # on device, not a host copy of buffers the steps donated
   views = jax.jit(method.views)(exp.train_ds[0], jax.random.PRNGKey(0))
   rng = jax.random.PRNGKey(1)
   loss, (metrics, new_buffers) = jax.jit(method.loss)(st.params, st, views, rng)

@@ -66,10 +66,11 @@ def test_loss_is_the_official_formula_on_masked_anchors(one_device):
     stats = buffers['batch_stats']
     a, _ = method.head.apply({'params': params['head'], 'batch_stats': stats['head']}, feats,
                              train=True, mutable=['batch_stats'])
-    h = method.backbone.apply({'params': buffers['teacher']['backbone']}, views['target'])
-    t, _ = method.head.apply({'params': buffers['teacher']['head'],
-                              'batch_stats': stats['teacher_head']}, h, train=True,
-                             mutable=['batch_stats'])
+    h = method.backbone.apply({'params': buffers['teacher']['params']['backbone']},
+                              views['target'])
+    t, _ = method.head.apply({'params': buffers['teacher']['params']['head'],
+                              'batch_stats': buffers['teacher']['batch_stats']['head']}, h,
+                             train=True, mutable=['batch_stats'])
     return a, t
 
   a, t = embeddings(st.params, st.buffers)
@@ -92,12 +93,12 @@ def test_after_update_is_ema_and_features_use_the_target(one_device):
   zero = jax.tree_util.tree_map(jnp.zeros_like, st.buffers['teacher'])
   st = st.replace(step=jnp.asarray(1, jnp.int32), buffers=dict(st.buffers, teacher=zero))
   out = method.after_update(st)   # update number 0: momentum 0.9
-  helpers.assert_trees_close(out.buffers['teacher'], jax.tree_util.tree_map(
+  helpers.assert_trees_close(out.buffers['teacher']['params'], jax.tree_util.tree_map(
       lambda p: 0.1 * p, {k: st.params[k] for k in ('backbone', 'head')}), rtol=1e-5, atol=1e-7)
   images = jnp.asarray(exp.train_ds[0]['anchor'][:4])
   f = method.features(state.params, state.buffers, images)
   x = method.normalize(images)
-  teacher = method.backbone.apply({'params': state.buffers['teacher']['backbone']}, x)
+  teacher = method.backbone.apply({'params': state.buffers['teacher']['params']['backbone']}, x)
   student = method.backbone.apply({'params': state.params['backbone']}, x)
   np.testing.assert_allclose(f, teacher, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(f - student).max()) > 1e-6

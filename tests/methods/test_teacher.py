@@ -89,7 +89,8 @@ def test_common_reexports_the_teacher():
   assert common.EMAHparams is teacher.EMAHparams
 
 
-EMA_METHODS = ('byol', 'moco', 'mocov3', 'dino', 'ibot', 'data2vec', 'cmae', 'ijepa')
+EMA_METHODS = ('byol', 'moco', 'mocov3', 'dino', 'ibot', 'data2vec', 'cmae', 'ijepa', 'dinov2',
+               'msn')
 
 
 @pytest.mark.parametrize('name', EMA_METHODS)

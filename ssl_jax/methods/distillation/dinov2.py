@@ -5,7 +5,8 @@ self-distillation, with the changes of the paper's Sec. 4 (and the official ``ss
 
 * untied heads: a ``dino_head`` for the [CLS] token of every crop and a separate ``ibot_head``
   for the patch tokens (``DINOHead`` each, with their own prototypes; ``patch_out_dim``,
-  ``patch_bottleneck_dim``); both have an EMA copy in the teacher;
+  ``patch_bottleneck_dim``); both have an EMA copy in the teacher (``buffers['teacher']``, the
+  layout of ``methods/teacher.py``, updated in DINO's ``after_update``);
 * KoLeo regulariser (``losses.koleo_loss``) on the student backbone's [CLS] features of each
   global crop, weight ``koleo_weight`` (0.1), nearest neighbours over the global batch;
 * teacher targets by Sinkhorn-Knopp (``centering='sinkhorn_knopp'``, 3 iterations,
@@ -50,12 +51,14 @@ import optax
 from ssl_jax import losses
 from ssl_jax import optim as schedules
 from ssl_jax.data.masking import BlockMaskBank
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.distillation.dino import DINO, zero_updates_until
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.vit import ViT
 
 CENTERINGS = ('sinkhorn_knopp', 'center')
+HEADS = ('dino_head', 'ibot_head')
 
 
 def layer_id(path, depth: int) -> int:
@@ -170,28 +173,25 @@ class DINOv2(DINO):
     ibot_params, ibot_stats = init_module(self.ibot_head, k3, jnp.zeros((2, 4, d), jnp.float32))
     params = {'backbone': bb_params, 'dino_head': dino_params, 'ibot_head': ibot_params,
               'mask_token': jnp.zeros((d,), jnp.float32)}
-    buffers = self._buffers(params, {})
-    buffers.pop('center')
+    stats = {k: v for k, v in (('dino_head', dino_stats), ('ibot_head', ibot_stats)) if v}
+    buffers = {'teacher': teacher_lib.from_student(params, self.teacher_keys, stats)}
     if self.hp.centering == 'center':
       buffers['center'] = jnp.zeros((1, self.hp.out_dim), jnp.float32)
       buffers['patch_center'] = jnp.zeros((1, self.hp.patch_out_dim), jnp.float32)
-    stats = {k: v for k, v in (('dino_head', dino_stats), ('ibot_head', ibot_stats),
-                               ('teacher_dino_head', dino_stats),
-                               ('teacher_ibot_head', ibot_stats)) if v}
     if stats:
       buffers['batch_stats'] = stats
     return params, buffers
 
   # -- forward pieces -----------------------------------------------------------------------------
-  def _heads(self, params, buffers, cls, patches, prefix=''):
+  def _heads(self, params, stats, cls, patches):
     """The DINO head on ``cls`` (B', D) and the iBOT head on ``patches`` (B, N, D), in train mode
-    (teacher heads too, as DINO); returns (cls logits, patch logits, new head stats)."""
-    s_dino, new_dino = apply_module(self.head, params['dino_head'],
-                                    self._stats(buffers, prefix + 'dino_head'), cls, train=True)
-    s_ibot, new_ibot = apply_module(self.ibot_head, params['ibot_head'],
-                                    self._stats(buffers, prefix + 'ibot_head'), patches,
+    (teacher heads too, as DINO), with ``stats`` {head name: its BatchNorm statistics, {} for
+    none} of the student or of the teacher; returns (cls logits, patch logits, new head stats)."""
+    s_dino, new_dino = apply_module(self.head, params['dino_head'], stats['dino_head'], cls,
                                     train=True)
-    return s_dino, s_ibot, {prefix + 'dino_head': new_dino, prefix + 'ibot_head': new_ibot}
+    s_ibot, new_ibot = apply_module(self.ibot_head, params['ibot_head'], stats['ibot_head'],
+                                    patches, train=True)
+    return s_dino, s_ibot, {'dino_head': new_dino, 'ibot_head': new_ibot}
 
   def _student(self, params, buffers, views, rng):
     """Student logits: [CLS] (V, B, K) of every crop, patches (2, B, N, K') of the masked global
@@ -209,19 +209,21 @@ class DINOv2(DINO):
       loc = self.backbone.apply({'params': params['backbone']}, locals_, train=True,
                                 method=ViT.encode, rngs={'dropout': k_l})
       cls.append(loc['prefix'][:, 0])
-    s_cls, s_patch, stats = self._heads(params, buffers, jnp.concatenate(cls), enc['patches'])
+    s_cls, s_patch, stats = self._heads(params, {n: self._stats(buffers, n) for n in HEADS},
+                                        jnp.concatenate(cls), enc['patches'])
     return (s_cls.reshape(2 + self.num_local, b, -1), s_patch.reshape(2, b, *s_patch.shape[1:]),
             cls[0].reshape(2, b, -1), stats)
 
   def _teacher(self, buffers, views):
     """Teacher logits of the unmasked global crops: [CLS] (2, B, K), patches (2, B, N, K')."""
     b = views['global0'].shape[0]
-    teacher = jax.lax.stop_gradient(buffers['teacher'])
+    teacher = jax.lax.stop_gradient(buffers['teacher']['params'])
     globals_ = jnp.concatenate([views['global0'], views['global1']])
     enc = self.backbone.apply({'params': teacher['backbone']}, globals_, train=False,
                               method=ViT.encode)
-    t_cls, t_patch, stats = self._heads(teacher, buffers, enc['prefix'][:, 0], enc['patches'],
-                                        prefix='teacher_')
+    t_cls, t_patch, stats = self._heads(
+        teacher, {n: teacher_lib.stats_of(buffers['teacher'], n) for n in HEADS},
+        enc['prefix'][:, 0], enc['patches'])
     t_cls = jax.lax.stop_gradient(t_cls).reshape(2, b, -1)
     t_patch = jax.lax.stop_gradient(t_patch).reshape(2, b, *t_patch.shape[1:])
     return t_cls, t_patch, stats
@@ -254,7 +256,8 @@ class DINOv2(DINO):
                                      m.student_temp, m.dino_weight, m.ibot_weight, m.koleo_weight)
     new_buffers = dict(buffers, **centers)
     if 'batch_stats' in buffers:
-      new_buffers['batch_stats'] = {k: v for k, v in {**s_stats, **t_stats}.items() if v}
+      new_buffers['batch_stats'] = {k: v for k, v in s_stats.items() if v}
+      new_buffers['teacher'] = teacher_lib.with_stats(buffers['teacher'], **t_stats)
     ent, marginal = losses.distribution_entropy(probs)
     p_ent, _ = losses.distribution_entropy(pprobs * masks[..., None])
     metrics = dict(parts, mask_ratio=jnp.mean(masks.astype(jnp.float32)), teacher_entropy=ent,

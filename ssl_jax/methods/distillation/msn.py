@@ -15,9 +15,10 @@ PMSN (Mo et al. 2023, MSN with a power-law prior on the prototypes' usage).
   0.025) and every anchor's prediction at 0.1, plus ``reg_weight`` times the mean-entropy
   maximisation (``prior='uniform'``) or PMSN's KL to the power law k^-``power_law_exponent``
   (``prior='power_law'``), over the global batch.
-* target encoder (``buffers['teacher']``): EMA of backbone and projector, 0.996 -> 1 on the
-  shared cosine schedule (``common.momentum_schedule``; the official schedule is linear over
-  1.25 x the run, nearly the same curve at the start).
+* target encoder (``buffers['teacher']``, the layout of ``methods/teacher.py``): EMA of backbone
+  and projector, 0.996 -> 1 on the shared cosine schedule (``teacher.momentum_schedule``; the
+  official schedule is linear over 1.25 x the run, nearly the same curve at the start), updated in
+  ``after_update``; the projector's BatchNorm statistics of the target are its own.
 * optimiser: AdamW, lr warm-up + cosine, weight decay cosine 0.04 -> ``weight_decay_end`` (0.4);
   no weight decay on the prototypes, biases and norms (the official param groups); global-norm
   clipping at ``optim.clip_grad_norm`` (3.0).
@@ -50,6 +51,7 @@ from ssl_jax import optim as schedules
 from ssl_jax.data import augment, masking
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import common
+from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import Method, apply_module, init_module
 
 PRIORS = ('uniform', 'power_law')
@@ -67,7 +69,7 @@ class MSN(Method):
   teacher_keys = ('backbone', 'head')
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class Hparams(Method.Hparams, common.EMAHparams, common.ProjectorHparams):
+  class Hparams(Method.Hparams, teacher_lib.EMAHparams, common.ProjectorHparams):
     num_prototypes: int = 1024
     temperature: float = 0.1
     sharpen_temperature: float = 0.25
@@ -98,7 +100,7 @@ class MSN(Method):
       raise ValueError('config.method.proj_layers=0: MSN needs a projector (e.g. 3)')
     self.prior = (None if m.prior == 'uniform'
                   else losses.power_law_prior(m.num_prototypes, m.power_law_exponent))
-    self.momentum_fn = common.momentum_schedule(m, config.train.steps)
+    self.momentum_fn = teacher_lib.momentum_schedule(m, config.train.steps)
     self.patch = config.model.patch_size
 
   # -- data -------------------------------------------------------------------------------------
@@ -146,9 +148,9 @@ class MSN(Method):
     bound = m.proj_dim ** -0.5
     protos = jax.random.uniform(k3, (m.num_prototypes, m.proj_dim), jnp.float32, -bound, bound)
     params = {'backbone': bb_params, 'head': hd_params, 'prototypes': protos}
-    buffers = {'teacher': {k: params[k] for k in self.teacher_keys}}
+    buffers = {'teacher': teacher_lib.from_student(params, self.teacher_keys, {'head': hd_stats})}
     if hd_stats:
-      buffers['batch_stats'] = {'head': hd_stats, 'teacher_head': hd_stats}
+      buffers['batch_stats'] = {'head': hd_stats}
     return params, buffers
 
   # -- forward pieces ---------------------------------------------------------------------------
@@ -181,10 +183,10 @@ class MSN(Method):
 
   def target_embeddings(self, buffers, views):
     """(B, d) projections of the unmasked target crop by the EMA target encoder, no gradient."""
-    teacher = jax.lax.stop_gradient(buffers['teacher'])
+    teacher = jax.lax.stop_gradient(buffers['teacher']['params'])
     h = self._pooled(teacher['backbone'], views['target'], train=False)
-    z, stats = apply_module(self.head, teacher['head'], self._stats(buffers, 'teacher_head'), h,
-                            train=True)
+    z, stats = apply_module(self.head, teacher['head'],
+                            teacher_lib.stats_of(buffers['teacher'], 'head'), h, train=True)
     return jax.lax.stop_gradient(z), stats
 
   # -- training ---------------------------------------------------------------------------------
@@ -201,15 +203,12 @@ class MSN(Method):
     used = jnp.zeros((m.num_prototypes,), jnp.float32).at[jnp.argmax(t_probs, -1)].set(1.0)
     new_buffers = dict(buffers)
     if 'batch_stats' in buffers:
-      new_buffers['batch_stats'] = {'head': s_stats, 'teacher_head': t_stats}
+      new_buffers['batch_stats'] = {'head': s_stats}
+      new_buffers['teacher'] = teacher_lib.with_stats(buffers['teacher'], head=t_stats)
     return loss, (dict(aux, prototypes_used=jnp.sum(used)), new_buffers)
 
   def after_update(self, state):
-    # state.step was incremented by apply_gradients; the update just made was number step - 1.
-    mom = self.momentum_fn(state.step - 1)
-    online = {k: state.params[k] for k in self.teacher_keys}
-    teacher = common.ema_update(state.buffers['teacher'], online, mom)
-    return state.replace(buffers=dict(state.buffers, teacher=teacher))
+    return teacher_lib.update(state, self.momentum_fn)
 
   def build_optimizer(self, total_steps: int):
     """AdamW (or SGD) with the cosine weight-decay schedule and no decay on the prototypes;
@@ -234,8 +233,9 @@ class MSN(Method):
   def features(self, params, buffers, images_uint8):
     """Pooled features of the *target* backbone in eval mode (what MSN evaluates)."""
     x = self.normalize(images_uint8)
-    return self.backbone.apply({'params': buffers['teacher']['backbone']}, x).astype(jnp.float32)
+    return self.backbone.apply({'params': buffers['teacher']['params']['backbone']},
+                               x).astype(jnp.float32)
 
   def encoder_variables(self, params, buffers):
     """The target backbone's variables (MSN releases the target encoder)."""
-    return {'params': buffers['teacher']['backbone']}
+    return {'params': buffers['teacher']['params']['backbone']}
