@@ -36,7 +36,8 @@ LAYERS = (
     ('train',),  # step, state, sharding, checkpoint, preemption, the run assembly
     ('eval', 'export', 'viz', 'infomin'),
     ('train/loop',),
-    ('main', 'launch', 'ssl_jax'),  # entry points; 'ssl_jax' is the package's __init__ (the API)
+    # Entry points: 'ssl_jax' is the package's __init__ (the API); 'catalog' is --list's listing.
+    ('main', 'launch', 'ssl_jax', 'catalog'),
 )
 RANK = {node: rank for rank, nodes in enumerate(LAYERS) for node in nodes}
 
