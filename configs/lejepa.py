@@ -81,4 +81,6 @@ def get_config(arg: str = 'builtin'):
                     knn_every=25000)
   else:
     raise common.unknown_variant('lejepa', variant, hint="optionally ',<backbone>'")
+  if backbone and variant != 'imagenet':   # the ResNet variants take any backbone suffix too
+    common.apply_backbone(c, backbone)
   return c

@@ -272,9 +272,9 @@ def test_readers_do_not_import_the_loop():
   files = [*(top / 'ssl_jax').glob('eval/*.py'), *(top / 'ssl_jax').glob('export/*.py'),
            *(top / 'ssl_jax').glob('viz/*.py'), top / 'ssl_jax/train/memory.py',
            top / 'ssl_jax/train/experiment.py',
-           # quality.py and anomaly.py pretrain through loop.train_and_evaluate on purpose.
+           # quality.py, anomaly.py and own_data.py pretrain through loop.train_and_evaluate.
            *[p for p in (top / 'benchmarks').glob('*.py')
-             if p.name not in ('quality.py', 'anomaly.py')]]
+             if p.name not in ('quality.py', 'anomaly.py', 'own_data.py')]]
   offenders = []
   for path in files:
     for node in ast.walk(ast.parse(path.read_text())):
