@@ -305,7 +305,7 @@ def _fix_resnet_stem(nn, model, width: int, cifar: bool):
   out = block.conv1.out_channels
   block.conv1 = nn.Conv2d(width, out, block.conv1.kernel_size, block.conv1.stride,
                           block.conv1.padding, bias=False)
-  planes_out = model.layer1[0].bn2.num_features if not hasattr(block, 'bn3') else block.bn3.num_features
+  planes_out = (block.bn3 if hasattr(block, 'bn3') else block.bn2).num_features   # Bottleneck / Basic
   if planes_out == width:
     block.downsample = None   # BasicBlock: the stem already has layer1's width
   elif block.downsample is not None:

@@ -52,6 +52,7 @@ from ssl_jax import losses
 from ssl_jax import optim as schedules
 from ssl_jax.data.masking import BlockMaskBank
 from ssl_jax.methods import teacher as teacher_lib
+from ssl_jax.methods.distillation import ibot
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.distillation.dino import DINO, zero_updates_until
 from ssl_jax.models.heads import DINOHead
@@ -156,12 +157,8 @@ class DINOv2(DINO):
 
   # -- data ---------------------------------------------------------------------------------------
   def views(self, batch, rng):
-    """DINO's crops plus (2, B, N) masks of the two global crops (True = masked)."""
-    k_aug, k_mask = jax.random.split(rng)
-    out = super().views(batch, k_aug)
-    b = batch['global0'].shape[0]
-    out['masks'] = self.mask_bank.sample(k_mask, 2 * b).reshape(2, b, -1)
-    return out
+    """DINO's crops plus (2, B, N) masks of the two global crops (True = masked), as iBOT's."""
+    return ibot.masked_global_views(super().views, self.mask_bank, batch, rng)
 
   # -- state --------------------------------------------------------------------------------------
   def init(self, rng, batch):

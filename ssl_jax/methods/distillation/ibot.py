@@ -42,6 +42,16 @@ from ssl_jax.models.vit import ViT
 from ssl_jax import optim as schedules
 
 
+
+def masked_global_views(dino_views, mask_bank, batch, rng):
+  """DINO's crops (``dino_views(batch, key)``) plus (2, B, N) block masks of the two global crops
+  (True = masked), the local crops unmasked: iBOT's and DINOv2's views."""
+  k_aug, k_mask = jax.random.split(rng)
+  out = dino_views(batch, k_aug)
+  b = batch['global0'].shape[0]
+  out['masks'] = mask_bank.sample(k_mask, 2 * b).reshape(2, b, -1)
+  return out
+
 class IBOT(DINO):
   """iBOT: DINO + masked-patch self-distillation with an online tokenizer."""
 
@@ -93,11 +103,7 @@ class IBOT(DINO):
 
   # -- data ---------------------------------------------------------------------------------------
   def views(self, batch, rng):
-    k_aug, k_mask = jax.random.split(rng)
-    out = super().views(batch, k_aug)
-    b = batch['global0'].shape[0]
-    out['masks'] = self.mask_bank.sample(k_mask, 2 * b).reshape(2, b, -1)
-    return out
+    return masked_global_views(super().views, self.mask_bank, batch, rng)
 
   # -- state --------------------------------------------------------------------------------------
   def init(self, rng, batch):
