@@ -99,9 +99,19 @@ def test_method_backbone_is_the_config_backbone(name, variant):
 
 def test_every_builtin_config_is_found():
   assert {'simclr', 'sit', 'mocov3', 'mae', 'dino'} <= set(CONFIGS), CONFIGS
+  assert set(DEFAULT_TIER) <= set(CONFIGS)
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+# The default tier takes one config down each distinct feature / export path (the base method's
+# on a ResNet and on a ViT with prefix tokens, the methods that override ``features`` or
+# ``encoder_variables``, a tokenizer with no encoder); the other configs repeat one of these paths
+# and run in the full tier (tests/conftest.py: slow). ~30 s each on 2 cores; every method's own
+# test file already trains it on 1 and 8 devices.
+DEFAULT_TIER = ('simclr', 'sit', 'cmc', 'cpc', 'vqvae', 'dinov2', 'msn', 'ijepa', 'multimae')
+
+
+@pytest.mark.parametrize('name', [n if n in DEFAULT_TIER else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS])
 def test_pretrain_eval_export_load(name, tmp_path):
   config = tiny_config(name)
   mesh = helpers.mesh(1)

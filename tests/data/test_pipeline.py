@@ -245,8 +245,7 @@ def test_experiment_takes_an_iterable(tmp_path):
 
 # -- full runs (compile the step; minutes on a shared 2-core CPU): SSL_JAX_SLOW_TESTS=1 ------------
 
-slow = pytest.mark.skipif(not os.environ.get('SSL_JAX_SLOW_TESTS'),
-                          reason='compiles a train step; set SSL_JAX_SLOW_TESTS=1')
+slow = pytest.mark.slow
 
 
 @slow

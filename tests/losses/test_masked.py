@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import losses
-from ssl_jax.models.vit import patchify, sincos_2d_pos_embed, unpatchify
+from ssl_jax.models.vit import unpatchify
 
 
 RNG = np.random.default_rng(0)

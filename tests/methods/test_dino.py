@@ -178,9 +178,7 @@ def test_attention_maps_png(one_device, tmp_path):
   assert Image.open(paths[-1]).size == (3 * 32, 32)   # input + 2 heads, 16 px x 2
 
 
-@pytest.mark.skipif(not os.environ.get('SSL_JAX_SLOW_TESTS'),
-                    reason='compiles a ResNet train step (minutes on a shared CPU); '
-                           'set SSL_JAX_SLOW_TESTS=1')
+@pytest.mark.slow
 def test_resnet_backbone_runs_with_batchnorm_teacher():
   """DINO on a (width-4) ResNet-18: student and teacher keep their own BatchNorm statistics; the
   teacher's (train-mode, as DINO's SyncBN teacher) are what evaluation uses."""

@@ -74,8 +74,9 @@ def test_batchnorm_variance_two_pass():
   assert len(seen) == 1 + 8 * 2 + 3 and not any(seen), seen   # stem, 8 blocks, 3 shortcuts
 
 
-@pytest.mark.parametrize('ctor,cifar_stem,size', [(resnet.resnet18, True, 16),
-                                                  (resnet.resnet50, False, 32)])
+# The ResNet-50 (bottlenecks, 7x7 stem) repeats the ResNet-18's impls: full tier.
+@pytest.mark.parametrize('ctor,cifar_stem,size', [
+    (resnet.resnet18, True, 16), pytest.param(resnet.resnet50, False, 32, marks=pytest.mark.slow)])
 def test_conv_impls_same_outputs_and_gradients(ctor, cifar_stem, size):
   """im2col matmuls (model.conv_impl 'im2col') and Winograd F(2x2, 3x3) for the 3x3 stride-1
   ones ('winograd'; 'auto' on CPU mixes both) compute the same network as XLA's convolutions:

@@ -19,7 +19,7 @@ from ssl_jax.data import folder, pipeline, sources
 from ssl_jax.eval import run as eval_run
 from ssl_jax.export import run as export_run
 from ssl_jax.train import checkpoint as ckpt_lib
-from ssl_jax.train import experiment, loop
+from ssl_jax.train import loop
 from ssl_jax.train import workdir as workdir_lib
 from tests import helpers
 
