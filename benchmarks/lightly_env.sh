@@ -8,7 +8,8 @@
 # * torch==2.13.0+cpu: the CPU-only wheel from the local wheelhouse (/opt/wheels, which pip's
 #   find-links reads here; PIP_FIND_LINKS / --find-links point elsewhere on other machines). PyPI's
 #   default Linux torch is a CUDA build (~555 MB + ~3 GB of nvidia-* wheels just to import).
-# * torchvision==0.28.0 (the release paired with torch 2.13), timm==1.0.31 and lightly==1.5.20 are
+# * torchvision==0.28.0 (the release paired with torch 2.13), timm==1.0.31 and lightly 1.6.0 (the
+#   release users install today; LIGHTLY_VERSION=1.5.20 gives the one of the older tables) are
 #   installed with --no-deps so that nothing pulls the CUDA torch. PyPI's torchvision is a CUDA
 #   build whose C++ ops do not load next to the CPU torch; lightly and timm only need its Python
 #   parts (resnet18, StochasticDepth), and benchmarks/lightly_step.py defines the two op schemas
@@ -30,7 +31,7 @@ FIND=()
 [ -d "$WHEELS" ] && FIND=(--find-links "$WHEELS")
 
 "${PIP[@]}" "${FIND[@]}" 'torch==2.13.0+cpu'
-"${PIP[@]}" --no-deps torchvision==0.28.0 timm==1.0.31 lightly==1.5.20
+"${PIP[@]}" --no-deps torchvision==0.28.0 timm==1.0.31 "lightly==${LIGHTLY_VERSION:-1.6.0}"
 "${PIP[@]}" numpy pillow pyyaml safetensors huggingface_hub
 
 # Nothing may have replaced the CPU torch.

@@ -24,7 +24,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -170,16 +169,6 @@ def make_folder(kind: str, root: str, seed: int = 0) -> str:
   return out
 
 
-def cpu_name() -> str:
-  try:
-    for line in open('/proc/cpuinfo'):
-      if line.startswith('model name'):
-        return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
-
-
 def run(method: str, root: str, minutes: float, workdir: str, overrides=()) -> dict:
   """Pretrains configs/<method>.py:folder,root,minutes in-process; returns the run summary."""
   from ssl_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -230,14 +219,16 @@ def main():
     print(json.dumps(roots, indent=1))
     return
   overrides = [s.split('=', 1) for s in a.set]
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from ssl_jax import runtime  # pylint: disable=g-import-not-at-top
   if a.random_only:
     for kind, root in roots.items():
       for method in a.methods.split(','):
         t0, load0 = time.time(), os.getloadavg()[0]
         r = {k: round(v, 3) for k, v in random_baseline(method, root, a.minutes).items()}
         print(json.dumps({'kind': kind, 'method': method, **r, 'wall_s': round(time.time() - t0),
-                          'cpu': cpu_name(), 'load_start_end': [round(load0, 1),
-                                                                round(os.getloadavg()[0], 1)]}),
+                          'cpu': runtime.cpu_description(),
+                          'load_start_end': [round(load0, 1), round(os.getloadavg()[0], 1)]}),
               flush=True)
     return
   for kind, root in roots.items():
@@ -251,7 +242,7 @@ def main():
           'kind': kind, 'method': method, 'minutes': a.minutes, 'steps': s['steps'],
           'knn_top1': round(top1, 3), 'knn_top1_random': round(top0, 3),
           'error_ratio': round(ratio, 3), 'bar_met': bool(bar), 'wall_s': round(s['wall_s']),
-          'rankme': round(s.get('rankme', 0), 1), 'cpu': cpu_name(),
+          'rankme': round(s.get('rankme', 0), 1), 'cpu': runtime.cpu_description(),
           'process_cpu_s': round(resource.getrusage(resource.RUSAGE_SELF).ru_utime
                                  + resource.getrusage(resource.RUSAGE_SELF).ru_stime),
           'load_start_end': [round(load0, 1), round(os.getloadavg()[0], 1)]}), flush=True)

@@ -65,6 +65,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from benchmarks import quality  # pylint: disable=wrong-import-position
+from ssl_jax import runtime  # pylint: disable=wrong-import-position
 from ssl_jax.models import resnet  # pylint: disable=wrong-import-position
 from ssl_jax.data import pipeline, sources  # pylint: disable=wrong-import-position
 from ssl_jax.train import experiment, sharding, step as step_lib  # pylint: disable=wrong-import-position
@@ -328,9 +329,9 @@ def print_table(rows, args, peak_jax, lightly_env, peak_device=None):
                   f"{r['img_s'] / t['img_s']:.2f}x"]
     print('| ' + ' | '.join(cells) + ' |')
   print()
-  cpu = _cpu_name()
+  cpu = runtime.cpu_description()
   preload = os.environ.get('LD_PRELOAD', '')
-  print(f'Machine: {cpu}, {os.cpu_count()} cores; {platform.platform()}. '
+  print(f'Machine: {cpu}; {platform.platform()}. '
         f'JAX {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)).')
   if with_mfu:
     print(f'MFU: FLOPs per step from XLA\'s cost analysis (all devices) / median step time / '
@@ -355,17 +356,6 @@ def print_table(rows, args, peak_jax, lightly_env, peak_device=None):
   print(f'1-min load average before / after the run: {args.load[0]:.1f} / {args.load[1]:.1f} '
         '(should be ~0: eager PyTorch threads are very sensitive to other load).')
   print(f"Command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}")
-
-
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def main():
@@ -403,7 +393,6 @@ def main():
                  'off: add --xla_cpu_experimental_ynn_fusion_type= to XLA_FLAGS (dots through '
                  'Eigen; see docs/performance.md)')
   args = p.parse_args()
-  from ssl_jax import runtime  # pylint: disable=g-import-not-at-top
   cpu_rows = ALL_ROWS + (() if args.vs_lightly else OURS_ONLY_ROWS)
   rows = {'all': cpu_rows, 'mfu': MFU_ROWS}.get(args.rows) or tuple(args.rows.split(','))
   for row in rows:

@@ -25,6 +25,38 @@ from absl import flags, logging
 HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
 
 
+# The CPU features XLA:CPU's and oneDNN's kernels pick their code paths by (benchmarks name them).
+CPU_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'amx_tile',
+             'amx_bf16')
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+  """The CPU's model name, core count and which of ``CPU_FLAGS`` it has (Linux /proc/cpuinfo;
+  ``cpuinfo`` is its text, for tests). Every benchmark table names its machine with this."""
+  import platform  # pylint: disable=g-import-not-at-top
+  if cpuinfo is None:
+    try:
+      with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ''
+  model, have = '', set()
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(':')
+    if key.strip() == 'model name' and not model:
+      model = value.strip()
+    elif key.strip() == 'flags' and not have:
+      have = set(value.split())
+  return {'model': model or platform.processor() or 'unknown CPU', 'cores': os.cpu_count(),
+          'flags': [f for f in CPU_FLAGS if f in have]}
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+  """One line for a benchmark table: 'MODEL x CORES (flag flag ...)'."""
+  info = cpu_info(cpuinfo)
+  return f"{info['model']} x{info['cores']} ({' '.join(info['flags']) or 'no AVX2'})"
+
+
 def hugepage_env(environ) -> dict | None:
   """The environment to re-execute this process with so that glibc's malloc backs large blocks
   with transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, glibc >= 2.35), or

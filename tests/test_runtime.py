@@ -34,3 +34,13 @@ def test_single_process_needs_no_distributed_runtime(monkeypatch):
 def test_explicit_distributed_needs_a_consistent_process_id(num_processes, process_id):
   with pytest.raises(ValueError, match='needs --num_processes >= 1 and 0 <= --process_id'):
     runtime.initialize_distributed('127.0.0.1:1', num_processes, process_id)
+
+
+def test_cpu_description_names_the_model_and_the_vector_flags():
+  zen5 = ('processor\t: 0\nmodel name\t: AMD EPYC 9B45\nflags\t\t: fpu sse2 avx2 fma avx512f '
+          'avx512_bf16 avx512bw\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9B45\nflags\t\t: avx2\n')
+  info = runtime.cpu_info(zen5)
+  assert info['model'] == 'AMD EPYC 9B45'
+  assert info['flags'] == ['avx2', 'fma', 'avx512f', 'avx512_bf16']   # first CPU, CPU_FLAGS order
+  assert runtime.cpu_description(zen5).startswith('AMD EPYC 9B45 x')
+  assert runtime.cpu_description('model name\t: Old\nflags\t\t: sse2\n').endswith('(no AVX2)')

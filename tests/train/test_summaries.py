@@ -23,13 +23,18 @@ def test_tensorboard_only_by_default(tmp_path):
 
 
 def test_wandb_offline_run_has_the_scalars_and_one_id_per_workdir(tmp_path, monkeypatch):
-  pytest.importorskip('wandb')
+  wandb = pytest.importorskip('wandb')
   monkeypatch.setenv('WANDB_SILENT', 'true')
-  for step in (1, 2):   # two sessions of one run (a resume): the same W&B run id
-    with summaries.Summaries(str(tmp_path), _config('ssl_jax_tests')) as w:
-      w.add_scalar('train/ssl_jax_test_metric', 0.5 * step, step)
+  try:
+    for step in (1, 2):   # two sessions of one run (a resume): the same W&B run id
+      with summaries.Summaries(str(tmp_path), _config('ssl_jax_tests')) as w:
+        w.add_scalar('train/ssl_jax_test_metric', 0.5 * step, step)
+  finally:
+    wandb.teardown()   # stops its service process, which outlives the run in this worker
   run_id = summaries.wandb_run_id(str(tmp_path))
-  runs = glob.glob(str(tmp_path / 'wandb' / f'offline-run-*-{run_id}'))
+  # offline-run-TIME-ID, and -ID-1 when both sessions started within the same second.
+  runs = glob.glob(str(tmp_path / 'wandb' / f'offline-run-*-{run_id}')) + glob.glob(
+      str(tmp_path / 'wandb' / f'offline-run-*-{run_id}-[0-9]*'))
   assert len(runs) == 2, os.listdir(tmp_path / 'wandb')
   for run in runs:
     (log,) = glob.glob(os.path.join(run, f'run-{run_id}.wandb'))
