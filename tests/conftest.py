@@ -13,9 +13,10 @@
 * ``-n 2 --dist loadfile`` (the README's command) starts the slowest files first and hands out the
   round-trip configs one test at a time (pytest_xdist_make_scheduler below).
 * Two tiers. The default one (the README's test command, what CI runs) keeps every behaviour
-  checked once; tests marked ``@pytest.mark.slow`` repeat a checked path for more configs or train
-  for longer (every config's full pretrain -> eval -> export round trip, the ResNet variants of
-  the ViT-tested methods). ``SSL_JAX_SLOW_TESTS=1`` runs them too (docs/add-a-method.md).
+  checked once; tests marked ``@pytest.mark.slow`` repeat a checked path for more configs (every
+  config's full pretrain -> eval -> export round trip, the 8-device half of the per-example
+  pretext losses, the width-64 and ResNet-50 model checks, the image-folder runs).
+  ``SSL_JAX_SLOW_TESTS=1`` runs them too (docs/index.md).
 """
 import os
 
@@ -81,7 +82,7 @@ def pytest_xdist_make_scheduler(config, log):
     def remove_node(self, node):
       """A crashed worker's test is reported failed once and is not re-queued with the rest of
       its file. With xdist 3.8's own remove_node a toy suite (one test that SIGSEGVs among 10)
-      hung every time; with this one it ends with 1 failed, 10 passed. Not a test of the suite:
+      hung in both tries; with this one it ends with 1 failed, 10 passed. Not a test of the suite:
       run from inside this suite after a TensorBoard writer test, the toy still hung."""
       workload = self.assigned_work.pop(node)
       pending = [(scope, nodeid) for scope, unit in workload.items()

@@ -393,8 +393,9 @@ class Checkpointer:
     self._pending = None
 
   def close(self, raise_errors: bool = True):
-    """Waits for the pending save and closes; ``raise_errors=False`` only logs a failure (used
-    while another exception is already propagating)."""
+    """Waits for the pending save and for the removal of a killed run's temporary directories,
+    and closes; ``raise_errors=False`` only logs a failure (used while another exception is
+    already propagating)."""
     try:
       self.wait()
     except CheckpointSaveError as e:
@@ -403,6 +404,11 @@ class Checkpointer:
       logging.error('%s', e)
     finally:
       try:
+        # Orbax removes them in a background future it starts when the manager opens and awaits
+        # before its first save only; its close() does not wait for it.
+        await_cleanup = getattr(self.manager, '_maybe_await_cleanup_tmp_directory', None)
+        if await_cleanup is not None:
+          await_cleanup()
         self.manager.close()
       except Exception as e:  # pylint: disable=broad-except
         logging.error('closing the checkpoint manager failed: %s', e)

@@ -26,13 +26,18 @@ def load_config(name, arg='builtin'):
   return mod.get_config(arg)
 
 
-def parity(config, steps=2, eight=True):
-  """Runs ``steps`` real train steps on 1 device and, with ``eight``, on 8 devices too; asserts
-  allclose params and losses. Returns the 1-device (state, history)."""
+def one_device_run(config, steps=2):
+  """(config, state, history) after ``steps`` real train steps on 1 device; finite losses."""
   s1, h1 = helpers.run_steps(config, 1, steps)
   assert all(np.isfinite(h['loss']) for h in h1)
-  if eight:
-    assert_eight_devices_agree(config, s1, h1)
+  return config, s1, h1
+
+
+def parity(config, steps=2):
+  """Runs ``steps`` real train steps on 1 and 8 devices; asserts allclose params and losses.
+  Returns the 1-device (state, history)."""
+  _, s1, h1 = one_device_run(config, steps)
+  assert_eight_devices_agree(config, s1, h1)
   return s1, h1
 
 
@@ -123,7 +128,7 @@ def jigsaw_run():
   c.method.num_permutations = 10
   c.method.tile_dim = 8
   c.method.head_hidden_dim = 16
-  return (c,) + parity(c, steps=2, eight=False)
+  return one_device_run(c)
 
 
 def test_jigsaw_trains(jigsaw_run):
@@ -174,7 +179,7 @@ def test_cutpaste_and_scar_sizes():
 @pytest.fixture(scope='module')
 def cutpaste_run():
   c = helpers.tiny(load_config('cutpaste'))
-  return (c,) + parity(c, steps=2, eight=False)
+  return one_device_run(c)
 
 
 def test_cutpaste_trains(cutpaste_run):
@@ -281,7 +286,7 @@ def colorization_run():
   c = helpers.tiny(load_config('colorization'))
   c.method.decoder_dim = 8
   c.method.prior_images = 20
-  return (c,) + parity(c, steps=2, eight=False)
+  return one_device_run(c)
 
 
 def test_colorization_trains(colorization_run):
