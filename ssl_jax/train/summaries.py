@@ -9,15 +9,31 @@ of it) keeps logging into the same W&B run instead of starting a new one. Only p
 from __future__ import annotations
 
 import hashlib
+import sys
 
 from ssl_jax import paths
+
+
+def _summary_writer_class():
+  """``tensorboardX.SummaryWriter``, imported without PyTorch: tensorboardX imports torch when it
+  is installed, only to accept torch tensors (~2 s and ~300 MB in every training process; we log
+  Python floats). A process that already imported torch keeps it."""
+  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules['torch'] = None   # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 class Summaries:
   """``add_scalar(tag, value, step)`` / ``close()`` to TensorBoard and optionally W&B."""
 
   def __init__(self, workdir, config=None):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    SummaryWriter = _summary_writer_class()  # pylint: disable=invalid-name
     # tensorboardX writes gs:// itself (google-cloud-storage) and local paths; one string for both.
     self._tb = SummaryWriter(str(paths.as_path(workdir) / 'tensorboard'))
     self._wandb = _wandb_run(workdir, config) if config is not None else None

@@ -227,3 +227,14 @@ def test_mnist5k_fast_reader_equals_mlxtends_own():
   np.testing.assert_array_equal(x, want_x)
   np.testing.assert_array_equal(y, want_y)
   assert x.shape == (5000, 784) and set(np.unique(y)) == set(range(10))
+
+
+def test_digits_reader_equals_sklearns_load_digits():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  x, y = sources._digits()  # pylint: disable=protected-access
+  d = load_digits()
+  np.testing.assert_array_equal(x, d.data)
+  np.testing.assert_array_equal(y, d.target)
+  images, labels, _ = sources._load_builtin('digits')  # pylint: disable=protected-access
+  np.testing.assert_array_equal(images, np.round(d.images * (255.0 / 16.0)).astype(np.uint8))
+  np.testing.assert_array_equal(labels, d.target)

@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEPS = 2
 OVERRIDES = [
     '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
+    '--config.model.conv_impl=xla',   # as tests.helpers.tiny: XLA's convolutions compile faster
     '--config.data.image_size=16', '--config.data.batch_size=16',
     f'--config.train.steps={STEPS}', '--config.train.log_every=1',
     f'--config.train.checkpoint_every={STEPS}', '--config.train.final_eval=False',

@@ -1,6 +1,8 @@
 """Scalars go to TensorBoard and, when config.train.wandb_project is set, to W&B (offline here)."""
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,36 @@ def test_bad_wandb_mode_is_refused():
   c = _config('p', mode='ofline')
   with pytest.raises(ValueError, match="train.wandb_mode='ofline'.*did you mean 'offline'"):
     config_lib.validate(c)
+
+
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+  # A fresh process (the test process has torch loaded for the timm tests): the writer comes
+  # without torch, torch still imports afterwards, and the scalars reach the event file.
+  code = ("import sys\n"
+          "from ssl_jax.train import summaries\n"
+          f"s = summaries.Summaries({str(tmp_path)!r})\n"
+          "s.add_scalar('train/loss', 1.5, 3)\n"
+          "print('torch loaded:', 'torch' in sys.modules)\n"
+          "import torch\n"
+          "s.add_scalar('train/loss', torch.tensor(2.5), 4)\n"
+          "s.close()\n")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert 'torch loaded: False' in out.stdout, out.stdout + out.stderr
+  assert _scalars(tmp_path / 'tensorboard', 'train/loss') == [(3, 1.5), (4, 2.5)]
+
+
+def _scalars(folder, tag):
+  """(step, value) of ``tag`` in the TFRecord event files of ``folder`` (each record: u64 length,
+  u32 crc, the Event proto, u32 crc)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  found = []
+  for path in sorted(glob.glob(os.path.join(folder, 'events.out.tfevents.*'))):
+    data, pos = open(path, 'rb').read(), 0
+    while pos < len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      found += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+  return found
