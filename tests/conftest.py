@@ -2,9 +2,10 @@
 
 * 8 simulated CPU devices, so 1-device vs 8-device parity runs in one process; tests that want one
   device build a 1-device mesh.
-* XLA:CPU backend optimisation off (compiles ~1.5x faster; the models are tiny). Results differ
-  from optimised code by float rounding only (another summation order): the 1-vs-8-device tests
-  hold at every level since BatchNorm computes a two-pass variance (ssl_jax/models/norm.py).
+* XLA:CPU backend optimisation and the MLIR fusion emitters off (compiles ~3x faster together;
+  the models are tiny). Results differ from optimised code by float rounding only (another
+  summation order): the 1-vs-8-device tests hold at every level since BatchNorm computes a
+  two-pass variance (ssl_jax/models/norm.py).
 * No JAX persistent compilation cache in the test processes: writing an entry serialises the
   XLA:CPU executable, and that segfaulted mid-suite (jax 0.10.2; a train step of test_instdis
   here, of test_lejepa in CI), after which pytest-xdist waited forever for the lost worker. Only
@@ -23,8 +24,11 @@ import os
 import pytest
 
 # XLA:CPU's LLVM optimisation is most of the compile time of the tiny test models and buys them
-# little; every test process (and subprocess, via helpers.xla_flags) compiles without it.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
+# little; every test process (and subprocess, via helpers.xla_flags) compiles without it, and
+# with XLA's older elemental emitter for fusions instead of the MLIR fusion emitters: a tiny train
+# step compiles in 4-6 s instead of 10-11 s, an eager ViT init + apply in 3.1-3.9 instead of
+# 3.7-4.7 s (docs/performance.md, "Compile time").
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {FAST_COMPILE}')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)   # see the docstring
