@@ -45,6 +45,16 @@ def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, step
   return c
 
 
+# ``tiny``'s model and data shrink as ``python -m ssl_jax.main`` flags, for the tests that start
+# training subprocesses (resume, multi-host, gs://); each adds its own steps and checkpoints.
+TINY_CLI = [
+    '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
+    '--config.model.conv_impl=xla', '--config.data.image_size=16', '--config.data.batch_size=16',
+    '--config.method.proj_hidden_dim=16', '--config.method.proj_dim=8',
+    '--config.train.final_eval=False', '--config.train.progress_bar=False',
+]
+
+
 def tiny_swin(c: ConfigDict, embed_dim: int, depths, heads) -> ConfigDict:
   """Switches a (tiny) config to a Swin with 2 px patches and 4x4 windows of these stage sizes."""
   c.model.backbone, c.model.patch_size, c.model.window_size = 'swin_tiny', 2, 4

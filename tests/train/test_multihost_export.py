@@ -14,14 +14,9 @@ from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 2
-OVERRIDES = [
-    '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
-    '--config.model.conv_impl=xla',   # as tests.helpers.tiny: XLA's convolutions compile faster
-    '--config.data.image_size=16', '--config.data.batch_size=16',
+OVERRIDES = helpers.TINY_CLI + [
     f'--config.train.steps={STEPS}', '--config.train.log_every=1',
-    f'--config.train.checkpoint_every={STEPS}', '--config.train.final_eval=False',
-    '--config.train.progress_bar=False', '--config.method.proj_hidden_dim=16',
-    '--config.method.proj_dim=8', '--config.optim.warmup_steps=1',
+    f'--config.train.checkpoint_every={STEPS}', '--config.optim.warmup_steps=1',
     # FSDP over all 8 devices of both processes: every big-enough leaf is split across them.
     "--config.mesh.shape=(1,8)", "--config.mesh.axes=('data','fsdp')",
     '--config.mesh.fsdp_min_size=16', '--config.export.timm=False',
