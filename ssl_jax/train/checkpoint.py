@@ -234,15 +234,15 @@ def _leaf_digest(x):
   return jnp.sum(mixed, dtype=jnp.uint32) + jnp.uint32(u.shape[0])
 
 
-def _digest_and_finite(tree):
-  leaves = jax.tree_util.tree_leaves(tree)
-  digests = [_leaf_digest(x) for x in leaves]
-  finite = [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
-            for x in leaves]
-  return digests, finite
-
-
-_digest_fn = jax.jit(_digest_and_finite)
+@jax.jit
+def _leaf_digest_and_finite(x):
+  """(uint32 digest, all finite) of one leaf; jitted per leaf, so compiled once per (shape, dtype,
+  sharding) and reused by every later leaf, save and restore of the process. One jit over the
+  whole state compiled ~1.8 s for a tiny ViT's 822 leaves at every save and restore (no cache hit
+  between them); per leaf, the repeated shapes (params / Adam moments, transformer blocks) share
+  their programs."""
+  finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
+  return _leaf_digest(x), finite
 
 
 def _host(x):
@@ -255,9 +255,9 @@ def _host(x):
 def inspect_state(state) -> tuple[dict, list]:
   """({leaf path: uint32 digest}, [paths of leaves with NaN/Inf]) of a concrete state."""
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-  digests, finite = _digest_fn(state)
-  digests = [int(_host(d)) for d in digests]
-  finite = [bool(_host(f)) for f in finite]
+  pairs = [_leaf_digest_and_finite(x) for x in jax.tree_util.tree_leaves(state)]
+  digests = [int(_host(d)) for d, _ in pairs]
+  finite = [bool(_host(f)) for _, f in pairs]
   return dict(zip(paths, digests)), [p for p, ok in zip(paths, finite) if not ok]
 
 
