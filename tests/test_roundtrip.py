@@ -138,6 +138,9 @@ def test_pretrain_eval_export_load(name, tmp_path):
   size = config.data.image_size
   images = np.random.RandomState(0).randint(0, 256, (4, size, size, 3)).astype(np.uint8)
   x = method.normalize(images)
+  # The exported preprocessing is the method's eval input (grey for colorization, CIE L for CMC).
+  np.testing.assert_allclose(encoder_lib.preprocess(exported['encoder'], images), np.asarray(x),
+                             atol=1e-5)
   trained_vars = method.encoder_variables(state.params, state.buffers)
   trained = method.backbone.apply(trained_vars, x, train=False)
   loaded = model.apply(variables, x, train=False)

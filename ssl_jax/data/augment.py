@@ -49,6 +49,8 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.data import image_ops
+
 __all__ = [
     'IMAGENET_MEAN', 'IMAGENET_STD', 'GRAY_WEIGHTS', 'RECIPES',
     'adjust_brightness', 'adjust_contrast', 'adjust_saturation', 'adjust_hue',
@@ -63,8 +65,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# ITU-R 601-2 luma, as PIL `convert('L')` (torchvision's tensor op uses 0.2989).
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+GRAY_WEIGHTS = image_ops.GRAY_WEIGHTS
 
 
 # ----------------------------------------------------------------------------------------

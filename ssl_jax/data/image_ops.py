@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 NUM_ROTATIONS = 4
+# ITU-R 601-2 luma, as PIL `convert('L')` (torchvision's tensor op uses 0.2989).
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def rotate90(images, k: int):
@@ -68,3 +70,32 @@ def rgb_to_lab(rgb):
   a = 500 * (f[..., 0] - f[..., 1])
   b = 200 * (f[..., 1] - f[..., 2])
   return xp.stack([l, a, b], axis=-1)
+
+
+# An encoder's input colour: what the network sees of a [0, 1] RGB image before (x - mean) / std.
+ENCODER_COLORS = {
+    'rgb': 'the RGB image',
+    'gray': 'luma 0.299 R + 0.587 G + 0.114 B, replicated to 3 channels',
+    'cie_l': 'CIE L / 100 (D65), replicated to 3 channels',
+}
+
+
+def encoder_input(x01, color: str = 'rgb', mean=None, std=None):
+  """[0, 1] RGB (..., 3) -> an encoder's input: the ``color`` transform (:data:`ENCODER_COLORS`),
+  then ``(x - mean) / std`` per channel when ``mean`` is given. numpy in, numpy out; jnp likewise.
+
+  One definition for a method's eval input (``Method.normalize``) and the exported encoder's
+  preprocessing (``encoder.json``: color, mean, std; ``ssl_jax.export.encoder.preprocess``).
+  """
+  xp = jnp if isinstance(x01, jax.Array) else np
+  if color not in ENCODER_COLORS:
+    raise ValueError(f'encoder input color={color!r}: known {sorted(ENCODER_COLORS)}')
+  if color != 'rgb':
+    if color == 'gray':
+      one = x01 @ xp.asarray(GRAY_WEIGHTS, x01.dtype)
+    else:
+      one = rgb_to_lab(x01)[..., 0] / 100
+    x01 = xp.broadcast_to(one[..., None].astype(x01.dtype), x01.shape)
+  if mean is not None:
+    x01 = (x01 - xp.asarray(mean, x01.dtype)) / xp.asarray(std, x01.dtype)
+  return x01

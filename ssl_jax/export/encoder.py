@@ -9,10 +9,13 @@ Layout of ``DIR``::
 
     DIR/encoder.json   {"module": "resnet"|"vit"|"swin"|"registered", "kwargs": {...},
                         "feature_dim": D,
-                        "mean": [...], "std": [...]}   # mean/std: the eval preprocessing
+                        "color": "rgb"|"gray"|"cie_l", "mean": [...], "std": [...]}
     DIR/variables/     Orbax (StandardCheckpointer) pytree {'params': ..., ['batch_stats': ...]}
 
-Images are NHWC floats in [0, 1] normalised with ``(x - mean) / std``; ``preprocess`` does it.
+color / mean / std are the eval preprocessing: NHWC RGB floats in [0, 1], turned into the colour
+the encoder was trained on (grey for colorization, CIE L for CMC's L view; an export without
+"color" is RGB), then ``(x - mean) / std``; ``preprocess`` does it
+(``ssl_jax.data.image_ops.encoder_input``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import numpy as np
 
 from ssl_jax import models
 from ssl_jax import paths
+from ssl_jax.data import image_ops
 from ssl_jax.models import resnet as resnet_lib
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
@@ -79,16 +83,20 @@ def build_module(spec: dict):
   raise ValueError(f"unknown module {spec['module']!r} in encoder.json")
 
 
-def save_encoder(directory: str, backbone, variables, *, mean=None, std=None,
+def save_encoder(directory: str, backbone, variables, *, mean=None, std=None, color='rgb',
                  model_config=None) -> str:
   """Writes ``backbone``'s ``variables`` (params [+ batch_stats]) and its description to
   ``directory`` (created; must not already hold an encoder; ``model_config``: the run's
-  ``config.model``, needed for a registered user backbone). Returns ``directory``."""
+  ``config.model``, needed for a registered user backbone; color / mean / std: the input, as
+  ``image_ops.encoder_input`` takes it). Returns ``directory``."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   directory = paths.as_path(directory)   # gs://... stays a URL
   directory.mkdir(parents=True, exist_ok=True)
   spec = module_spec(backbone, model_config)
   spec['feature_dim'] = int(models.feature_dim(backbone, model_config))
+  if color not in image_ops.ENCODER_COLORS:
+    raise ValueError(f'color={color!r}: known {sorted(image_ops.ENCODER_COLORS)}')
+  spec['color'] = color
   spec['mean'] = None if mean is None else [float(m) for m in mean]
   spec['std'] = None if std is None else [float(s) for s in std]
   host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), dict(variables))
@@ -113,6 +121,5 @@ def preprocess(directory: str, images_uint8) -> np.ndarray:
   """uint8 NHWC images -> the normalised float32 input the exported encoder expects."""
   spec = json.loads((paths.as_path(directory) / 'encoder.json').read_text())
   x = np.asarray(images_uint8, np.float32) / 255.0
-  if spec.get('mean') is not None:
-    x = (x - np.asarray(spec['mean'], np.float32)) / np.asarray(spec['std'], np.float32)
-  return x
+  return np.asarray(image_ops.encoder_input(x, spec.get('color', 'rgb'), spec.get('mean'),
+                                            spec.get('std')), np.float32)

@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 from ssl_jax import paths
-from ssl_jax.data import augment
 from ssl_jax.export import encoder as encoder_lib
 from ssl_jax.export import timm as timm_lib
 from ssl_jax.train import experiment as experiment_lib
@@ -63,13 +62,14 @@ def export(config, workdir: str, mesh=None, *, overrides=None) -> dict:
   if is_main and tmp.exists():   # left by a killed export
     tmp.rmtree()
   preemption.barrier('ssl_jax_export_clean')
-  encoder_lib.save_encoder(tmp / 'encoder', backbone, variables, mean=augment.IMAGENET_MEAN,
-                           std=augment.IMAGENET_STD, model_config=config.model)
+  encoder_input = exp.method.encoder_input()   # the eval preprocessing: colour, mean / std
+  encoder_lib.save_encoder(tmp / 'encoder', backbone, variables, **encoder_input,
+                           model_config=config.model)
   result['encoder'] = str(out_dir / 'encoder')
   if config.get('export', {}).get('timm', True) and is_main:
     try:
       arch, _ = timm_lib.timm_model_args(backbone)
-      timm_lib.export_timm(backbone, variables, tmp / 'timm')
+      timm_lib.export_timm(backbone, variables, tmp / 'timm', encoder_input)
       result['timm'] = str(out_dir / 'timm' / 'model.safetensors')
       result['timm_architecture'] = arch
     except (ValueError, TypeError) as e:   # e.g. a width-16 ResNet has no timm twin

@@ -249,9 +249,10 @@ def timm_model_args(backbone) -> tuple[str, dict]:
   raise TypeError(f'no timm layout for {type(backbone).__name__}')
 
 
-def export_timm(backbone, variables, directory: str) -> str:
+def export_timm(backbone, variables, directory: str, encoder_input=None) -> str:
   """Writes ``directory/model.safetensors`` (timm layout) and ``directory/timm_config.json``
-  (architecture, model_args, and the CIFAR-stem note where it applies); returns the weights path."""
+  (architecture, model_args, the CIFAR-stem note where it applies, and ``input``: the encoder's
+  preprocessing, ``data.image_ops.encoder_input`` kwargs, when given); returns the weights path."""
   from safetensors.numpy import save as to_bytes  # pylint: disable=g-import-not-at-top
   arch, kw = timm_model_args(backbone)   # first: an unsupported backbone leaves no files
   directory = paths.as_path(directory)   # gs://... stays a URL
@@ -259,6 +260,8 @@ def export_timm(backbone, variables, directory: str) -> str:
   path = directory / 'model.safetensors'
   path.write_bytes(to_bytes(to_timm_state_dict(backbone, variables)))
   cfg = {'architecture': arch, 'model_args': kw}
+  if encoder_input is not None:
+    cfg['input'] = _json_input(encoder_input)
   if isinstance(backbone, resnet_lib.ResNet):
     cfg['stem'] = {'cifar': bool(backbone.cifar_stem), 'width': backbone.width}
     if backbone.cifar_stem or backbone.width != 64:
@@ -268,6 +271,13 @@ def export_timm(backbone, variables, directory: str) -> str:
                      ' in model.conv1 / bn1 / layer1[0], then the weights')
   paths.write_json_atomic(directory / 'timm_config.json', cfg)
   return str(path)
+
+
+def _json_input(encoder_input) -> dict:
+  """``encoder_input`` kwargs (color, mean, std) with lists of floats, for JSON."""
+  return {'color': encoder_input.get('color', 'rgb'),
+          **{k: None if encoder_input.get(k) is None else [float(v) for v in encoder_input[k]]
+             for k in ('mean', 'std')}}
 
 
 def _timm_dir(directory):
@@ -331,4 +341,10 @@ def load_timm_model(directory):
   if 'stem' in cfg:
     _fix_resnet_stem(torch.nn, model, cfg['stem']['width'], cfg['stem']['cifar'])
   model.load_state_dict(load_bytes((folder / 'model.safetensors').read_bytes()))
+  inp = cfg.get('input')
+  if inp and inp.get('mean') is not None:   # timm.data.resolve_data_config reads these
+    model.pretrained_cfg = dict(model.pretrained_cfg or {}, mean=tuple(inp['mean']),
+                                std=tuple(inp['std']))
+  if inp and inp.get('color', 'rgb') != 'rgb':   # timm's transforms keep RGB: convert first
+    model.pretrained_cfg = dict(model.pretrained_cfg or {}, ssl_jax_input_color=inp['color'])
   return model.eval()

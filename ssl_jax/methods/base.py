@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import models
-from ssl_jax.data import augment
+from ssl_jax.data import augment, image_ops
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import hparams
 from ssl_jax import optim as schedules
@@ -109,10 +109,19 @@ class Method:
     return schedules.build_optimizer(self.config.optim, self.config.data.batch_size, total_steps)
 
   # -- evaluation / export ------------------------------------------------------------------------
+  def encoder_input(self) -> dict:
+    """What the encoder sees of a [0, 1] RGB image, as ``data.image_ops.encoder_input`` kwargs:
+    ``color`` ('rgb', 'gray', 'cie_l') and the per-channel ``mean`` / ``std`` (None: none).
+    :meth:`normalize` applies it, and export writes it into ``encoder.json`` (the exported
+    encoder's preprocessing). Default: RGB with the first view's recipe's mean / std (the
+    configured ``aug.overrides`` included), ImageNet's when the method normalises its own views."""
+    recipe = self.view_recipes()[0] if self.normalize_views else augment.get_recipe('none')
+    return {'color': 'rgb', 'mean': recipe.get('mean'), 'std': recipe.get('std')}
+
   def normalize(self, images_uint8):
-    """Eval-time preprocessing: uint8 -> float normalised with the recipe's mean/std."""
-    recipe = augment.get_recipe('none')
-    return augment.augment_batch(jax.random.PRNGKey(0), images_uint8, recipe)
+    """Eval-time preprocessing: uint8 -> the encoder's float input (:meth:`encoder_input`)."""
+    x = jnp.asarray(images_uint8).astype(jnp.float32) / 255.0
+    return image_ops.encoder_input(x, **self.encoder_input())
 
   def features(self, params, buffers, images_uint8):
     """Pooled backbone features (B, D) of the frozen encoder, eval mode."""

@@ -139,8 +139,13 @@ def test_timm_model_loads_an_export_from_a_workdir(torch_timm, tmp_path, arch):
     net, shape = make(width=16 if arch == 'resnet18_cifar' else 8, cifar_stem=arch != 'resnet50_narrow'), 32
     variables = _randomize(net.init(jax.random.PRNGKey(0), _images((1, 32, 32, 3)), train=False))
     ours_fn = lambda x: net.apply(variables, x, train=False)
-  timm_export.export_timm(net, variables, str(tmp_path / 'export' / 'timm'))
+  color = 'gray' if arch == 'vit' else 'rgb'   # an input colour timm's transforms lack: noted
+  timm_export.export_timm(net, variables, str(tmp_path / 'export' / 'timm'),
+                          dict(color=color, mean=(0.5,) * 3, std=(0.25,) * 3))
   model = ssl_jax.export.timm_model(str(tmp_path))
+  # timm.data.resolve_data_config(model=model) reads the export's normalisation from here.
+  assert model.pretrained_cfg['mean'] == (0.5,) * 3 and model.pretrained_cfg['std'] == (0.25,) * 3
+  assert model.pretrained_cfg.get('ssl_jax_input_color', 'rgb') == color
   x = _images((2, shape, shape, 3), seed=5)
   with torch.no_grad():
     theirs = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())).numpy()

@@ -36,12 +36,12 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.data import augment
+from ssl_jax.data import image_ops
 from ssl_jax.data.image_ops import rgb_to_lab, sobel_edges
 from ssl_jax.methods.base import apply_module, init_module
 from ssl_jax.methods.contrastive.instdis import InstDis, init_bank
 
-# The official CMC code's Lab normalisation: the middle and half-width of each channel's range.
-_L_RANGE = (0.0, 100.0)
+# The official CMC code's a / b normalisation (L's: ENCODER_INPUTS): each range's middle, half-width.
 _A_RANGE = (-86.183, 98.233)
 _B_RANGE = (-107.857, 94.478)
 
@@ -50,10 +50,16 @@ def _scale(x, lo, hi):
   return (x - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
+# The exported encoder's input for each 3-channel first view (image_ops.encoder_input kwargs):
+# CIE L / 100 scaled to [-1, 1] is (L - 50) / 50, the official code's L normalisation.
+ENCODER_INPUTS = {'L': {'color': 'cie_l', 'mean': (0.5,) * 3, 'std': (0.5,) * 3},
+                  'rgb': {'color': 'rgb', 'mean': augment.IMAGENET_MEAN,
+                          'std': augment.IMAGENET_STD}}
+
+
 def l_view(rgb01):
   """[0, 1] RGB (..., 3) -> CIE L in [-1, 1], replicated to 3 channels."""
-  l = _scale(rgb_to_lab(rgb01)[..., :1], *_L_RANGE)
-  return jnp.broadcast_to(l, rgb01.shape)
+  return image_ops.encoder_input(rgb01, **ENCODER_INPUTS['L'])
 
 
 def ab_view(rgb01):
@@ -63,7 +69,7 @@ def ab_view(rgb01):
 
 
 def rgb_view(rgb01):
-  return augment.normalize(rgb01, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+  return image_ops.encoder_input(rgb01, **ENCODER_INPUTS['rgb'])
 
 
 def edges_view(rgb01):
@@ -125,9 +131,9 @@ class CMC(InstDis):
     rgb = out.pop('view0')
     return dict(out, **{name: VIEWS[name].fn(rgb) for name in self.view_names})
 
-  def normalize(self, images_uint8):
-    """Eval-time input of the exported encoder: the first view of the images."""
-    return VIEWS[self.view_names[0]].fn(images_uint8.astype(jnp.float32) / 255.0)
+  def encoder_input(self):
+    """Eval-time input of the exported / fine-tuned encoder: the first view of the images."""
+    return dict(ENCODER_INPUTS[self.view_names[0]])
 
   # -- parameters ---------------------------------------------------------------------------------
   def _encoder(self, tree, name):

@@ -35,6 +35,7 @@ import numpy as np
 
 from ssl_jax import losses
 from ssl_jax.data import augment, sources
+from ssl_jax.data import image_ops
 from ssl_jax.data.image_ops import rgb_to_lab
 from ssl_jax.methods.base import Method, apply_module, init_module
 from ssl_jax.models.norm import BatchNorm
@@ -95,11 +96,13 @@ def pool_ab(lab, stride: int):
   return ab.mean(axis=(2, 4))
 
 
+GRAY_INPUT = {'color': 'gray', 'mean': augment.IMAGENET_MEAN, 'std': augment.IMAGENET_STD}
+
+
 def lightness_input(rgb):
   """[0, 1] RGB (B, H, W, 3) -> the network input: grey (luma) replicated to 3 channels, then
   ImageNet-normalised, so checkpoints keep the RGB input format."""
-  gray = jnp.broadcast_to(augment.rgb_to_grayscale(rgb, keep_channels=False), rgb.shape)
-  return augment.normalize(gray, augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+  return image_ops.encoder_input(rgb, **GRAY_INPUT)
 
 
 class ColorDecoder(nn.Module):
@@ -157,10 +160,11 @@ class Colorization(Method):
     return {'gray': lightness_input(rgb), 'target': target.reshape(ab.shape[:3] + (-1,)),
             'weight': weight.reshape(ab.shape[:3])}
 
-  def normalize(self, images_uint8):
-    """Eval-time input (features, fine-tuning): the *lightness* of the images, as in training —
-    the network only ever sees grey input (the paper evaluates its features on the L channel)."""
-    return lightness_input(images_uint8.astype(jnp.float32) / 255.0)
+  def encoder_input(self):
+    """Eval-time input (features, fine-tuning, export): the *lightness* of the images, as in
+    training — the network only ever sees grey input (the paper evaluates its features on the L
+    channel)."""
+    return dict(GRAY_INPUT)
 
   def init(self, rng, batch):
     k1, k2 = jax.random.split(rng)
