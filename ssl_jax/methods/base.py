@@ -119,8 +119,10 @@ class Method:
     return {'color': 'rgb', 'mean': recipe.get('mean'), 'std': recipe.get('std')}
 
   def normalize(self, images_uint8):
-    """Eval-time preprocessing: uint8 -> the encoder's float input (:meth:`encoder_input`)."""
-    x = jnp.asarray(images_uint8).astype(jnp.float32) / 255.0
+    """Eval-time preprocessing: uint8 in [0, 255] (or float in [0, 1]) -> the encoder's float
+    input (:meth:`encoder_input`)."""
+    x = jnp.asarray(images_uint8)
+    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
     return image_ops.encoder_input(x, **self.encoder_input())
 
   def features(self, params, buffers, images_uint8):
