@@ -71,11 +71,7 @@ def test_method_eval_input_is_what_export_writes(tmp_path, name, method, color):
   """``Method.normalize`` (eval, fine-tuning) and the exported encoder's ``preprocess`` give the
   same input: grey for colorization, CIE L for CMC's L encoder (both were exported as ImageNet RGB
   before)."""
-  if name == 'colorization':   # built without its __init__, which reads the training set's ab prior
-    from ssl_jax.methods.pretext import colorization  # pylint: disable=g-import-not-at-top
-    m = colorization.Colorization.__new__(colorization.Colorization)
-  else:
-    m, _ = _method(name, **method)
+  m, _ = _method(name, **method)
   spec = m.encoder_input()
   assert spec['color'] == color
   net = vit.ViT(img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2)

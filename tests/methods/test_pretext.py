@@ -314,6 +314,21 @@ def test_colorization_features_see_only_lightness(colorization_run):
   assert not np.allclose(f(rgb), f(rgb[:, ::-1]), atol=1e-3)  # and they do depend on the image
 
 
+def test_colorization_eval_reads_no_training_data(colorization_run):
+  """The rebalancing prior is read when training first needs it: a colorization run's method
+  builds, and gives features, with its training split unreadable (as eval / export of a run whose
+  data is gone)."""
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
+  c, state, _ = colorization_run
+  c = c.copy_and_resolve_references()
+  c.data.train_split = 'no_such_split'
+  method = methods.build_method(c)
+  img = np.zeros((2, 16, 16, 3), np.uint8)
+  assert np.all(np.isfinite(np.asarray(method.features(state.params, state.buffers, img))))
+  with pytest.raises(ValueError, match='no_such_split'):
+    method.class_weights   # pylint: disable=pointless-statement
+
+
 def test_mnist5k_color_hue_follows_the_class():
   import colorsys  # pylint: disable=g-import-not-at-top
   from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top

@@ -12,8 +12,8 @@ the training images and lambda = 0.5 (Sec. 2.2, Eq. 2-4; ``losses.colorization_r
 Departure from the paper: the backbones here return a pooled feature, so the ab distributions are
 decoded from that global feature by a small decoder (Dense -> (H/4, W/4, C) -> 3x3 conv -> 1x1 conv
 to Q logits) at a quarter of the input resolution (the paper's output stride is 4 too), instead of
-the paper's fully convolutional VGG head. The prior is estimated at construction from
-``prior_images`` images of the training split.
+the paper's fully convolutional VGG head. The prior is estimated from ``prior_images`` images of
+the training split when training first needs it (eval and export need no training data).
 
 Evaluation (``normalize``, so ``features`` and fine-tuning) sees the lightness too, the network's
 only input. On grey data every pixel has a = b = 0 and there is no colour to learn: the built-in
@@ -142,11 +142,18 @@ class Colorization(Method):
     if size % OUTPUT_STRIDE:
       raise ValueError(f'config.data.image_size={size} must be a multiple of {OUTPUT_STRIDE}')
     self.decoder = ColorDecoder(size // OUTPUT_STRIDE, m.decoder_dim, len(self.centres))
-    src = sources.get_source(config.data, config.data.train_split)
+
+  @functools.cached_property
+  def class_weights(self) -> np.ndarray:
+    """(Q,) class-rebalancing weights from the ab prior of the first ``prior_images`` training
+    images. Read when training first needs them (``views``, traced into the train step), not at
+    construction: evaluating, fine-tuning or exporting a colorization run needs no training data."""
+    m = self.hp
+    src = sources.get_source(self.config.data, self.config.data.train_split)
     n = min(len(src), m.prior_images)
     imgs = np.stack([src[i]['image'] for i in range(n)])
-    self.class_weights = rebalance_weights(empirical_prior(imgs, self.centres), self.centres,
-                                           m.rebalance_lambda)
+    return rebalance_weights(empirical_prior(imgs, self.centres), self.centres,
+                             m.rebalance_lambda)
 
   def views(self, batch, rng):
     m = self.hp
