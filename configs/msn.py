@@ -11,7 +11,7 @@ Variants (``--config=configs/msn.py:<variant>[,<backbone>]``):
       python -m ssl_jax.main --config=configs/msn.py:builtin --workdir=/tmp/msn_builtin
       python benchmarks/quality.py configs/msn.py:builtin
 
-* ``pmsn_builtin`` — ``builtin`` with PMSN's power-law prior (exponent 0.25).
+* ``pmsn_builtin`` — ``builtin`` with PMSN's power-law prior (exponent 0.25): kNN 0.768, ratio 0.63.
 * ``cifar10`` — ViT-S with 4 px patches, 32 px target / anchor and 10 focal crops of 16 px,
   batch 512, 300 epochs, otherwise the ImageNet ViT-S/16 recipe.
 * ``imagenet`` — the official ViT-S/16 recipe (configs/pretrain/msn_vits16.yaml): patch drop
