@@ -88,8 +88,7 @@ def encoder_input(x01, color: str = 'rgb', mean=None, std=None):
   preprocessing (``encoder.json``: color, mean, std; ``ssl_jax.export.encoder.preprocess``).
   """
   xp = jnp if isinstance(x01, jax.Array) else np
-  if color not in ENCODER_COLORS:
-    raise ValueError(f'encoder input color={color!r}: known {sorted(ENCODER_COLORS)}')
+  _check_color(color)
   if color != 'rgb':
     if color == 'gray':
       one = x01 @ xp.asarray(GRAY_WEIGHTS, x01.dtype)
@@ -99,3 +98,16 @@ def encoder_input(x01, color: str = 'rgb', mean=None, std=None):
   if mean is not None:
     x01 = (x01 - xp.asarray(mean, x01.dtype)) / xp.asarray(std, x01.dtype)
   return x01
+
+
+def _check_color(color: str):
+  if color not in ENCODER_COLORS:
+    raise ValueError(f'encoder input color={color!r}: known {sorted(ENCODER_COLORS)}')
+
+
+def encoder_input_spec(color: str = 'rgb', mean=None, std=None) -> dict:
+  """:func:`encoder_input`'s kwargs as JSON (lists of floats), the colour checked: what an export
+  records as the encoder's preprocessing (``encoder.json``, ``timm_config.json``'s ``input``)."""
+  _check_color(color)
+  as_list = lambda v: None if v is None else [float(x) for x in v]
+  return {'color': color, 'mean': as_list(mean), 'std': as_list(std)}

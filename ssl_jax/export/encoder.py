@@ -94,11 +94,7 @@ def save_encoder(directory: str, backbone, variables, *, mean=None, std=None, co
   directory.mkdir(parents=True, exist_ok=True)
   spec = module_spec(backbone, model_config)
   spec['feature_dim'] = int(models.feature_dim(backbone, model_config))
-  if color not in image_ops.ENCODER_COLORS:
-    raise ValueError(f'color={color!r}: known {sorted(image_ops.ENCODER_COLORS)}')
-  spec['color'] = color
-  spec['mean'] = None if mean is None else [float(m) for m in mean]
-  spec['std'] = None if std is None else [float(s) for s in std]
+  spec.update(image_ops.encoder_input_spec(color, mean, std))
   host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), dict(variables))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / 'variables', host)

@@ -37,6 +37,7 @@ import numpy as np
 from flax import traverse_util
 
 from ssl_jax import paths
+from ssl_jax.data import image_ops
 from ssl_jax.models import resnet as resnet_lib
 from ssl_jax.models import swin as swin_lib
 from ssl_jax.models import vit as vit_lib
@@ -261,7 +262,7 @@ def export_timm(backbone, variables, directory: str, encoder_input=None) -> str:
   path.write_bytes(to_bytes(to_timm_state_dict(backbone, variables)))
   cfg = {'architecture': arch, 'model_args': kw}
   if encoder_input is not None:
-    cfg['input'] = _json_input(encoder_input)
+    cfg['input'] = image_ops.encoder_input_spec(**encoder_input)
   if isinstance(backbone, resnet_lib.ResNet):
     cfg['stem'] = {'cifar': bool(backbone.cifar_stem), 'width': backbone.width}
     if backbone.cifar_stem or backbone.width != 64:
@@ -271,13 +272,6 @@ def export_timm(backbone, variables, directory: str, encoder_input=None) -> str:
                      ' in model.conv1 / bn1 / layer1[0], then the weights')
   paths.write_json_atomic(directory / 'timm_config.json', cfg)
   return str(path)
-
-
-def _json_input(encoder_input) -> dict:
-  """``encoder_input`` kwargs (color, mean, std) with lists of floats, for JSON."""
-  return {'color': encoder_input.get('color', 'rgb'),
-          **{k: None if encoder_input.get(k) is None else [float(v) for v in encoder_input[k]]
-             for k in ('mean', 'std')}}
 
 
 def _timm_dir(directory):
@@ -341,10 +335,11 @@ def load_timm_model(directory):
   if 'stem' in cfg:
     _fix_resnet_stem(torch.nn, model, cfg['stem']['width'], cfg['stem']['cifar'])
   model.load_state_dict(load_bytes((folder / 'model.safetensors').read_bytes()))
-  inp = cfg.get('input')
-  if inp and inp.get('mean') is not None:   # timm.data.resolve_data_config reads these
-    model.pretrained_cfg = dict(model.pretrained_cfg or {}, mean=tuple(inp['mean']),
-                                std=tuple(inp['std']))
-  if inp and inp.get('color', 'rgb') != 'rgb':   # timm's transforms keep RGB: convert first
-    model.pretrained_cfg = dict(model.pretrained_cfg or {}, ssl_jax_input_color=inp['color'])
+  inp, extra = cfg.get('input') or {}, {}
+  if inp.get('mean') is not None:   # timm.data.resolve_data_config reads these
+    extra.update(mean=tuple(inp['mean']), std=tuple(inp['std']))
+  if inp.get('color', 'rgb') != 'rgb':   # timm's transforms keep RGB: convert first
+    extra['ssl_jax_input_color'] = inp['color']
+  if extra:
+    model.pretrained_cfg = dict(model.pretrained_cfg or {}, **extra)
   return model.eval()
