@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -175,3 +176,76 @@ def test_documented_launch_commands_run_dry(page, cmd):
                        text=True, timeout=60, env=dict(os.environ, SLURM_JOB_NUM_NODES='4'))
   assert out.returncode == 0, (page, cmd, out.stdout[-1500:], out.stderr[-1500:])
   assert 'ssl_jax.main' in out.stdout, (page, cmd, out.stdout[-1500:])
+
+
+def _readme_block_commands():
+  block = next(b for b in code_blocks('README.md', 'bash') if '--mode=export' in b)
+  return {l.split('#')[0].strip() for l in block.splitlines() if l.strip()}
+
+
+# Every other documented ssl_jax command, once each in page order (a --mode=eval line after the
+# pretrain line of its workdir). Lines under a launcher (TPU pod, Slurm, local processes) run dry
+# in test_documented_launch_commands_run_dry; the README's evaluate/export block runs above.
+RUNNABLE = []
+for _page, _cmd in MAIN:
+  if (not _cmd.startswith(('launch/', 'sbatch')) and _cmd not in _readme_block_commands()
+      and _cmd not in [c for c, _ in RUNNABLE]):
+    RUNNABLE.append((_cmd, _page))
+RESNET_TINY = ['--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
+               '--config.model.conv_impl=xla']
+
+
+def _tiny_labelled_folder(root) -> str:
+  """ROOT/{train,test}/<2 classes>/*.png: 32-px colour images, 12 and 4 per class."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 12), ('test', 4)):
+    for k in range(2):
+      d = root / split / f'class{k}'
+      d.mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) // (k + 1)
+        Image.fromarray(img).save(d / f'{i}.png')
+  return str(root)
+
+
+def test_every_documented_command_runs_with_tiny_settings(tmp_path):
+  """Each documented ssl_jax command (RUNNABLE) runs as written, with tiny-model overrides
+  appended: the user's folder is a generated one, TFDS datasets are tfds.testing.mock_data."""
+  assert {p for _, p in RUNNABLE} >= {'README.md', 'docs/datasets.md', 'docs/own-data.md',
+                                      'docs/scaling.md', 'docs/methods/index.md'}
+  folder = _tiny_labelled_folder(tmp_path / 'images')
+  workdirs = {}
+  for cmd, page in RUNNABLE:
+    devices = re.match(r'XLA_FLAGS=--xla_force_host_platform_device_count=(\d+) ', cmd)
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+               XLA_FLAGS=helpers.xla_flags(int(devices.group(1)) if devices else 1))
+    t0 = time.perf_counter()
+    args = [a.replace('/path/to/images', folder) for a in _main_args(cmd)]
+    flags = dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in args)
+    workdir = workdirs.setdefault(flags['workdir'], str(tmp_path / f'run{len(workdirs)}'))
+    args = [a for a in args if not a.startswith('--workdir=')] + [f'--workdir={workdir}']
+    path, _, variant = flags['config'].partition(':')
+    config = importlib.import_module(path[:-3].replace('/', '.')).get_config(variant)
+    for key, raw in flags.items():
+      if key.startswith('config.'):
+        _set_field(config, key[len('config.'):], raw)
+    mode = flags.get('mode', 'pretrain')
+    if mode == 'pretrain':
+      extra = [a for a in _tiny_overrides(workdir) + RESNET_TINY if not a.startswith('--workdir')
+               and a.split('=')[0][len('--config.'):].split('.')[-1]
+               in config[a.split('=')[0][len('--config.'):].split('.')[0]]]
+      if variant.startswith('folder'):   # the recipe sizes the run by epochs and minutes
+        extra += ['--config.train.epochs=0', '--config.train.budget_minutes=0']
+    elif mode == 'memory':   # compiles the documented step for the documented mesh: tiny model
+      extra = [a for a in _tiny_overrides(workdir) if a.startswith('--config.model.')]
+    else:
+      extra = [a for a in _tiny_overrides(workdir) if a.startswith(('--config.eval',
+                                                                    '--config.data.eval'))]
+    runner = [sys.executable, os.path.join(ROOT, 'tests', 'run_documented.py')]
+    runner += ['--mock_tfds'] if config.data.source == 'tfds' else []
+    out = subprocess.run(runner + ['--'] + args + extra, cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, (page, cmd, out.stdout[-2000:], out.stderr[-3000:])
+    print(f'{time.perf_counter() - t0:5.1f} s  {page}: {cmd}')
