@@ -168,6 +168,8 @@ def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str 
     c.data.image_size = 32
   if dtype == 'auto':
     dtype = 'bfloat16' if bb in MFU_BACKBONES else 'float32'
+  if dtype == 'bf16_dots':   # float32 compute, the ViT's Dense matmuls in bf16 (model.cpu_dots)
+    dtype, c.model.cpu_dots = 'float32', 'bf16'
   c.model.dtype = dtype
   # One fixed batch of the right shapes; the data set is irrelevant (no TFDS download needed).
   c.data.source, c.data.name, c.data.num_workers = 'builtin', 'mnist5k', 0
@@ -364,9 +366,10 @@ def main():
                  help=f"'all' (the CPU rows), 'mfu' ({', '.join(MFU_ROWS)}: ViT-B/16 at 224 px, "
                  'for accelerators) or a comma list of '
                  f"{', '.join(ALL_ROWS + OURS_ONLY_ROWS + MFU_ROWS)}")
-  p.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
+  p.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16', 'bf16_dots'), default='auto',
                  help='compute dtype (model.dtype); auto: bfloat16 for the ViT-B/16 rows, '
-                 'float32 for the others')
+                 "float32 for the others; bf16_dots: float32 with model.cpu_dots='bf16' (the "
+                 "ViT's Dense matmuls with bf16 operands, float32 accumulation)")
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='peak TFLOP/s of one device for the MFU column (default: the bf16 dense '
                  "peak of a known accelerator's device_kind; none on CPU)")
@@ -405,6 +408,8 @@ def main():
   if args.peak_tflops < 0:
     p.error(f'--peak_tflops={args.peak_tflops}: must be positive (or 0: look it up)')
   ynn = args.xla_ynn
+  if args.dtype == 'bf16_dots' and ynn == 'auto':
+    ynn = 'default'   # model.cpu_dots='bf16' runs on XLA's YNNPACK fusions
   if ynn == 'auto':
     ynn = 'off' if all('_vit_' in r for r in rows) else 'default'
     if ynn == 'default' and any('_vit_' in r for r in rows):

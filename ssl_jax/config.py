@@ -12,7 +12,7 @@ import math
 import ml_collections
 
 
-CPU_DOTS = ('auto', 'xla', 'eigen')
+CPU_DOTS = ('auto', 'xla', 'eigen', 'bf16')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -26,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cifar_stem = False     # 3x3/1 stem without max-pool for small images
   c.model.conv_impl = 'auto'     # ResNet: 'auto' (CPU: Winograd/im2col) | 'im2col' | 'winograd' | 'xla'
   # XLA:CPU dots, set by `python -m ssl_jax.main` before JAX starts: 'auto' (Eigen for ViT
-  # backbones, XLA's default YNNPACK fusions otherwise) | 'xla' | 'eigen' (ssl_jax/runtime.py)
+  # backbones, XLA's default YNNPACK fusions otherwise) | 'xla' | 'eigen' (ssl_jax/runtime.py) |
+  # 'bf16': XLA's YNNPACK fusions and the ViT's Dense matmuls with bf16 operands, float32
+  # accumulation (CPUs with AMX / AVX512-BF16; models/cpu/bf16_dot.py)
   c.model.cpu_dots = 'auto'
   c.model.patch_size = 16        # ViT
   c.model.img_size = 224         # ViT: the resolution its position embedding is built for

@@ -82,7 +82,7 @@ def build_backbone(model_cfg):
                    mlp=model_cfg.get('mlp', 'gelu'), qk_norm=model_cfg.get('qk_norm', False),
                    rope=model_cfg.get('rope', False),
                    pos_embed_antialias=model_cfg.get('pos_embed_antialias', False), dtype=dtype,
-                   **kw)
+                   bf16_dots=model_cfg.get('cpu_dots', 'auto') == 'bf16', **kw)
   if name in SWINS:
     from ssl_jax.models import swin  # pylint: disable=g-import-not-at-top
     kw = dict(swin.SWIN_PRESETS[name])

@@ -45,12 +45,19 @@ import numpy as np
 
 # nn.Dense and the exact GELU in the forms XLA:CPU runs fast (same parameters, same results on
 # every backend): models/cpu/.
+from ssl_jax.models.cpu import bf16_dot
 from ssl_jax.models.cpu.dense import Dense
 from ssl_jax.models.cpu.gelu import gelu
 
 Array = jax.Array
 
 _dense_init = nn.initializers.xavier_uniform()
+
+
+def _dots(bf16: bool):
+    """A Dense layer's ``dot_general``: bf16 operands, float32 accumulation (models/cpu/bf16_dot.py)
+    when ``bf16``, else XLA's own (None)."""
+    return bf16_dot.dot_general if bf16 else None
 # MAE initialises the patch projection as xavier_uniform on the (D, C*p*p) flattened kernel.
 _patch_init = nn.initializers.variance_scaling(
     1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
@@ -204,6 +211,7 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
     qk_norm: bool = False
     layer_norm_eps: float = 1e-6
+    bf16_dots: bool = False
 
     @nn.compact
     def __call__(self, x: Array, return_attention: bool = False,
@@ -213,7 +221,8 @@ class Attention(nn.Module):
             raise ValueError(f'embed_dim {d} not divisible by num_heads {self.num_heads}')
         head_dim = d // self.num_heads
         qkv = Dense(3 * d, use_bias=self.qkv_bias, kernel_init=_dense_init,
-                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='qkv')(x)
+                    bias_init=nn.initializers.zeros, dtype=self.dtype,
+                    dot_general=_dots(self.bf16_dots), name='qkv')(x)
         # timm splits qkv as (3, heads, head_dim) along the feature axis.
         q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.num_heads, head_dim), 2, 0)
         if self.qk_norm:
@@ -226,7 +235,8 @@ class Attention(nn.Module):
             return jax.nn.softmax(logits * head_dim ** -0.5, axis=-1)
         out = jax.nn.dot_product_attention(q, k, v)
         return Dense(d, kernel_init=_dense_init, bias_init=nn.initializers.zeros,
-                     dtype=self.dtype, name='proj')(out.reshape(b, t, d))
+                     dtype=self.dtype, dot_general=_dots(self.bf16_dots),
+                     name='proj')(out.reshape(b, t, d))
 
 
 class Mlp(nn.Module):
@@ -234,15 +244,16 @@ class Mlp(nn.Module):
     hidden_dim: int
     dtype: Any = jnp.float32
     kernel_init: Any = _dense_init
+    bf16_dots: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = x.shape[-1]
         x = Dense(self.hidden_dim, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
-                  dtype=self.dtype, name='fc1')(x)
+                  dtype=self.dtype, dot_general=_dots(self.bf16_dots), name='fc1')(x)
         x = gelu(x)
         return Dense(d, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
-                     dtype=self.dtype, name='fc2')(x)
+                     dtype=self.dtype, dot_general=_dots(self.bf16_dots), name='fc2')(x)
 
 
 def swiglu_hidden_dim(dim: int, mlp_ratio: float) -> int:
@@ -259,15 +270,18 @@ class SwiGLU(nn.Module):
     hidden_dim: int
     dtype: Any = jnp.float32
     kernel_init: Any = _dense_init
+    bf16_dots: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = x.shape[-1]
         h = Dense(2 * self.hidden_dim, kernel_init=self.kernel_init,
-                  bias_init=nn.initializers.zeros, dtype=self.dtype, name='fc1')(x)
+                  bias_init=nn.initializers.zeros, dtype=self.dtype,
+                  dot_general=_dots(self.bf16_dots), name='fc1')(x)
         gate, value = h[..., :self.hidden_dim], h[..., self.hidden_dim:]
         return Dense(d, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
-                     dtype=self.dtype, name='fc2')(jax.nn.silu(gate) * value)
+                     dtype=self.dtype, dot_general=_dots(self.bf16_dots),
+                     name='fc2')(jax.nn.silu(gate) * value)
 
 
 class LayerScale(nn.Module):
@@ -305,20 +319,23 @@ class Block(nn.Module):
     layerscale_init: float = 0.0
     mlp: str = 'gelu'
     qk_norm: bool = False
+    bf16_dots: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, return_attention: bool = False,
                  rope: Array | None = None) -> Array:
         norm1 = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm1')
         attn = Attention(self.dim, self.num_heads, self.qkv_bias, self.dtype, self.qk_norm,
-                         self.layer_norm_eps, name='attn')
+                         self.layer_norm_eps, self.bf16_dots, name='attn')
         if return_attention:
             return attn(norm1(x), True, rope)
         norm2 = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm2')
         if self.mlp == 'swiglu':
-            mlp = SwiGLU(swiglu_hidden_dim(self.dim, self.mlp_ratio), self.dtype, name='mlp')
+            mlp = SwiGLU(swiglu_hidden_dim(self.dim, self.mlp_ratio), self.dtype,
+                         bf16_dots=self.bf16_dots, name='mlp')
         else:
-            mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name='mlp')
+            mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, bf16_dots=self.bf16_dots,
+                      name='mlp')
         if self.layerscale_init:
             ls1 = LayerScale(self.layerscale_init, name='ls1')
             ls2 = LayerScale(self.layerscale_init, name='ls2')
@@ -362,6 +379,9 @@ class ViT(nn.Module):
     pool_token: int = 0
     dtype: Any = jnp.float32
     remat: bool = False
+    # Dense matmuls with bf16 operands, float32 accumulation (models/cpu/bf16_dot.py; the
+    # AMX / AVX512-BF16 fast path of XLA:CPU): config.model.cpu_dots='bf16'.
+    bf16_dots: bool = False
     layer_norm_eps: float = 1e-6
     # Modern-ViT parts (DINOv2 / I-JEPA era); the defaults leave the model unchanged.
     # Register tokens (Darcet et al. 2024): learned tokens after the prefix tokens, without a
@@ -419,7 +439,7 @@ class ViT(nn.Module):
         self.blocks = [
             block_cls(d, self.num_heads, self.mlp_ratio, self.qkv_bias, float(rates[i]),
                       self.layer_norm_eps, self.dtype, self.layerscale_init, self.mlp,
-                      self.qk_norm, name=f'blocks_{i}')
+                      self.qk_norm, self.bf16_dots, name=f'blocks_{i}')
             for i in range(self.depth)]
         # Final norm in float32: its outputs feed losses and heads.
         self.norm = nn.LayerNorm(self.layer_norm_eps, dtype=jnp.float32)
