@@ -39,7 +39,7 @@ os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)   # see the docstring
 # measured on the 2-core CI machine (last session); a file not listed keeps xdist's order after
 # these, so new test files need no entry.
 SLOW_FILES_FIRST = ('tests/train/test_multihost.py', 'tests/train/test_resume.py',
-                    'tests/train/test_gcs.py', 'tests/test_notebook.py')
+                    'tests/train/test_gcs.py', 'tests/test_notebook.py', 'tests/test_docs.py')
 ONE_BY_ONE_FILES = ('tests/test_roundtrip.py',)
 
 
