@@ -34,6 +34,8 @@ def test_batch_epochs_and_width_follow_image_count_and_budget():
     assert (r.batch_size, r.epochs) == (batch, epochs), n
   widths = [folder.choose(FolderStats(3000, 10, 32, True), m).width for m in (10, 60, 600)]
   assert widths == [16, 32, 64]
+  blocks = [folder.choose(FolderStats(3000, 10, 32, True), m).stage_sizes for m in (10, 15, 16)]
+  assert blocks == [(1, 1, 1, 1), (1, 1, 1, 1), ()]      # ResNet-10 for short budgets
   assert folder.choose(FolderStats(3000, 10, 32, True), 10).short_run
   assert not folder.choose(FolderStats(3000, 10, 32, True), 60).short_run
 
@@ -41,6 +43,7 @@ def test_batch_epochs_and_width_follow_image_count_and_budget():
 def test_colour_and_grey_augmentations():
   colour = folder.aug_overrides(folder.choose(FolderStats(3000, 10, 32, True)))
   assert colour['color_jitter']['saturation'] > 0 and colour['grayscale'] == 0.2
+  assert colour['color_jitter']['hue'] == 0.5            # the whole hue circle
   assert colour['blur'] is None
   grey = folder.aug_overrides(folder.choose(FolderStats(3000, 10, 32, False)))
   assert grey['color_jitter']['saturation'] == grey['color_jitter']['hue'] == 0
@@ -83,7 +86,10 @@ def test_folder_stats(tiny_folder):
 def test_folder_variant_is_a_valid_config(method, tiny_folder, tmp_path, capsys):
   root, grey = tiny_folder
   c = importlib.import_module(f'configs.{method}').get_config(f'folder,{root},5')
-  assert f'{method} folder recipe: 32 px' in capsys.readouterr().err
+  said = capsys.readouterr().err
+  assert f'{method} folder recipe: 32 px' in said
+  if method != 'mae':
+    assert 'ResNet-10 width 16' in said and c.model.stage_sizes == (1, 1, 1, 1)
   assert (c.data.source, c.data.path, c.data.image_size, c.data.flip) == ('folder', root, 32, 0.5)   # capped
   assert c.train.epochs == 200 and c.train.budget_minutes == 5 and c.train.final_eval
   c.train.budget_minutes = 0                      # (timing a step is the run-length test's job)
