@@ -34,6 +34,8 @@ The rules (``choose``), each a line of ``Recipe``:
 
 The method's own short-run settings (learning rate, teacher momentum, head sizes) come from its
 config file's ``builtin`` recipe for budgets up to 30 min, where runs are a few hundred steps.
+A method's ``folder_config`` may adjust them after ``configure`` (SimCLR keeps its LARS lr 1.0
+unscaled at the folder's smaller batch: configs/simclr.py).
 """
 from __future__ import annotations
 

@@ -90,6 +90,8 @@ def test_folder_variant_is_a_valid_config(method, tiny_folder, tmp_path, capsys)
   assert f'{method} folder recipe: 32 px' in said
   if method != 'mae':
     assert 'ResNet-10 width 16' in said and c.model.stage_sizes == (1, 1, 1, 1)
+  if method == 'simclr':   # LARS lr 1.0 unscaled at the folder's batch 64 (measured)
+    assert (c.optim.name, c.optim.lr, c.optim.lr_scaling) == ('lars', 1.0, 'none')
   assert (c.data.source, c.data.path, c.data.image_size, c.data.flip) == ('folder', root, 32, 0.5)   # capped
   assert c.train.epochs == 200 and c.train.budget_minutes == 5 and c.train.final_eval
   c.train.budget_minutes = 0                      # (timing a step is the run-length test's job)
