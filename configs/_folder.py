@@ -18,7 +18,8 @@ The rules (``choose``), each a line of ``Recipe``:
   and on folders whose colours vary per image but not per class the instance task is then solved
   by colour alone (measured on the held-out textures: contrastive accuracy 0.09 -> 0.43, kNN at
   0.19 against 0.15 random); grey images: brightness/contrast jitter only, no saturation, hue or
-  grayscale (no-ops on grey). Gaussian blur only above 32 px (SimCLR drops it on CIFAR: it erases small images).
+  grayscale (no-ops on grey). Gaussian blur only above 32 px (SimCLR drops it on CIFAR: it
+  erases small images).
 * backbone: a CIFAR-stem ResNet (ViT methods: a ViT with an 8x8 patch grid) that grows with the
   budget: <= 15 min a ResNet-10 (one block per stage) of width 16 (ViT dim 64, depth 4), whose
   step takes 0.27 s against ResNet-18's 0.62 s at batch 64, 32 px (2-core Xeon), so a short
@@ -84,13 +85,12 @@ def choose(stats: folder_lib.FolderStats, minutes: float = DEFAULT_MINUTES,
   cap = 32 if minutes <= 30 else 64 if minutes <= 240 else 224
   size = max(16, min(cap, stats.side // 8 * 8))
   crop = (0.2, 1.0) if size <= 32 else (0.14, 1.0) if size <= 96 else (0.08, 1.0)
-  stage_sizes = (1, 1, 1, 1) if minutes <= 15 else ()
   if minutes <= 15:
-    width, vit = 16, (64, 4, 4)
+    width, stage_sizes, vit = 16, (1, 1, 1, 1), (64, 4, 4)   # ResNet-10
   elif minutes <= 120:
-    width, vit = 32, (192, 6, 3)
+    width, stage_sizes, vit = 32, (), (192, 6, 3)
   else:
-    width, vit = 64, (384, 12, 6)
+    width, stage_sizes, vit = 64, (), (384, 12, 6)
   n = stats.num_images
   batch = 256 if n >= 10_000 else 128 if n >= 2_000 else 64
   epochs = 200 if n < 5_000 else 100 if n < 50_000 else 30

@@ -14,7 +14,8 @@ def main():
   from ssl_jax import main as main_lib, runtime  # pylint: disable=g-import-not-at-top
   sys.argv = ['ssl_jax.main'] + args
   if not mock:
-    app.run(main_lib.main, flags_parser=runtime.parse_flags)
+    app.run(main_lib.main, flags_parser=runtime.parse_flags)   # exits
+    return
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=24):
     app.run(main_lib.main, flags_parser=runtime.parse_flags)

@@ -53,6 +53,20 @@ def _main_args(cmd: str) -> list[str]:
   return words[words.index('ssl_jax.main') + 1:]
 
 
+def _flags(args: list[str]) -> dict:
+  """``--name=value`` (or ``--name``: 'True') of a command's arguments."""
+  return dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in args)
+
+
+def _documented_config(module, variant: str, flags: dict):
+  """The config a command's --config (module, variant) and --config.FIELD=VALUE flags give."""
+  config = module.get_config(variant) if variant else module.get_config()
+  for key, raw in flags.items():
+    if key.startswith('config.'):
+      _set_field(config, key[len('config.'):], raw)
+  return config
+
+
 def _set_field(config, dotted: str, raw: str):
   """Applies one --config.FIELD=VALUE the way the flag parser does: the field must exist and the
   value must parse to its type."""
@@ -81,8 +95,7 @@ def test_the_pages_have_commands():
 
 @pytest.mark.parametrize('page,cmd', MAIN, ids=[f'{p}:{i}' for i, (p, _) in enumerate(MAIN)])
 def test_documented_ssl_jax_command_parses(page, cmd):
-  args = _main_args(cmd)
-  flags = dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in args)
+  flags = _flags(_main_args(cmd))
   assert flags.get('mode', 'pretrain') in MODES, (page, cmd)
   if 'list' in flags:
     return
@@ -93,10 +106,7 @@ def test_documented_ssl_jax_command_parses(page, cmd):
   if variant.startswith('folder,/path/to'):   # the recipe reads the user's folder: checked exists
     assert hasattr(module, 'folder_config'), (page, cmd)
     return
-  config = module.get_config(variant) if variant else module.get_config()
-  for key, raw in flags.items():
-    if key.startswith('config.'):
-      _set_field(config, key[len('config.'):], raw)
+  config = _documented_config(module, variant, flags)
   if config.data.source == 'folder' and config.data.path.startswith('/path/to'):
     return   # a placeholder for the user's folder: the rest of the config was checked above
   config_lib.validate(config)
@@ -132,10 +142,15 @@ def _tiny_overrides(workdir):
           '--config.eval.plot=', '--config.data.num_workers=0']
 
 
+def readme_evaluate_export_block() -> list[str]:
+  """The README's pretrain / eval / export command lines, comments dropped."""
+  block = next(b for b in code_blocks('README.md', 'bash') if '--mode=export' in b)
+  return [l.split('#')[0].strip() for l in block.splitlines() if l.strip()]
+
+
 def test_readme_evaluate_and_export_run_as_written(tmp_path):
   """The README's pretrain / eval / export block, then its Python snippet on the result."""
-  block = next(b for b in code_blocks('README.md', 'bash') if '--mode=export' in b)
-  lines = [l.split('#')[0].strip() for l in block.splitlines() if l.strip()]
+  lines = readme_evaluate_export_block()
   assert len(lines) == 3, lines
   workdir = str(tmp_path / 'run')
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, XLA_FLAGS=helpers.xla_flags(1))
@@ -178,21 +193,22 @@ def test_documented_launch_commands_run_dry(page, cmd):
   assert 'ssl_jax.main' in out.stdout, (page, cmd, out.stdout[-1500:])
 
 
-def _readme_block_commands():
-  block = next(b for b in code_blocks('README.md', 'bash') if '--mode=export' in b)
-  return {l.split('#')[0].strip() for l in block.splitlines() if l.strip()}
-
-
 # Every other documented ssl_jax command, once each in page order (a --mode=eval line after the
 # pretrain line of its workdir). Lines under a launcher (TPU pod, Slurm, local processes) run dry
 # in test_documented_launch_commands_run_dry; the README's evaluate/export block runs above.
 RUNNABLE = []
 for _page, _cmd in MAIN:
-  if (not _cmd.startswith(('launch/', 'sbatch')) and _cmd not in _readme_block_commands()
+  if (not _cmd.startswith(('launch/', 'sbatch')) and _cmd not in readme_evaluate_export_block()
       and _cmd not in [c for c, _ in RUNNABLE]):
     RUNNABLE.append((_cmd, _page))
 RESNET_TINY = ['--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
                '--config.model.conv_impl=xla']
+
+
+def _names_a_field(config, override: str) -> bool:
+  """Whether ``--config.SECTION.FIELD=VALUE`` names a field of ``config``."""
+  section, field = override.split('=', 1)[0][len('--config.'):].split('.', 1)
+  return field in config[section]
 
 
 def _tiny_labelled_folder(root) -> str:
@@ -223,19 +239,16 @@ def test_every_documented_command_runs_with_tiny_settings(tmp_path):
                XLA_FLAGS=helpers.xla_flags(int(devices.group(1)) if devices else 1))
     t0 = time.perf_counter()
     args = [a.replace('/path/to/images', folder) for a in _main_args(cmd)]
-    flags = dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in args)
+    flags = _flags(args)
     workdir = workdirs.setdefault(flags['workdir'], str(tmp_path / f'run{len(workdirs)}'))
     args = [a for a in args if not a.startswith('--workdir=')] + [f'--workdir={workdir}']
     path, _, variant = flags['config'].partition(':')
-    config = importlib.import_module(path[:-3].replace('/', '.')).get_config(variant)
-    for key, raw in flags.items():
-      if key.startswith('config.'):
-        _set_field(config, key[len('config.'):], raw)
+    config = _documented_config(importlib.import_module(path[:-3].replace('/', '.')), variant,
+                                flags)
     mode = flags.get('mode', 'pretrain')
     if mode == 'pretrain':
-      extra = [a for a in _tiny_overrides(workdir) + RESNET_TINY if not a.startswith('--workdir')
-               and a.split('=')[0][len('--config.'):].split('.')[-1]
-               in config[a.split('=')[0][len('--config.'):].split('.')[0]]]
+      extra = [a for a in _tiny_overrides(workdir) + RESNET_TINY
+               if a.startswith('--config.') and _names_a_field(config, a)]
       if variant.startswith('folder'):   # the recipe sizes the run by epochs and minutes
         extra += ['--config.train.epochs=0', '--config.train.budget_minutes=0']
     elif mode == 'memory':   # compiles the documented step for the documented mesh: tiny model

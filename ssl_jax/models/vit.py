@@ -52,17 +52,17 @@ from ssl_jax.models.cpu.gelu import gelu
 Array = jax.Array
 
 _dense_init = nn.initializers.xavier_uniform()
+# MAE initialises the patch projection as xavier_uniform on the (D, C*p*p) flattened kernel.
+_patch_init = nn.initializers.variance_scaling(
+    1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
+_token_init = nn.initializers.normal(stddev=0.02)
+_pos_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
 def _dots(bf16: bool):
     """A Dense layer's ``dot_general``: bf16 operands, float32 accumulation (models/cpu/bf16_dot.py)
     when ``bf16``, else XLA's own (None)."""
     return bf16_dot.dot_general if bf16 else None
-# MAE initialises the patch projection as xavier_uniform on the (D, C*p*p) flattened kernel.
-_patch_init = nn.initializers.variance_scaling(
-    1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
-_token_init = nn.initializers.normal(stddev=0.02)
-_pos_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
 # ----------------------------------------------------------------------------- pure helpers
