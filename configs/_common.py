@@ -46,6 +46,31 @@ def imagenet_data(c, *, batch_size: int, image_size: int = 224, crop_scale=None)
   return c
 
 
+def speech_data(c, *, batch_size: int, name: str = 'spoken_words', clip_samples: int = 16000):
+  """A built-in spoken-word set (``ssl_jax/data/speech.py``: generated offline with espeak-ng
+  once, then cached; speakers disjoint between train and test), 1 s clips at 16 kHz."""
+  c.data.modality = 'audio'
+  c.data.source = 'builtin'
+  c.data.name = name
+  c.data.clip_samples = clip_samples
+  c.data.batch_size = batch_size
+  c.data.flip = 0.0
+  c.aug.recipe = 'none'
+  return c
+
+
+def speech_folder_data(c, *, batch_size: int, clip_samples: int, path: str = ''):
+  """A folder of 16 kHz .wav files (``data.path``; LibriSpeech converted with ffmpeg, see
+  docs/datasets.md), random ``clip_samples`` windows; 16 input workers."""
+  speech_data(c, batch_size=batch_size, clip_samples=clip_samples)
+  c.data.source = 'folder'
+  c.data.name = 'folder'
+  c.data.path = path
+  c.data.num_workers = 16
+  c.train.final_eval = False   # an unlabelled corpus: no kNN
+  return c
+
+
 def _data(c, source, name, image_size, batch_size, crop_scale):
   c.data.source = source
   c.data.name = name

@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.data = ml_collections.ConfigDict()
+  c.data.modality = 'image'      # 'image' | 'audio': what the records hold (data/modality.py)
   c.data.source = 'builtin'      # 'builtin' | 'tfds' | 'folder' (see data/sources.py)
   # builtin: 'mnist5k' | 'mnist5k_color' | 'digits'; tfds: a TFDS name ('cifar10')
   c.data.name = 'mnist5k'
@@ -74,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_train_split = 'train'   # kNN memory bank / linear-probe training split
   c.data.eval_split = 'test'
   c.data.image_size = 32
+  c.data.clip_samples = 16000    # audio: samples per training / eval clip (1 s at 16 kHz)
   c.data.crop_scale = (0.08, 1.0)
   c.data.flip = 0.5
   c.data.eval_crop_frac = 1.0
@@ -366,6 +368,15 @@ def validate(config, num_devices: int | None = None):
   _require(all(isinstance(k, int) and k > 0 for k in config.eval.get('knn_ks', (20,))),
            'eval.knn_ks', f"must be positive integers, got {config.eval.get('knn_ks')!r}")
   _choice(config.data.source, 'data.source', ('builtin', 'tfds', 'folder'))
+  _choice(config.data.get('modality', 'image'), 'data.modality', ('image', 'audio'))
+  if config.data.get('modality', 'image') == 'audio':
+    clip = config.data.get('clip_samples', 16000)
+    _require(isinstance(clip, int) and not isinstance(clip, bool) and clip > 0,
+             'data.clip_samples', f'must be a positive integer (samples per clip), got {clip!r}')
+    _require(config.data.source in ('builtin', 'folder'), 'data.source',
+             f"is {config.data.source!r}; audio reads a built-in speech set (data.source="
+             "'builtin', data.name='spoken_words' or 'spoken_digits') or a folder of .wav files "
+             "(data.source='folder')")
   if config.data.source == 'folder':
     _require(bool(config.data.get('path')), 'data.path',
              "is empty; data.source='folder' needs the image folder, e.g. "

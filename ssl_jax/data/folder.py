@@ -70,16 +70,17 @@ def decode_image(data_or_path, min_side: int = 0) -> np.ndarray:
       return np.asarray(to_rgb(img), np.uint8)
 
 
-def _is_image(name: str) -> bool:
-  return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
+def _is_image(name: str, extensions=IMAGE_EXTENSIONS) -> bool:
+  return not name.startswith('.') and name.lower().endswith(extensions)
 
 
-def _images_under(directory: str) -> list[str]:
-  """All image files below ``directory`` (recursive; a local path or a URL), sorted."""
+def _images_under(directory: str, extensions=IMAGE_EXTENSIONS) -> list[str]:
+  """All files with ``extensions`` below ``directory`` (recursive; local or a URL), sorted."""
   out = []
   for dirpath, dirnames, filenames in paths.walk(directory):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-    out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+    out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+               if _is_image(f, extensions))
   return out
 
 
@@ -104,26 +105,28 @@ def split_directory(root: str, split: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def list_folder(root: str, split: str):
-  """(paths, labels int32, class names) of ``split``; cached, so eval re-reads no directory."""
+def list_folder(root: str, split: str, extensions=IMAGE_EXTENSIONS):
+  """(paths, labels int32, class names) of ``split``'s files with ``extensions``; cached, so eval
+  re-reads no directory."""
   directory = split_directory(root, split)
   _, dirnames, filenames = next(paths.walk(directory), (directory, [], []))  # local or gs://
   class_dirs = sorted(d for d in dirnames if not d.startswith('.'))
-  class_files = {c: _images_under(os.path.join(directory, c)) for c in class_dirs}
+  class_files = {c: _images_under(os.path.join(directory, c), extensions) for c in class_dirs}
   classes = [c for c in class_dirs if class_files[c]]
   if classes:
-    loose = sorted(f for f in filenames if _is_image(f))
+    loose = sorted(f for f in filenames if _is_image(f, extensions))
     if loose:
-      warnings.warn(f'{directory}: {len(loose)} image(s) next to the class folders are ignored '
+      warnings.warn(f'{directory}: {len(loose)} file(s) next to the class folders are ignored '
                     f'(e.g. {loose[0]!r}); move them into a class folder')
     files = [p for c in classes for p in class_files[c]]
     labels = np.concatenate([np.full(len(class_files[c]), i, np.int32)
                              for i, c in enumerate(classes)])
   else:
-    files = [os.path.join(directory, f) for f in sorted(filenames) if _is_image(f)]
+    files = [os.path.join(directory, f) for f in sorted(filenames) if _is_image(f, extensions)]
     labels = np.full(len(files), -1, np.int32)
   if not files:
-    raise FileNotFoundError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {directory!r} '
+    kind = 'image' if extensions == IMAGE_EXTENSIONS else 'audio'
+    raise FileNotFoundError(f'no {kind} files ({", ".join(extensions)}) in {directory!r} '
                             f'(config.data.path={root!r}, split {split!r})')
   return tuple(files), labels, tuple(classes)
 
@@ -188,3 +191,56 @@ def folder_stats(root: str, split: str = 'train', sample: int = 32, seed: int = 
   if not sides:
     raise FileNotFoundError(f'none of {len(pick)} sampled images of {root!r} could be decoded')
   return FolderStats(len(files), len(classes), int(np.median(sides)), colour)
+
+
+AUDIO_EXTENSIONS = ('.wav',)
+
+
+def decode_wav(path: str, sample_rate: int = 16000) -> np.ndarray:
+  """A .wav file (PCM 8/16/24/32-bit, any channel count, any rate) -> float32 mono waveform in
+  [-1, 1] at ``sample_rate`` (channels averaged; other rates resampled polyphase)."""
+  import wave  # pylint: disable=g-import-not-at-top
+  with paths.as_path(path).open('rb') as f, wave.open(f, 'rb') as w:
+    channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+    raw = w.readframes(w.getnframes())
+  if width == 1:
+    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+  elif width == 3:
+    b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+    v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    x = (np.where(v >= 1 << 23, v - (1 << 24), v) / float(1 << 23)).astype(np.float32)
+  elif width in (2, 4):
+    dt = np.int16 if width == 2 else np.int32
+    x = np.frombuffer(raw, dt).astype(np.float32) / float(np.iinfo(dt).max + 1)
+  else:
+    raise ValueError(f'{width * 8}-bit samples are not supported')
+  x = x.reshape(-1, channels).mean(axis=1)
+  if rate != sample_rate:
+    from scipy import signal  # pylint: disable=g-import-not-at-top
+    g = np.gcd(int(rate), int(sample_rate))
+    x = signal.resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
+  return np.ascontiguousarray(x, np.float32)
+
+
+class AudioFolderSource(FolderSource):
+  """Random access over the .wav files of one split of a folder (the layouts of the module
+  docstring, ``.wav`` instead of images): ``{'audio': float32 (L,), 'label', 'index'}`` at
+  ``sample_rate``. Convert other formats first, e.g. LibriSpeech's FLAC:
+  ``ffmpeg -i in.flac -ar 16000 -ac 1 out.wav``."""
+
+  def __init__(self, root: str, split: str = 'train', sample_rate: int = 16000):
+    self.root = str(paths.as_path(root))
+    self.split = split
+    self.paths, self.labels, self.classes = list_folder(self.root, split, AUDIO_EXTENSIONS)
+    self.num_classes = len(self.classes)
+    self.sample_rate = int(sample_rate)
+    self.min_side = 0
+    self.name = f'audio_folder:{self.root}:{split}'
+
+  def __getitem__(self, i):
+    i = int(i)
+    try:
+      wave = decode_wav(self.paths[i], self.sample_rate)
+    except Exception as e:  # pylint: disable=broad-except  # any decoder failure is a bad record
+      raise BadRecordError(self.paths[i], e) from e
+    return {'audio': wave, 'label': self.labels[i], 'index': np.int64(i)}

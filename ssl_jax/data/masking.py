@@ -291,3 +291,68 @@ def multiblock_token_counts(grid: int, *, num_targets: int = 4, target_scale=(0.
   counts = np.asarray(jax.jit(jax.vmap(draw))(keys)).sum(axis=1)
   num_context = int(max(1, np.floor(np.quantile(counts, quantile))))
   return num_target, num_context
+
+
+# ----------------------------------------------------------------------------- speech span masks
+
+def span_mask(rng, batch: int, num_frames: int, mask_prob: float, span: int,
+              min_masks: int = 2, equalize: bool = True):
+  """wav2vec 2.0 / HuBERT span masking of a (batch, num_frames) frame grid, jittable.
+
+  Baevski et al., "wav2vec 2.0: A Framework for Self-Supervised Learning of Speech
+  Representations", NeurIPS 2020, Sec. 3.1 (a proportion p = 0.065 of the frames start a span of
+  M = 10, i.e. fairseq's ``mask_prob`` = p * M = 0.65); Hsu et al., "HuBERT: Self-Supervised
+  Speech Representation Learning by Masked Prediction of Hidden Units", 2021 (p = 8 %,
+  l = 10: ``mask_prob`` 0.8). As fairseq's ``compute_mask_indices``
+  (fairseq/data/data_utils.py, ``mask_type='static'``, no padding, no ``no_overlap``):
+
+  * the number of spans ``n = max(min_masks, int(mask_prob * T / span + u))``, ``u ~ U[0, 1)``
+    (probabilistic rounding), drawn once for the whole batch as fairseq does without padding;
+  * per row, n distinct start frames uniformly from ``{0, ..., T - span - 1}`` (fairseq's
+    ``np.random.choice(T - span, n, replace=False)``: spans end by frame T - 2, so the last frame
+    is never masked); if ``T - span <= n`` the starts come from ``{0, ..., n}`` and spans are cut
+    at T;
+  * each start masks ``span`` frames; spans may overlap, so the masked fraction is below
+    ``mask_prob``: for p = 0.65, span 10, about 49 % of T = 500 frames and 51 % of T = 49
+    (45 % and 38 % after ``equalize`` over batches of 8);
+  * ``equalize`` (fairseq's ``require_same_masks``, on in wav2vec 2.0 and HuBERT): every row keeps
+    a uniform random subset of its masked frames of the batch-wide minimum size, so all rows mask
+    the same number of frames. Dropped frames break spans, as in fairseq.
+
+  ``batch``, ``num_frames``, ``mask_prob``, ``span``, ``min_masks`` are static Python numbers;
+  under ``jax.jit`` the count itself stays a traced value (a mask, not a shape).
+
+  Returns:
+    (batch, num_frames) bool, True = masked.
+  """
+  t = num_frames
+  ideal = mask_prob * t / span
+  # int(x + u) with u < 1 is at most floor(x) + 1: a static bound on the number of spans.
+  max_spans = max(min_masks, int(math.floor(ideal)) + 1)
+  num_candidates = max(t - span, max_spans + 1)
+  k_num, k_start, k_keep = jax.random.split(rng, 3)
+  num_spans = jnp.maximum(
+      min_masks, jnp.floor(ideal + jax.random.uniform(k_num, ())).astype(jnp.int32))
+  # fairseq's guard: when T - span <= n, min_len = T - n - 1, so the starts come from [0, n].
+  high = jnp.where(t - span <= num_spans, num_spans + 1, t - span)
+  # A uniform subset of size n of {0, ..., high - 1} without replacement: the n smallest of
+  # i.i.d. uniform keys, candidates past ``high`` pushed to the end.
+  keys = jax.random.uniform(k_start, (batch, num_candidates))
+  keys = jnp.where(jnp.arange(num_candidates) < high, keys, 2.0)
+  starts = jnp.argsort(keys, axis=1)[:, :max_spans].astype(jnp.int32)
+  used = (jnp.arange(max_spans) < num_spans).astype(jnp.int32)
+
+  def cover(row_starts):
+    # +1 where a span starts and -1 one past its end; the running sum counts covering spans.
+    begin = jnp.minimum(row_starts, t)
+    end = jnp.minimum(row_starts + span, t)
+    delta = jnp.zeros((t + 1,), jnp.int32).at[begin].add(used).at[end].add(-used)
+    return jnp.cumsum(delta)[:t] > 0
+
+  mask = jax.vmap(cover)(starts)
+  if not equalize:
+    return mask
+  keep = jnp.min(jnp.sum(mask, axis=1))
+  score = jnp.where(mask, jax.random.uniform(k_keep, (batch, t)), 2.0)
+  rank = jnp.argsort(jnp.argsort(score, axis=1), axis=1)
+  return mask & (rank < keep)

@@ -110,10 +110,27 @@ def batch_spec(specs: Sequence[CropSpec], batch: int) -> dict:
 
 
 class MultiCrop(grain.transforms.RandomMap):
-  """Record -> {view name: uint8 (size, size, 3) for each CropSpec, 'label', 'index'}."""
+  """Record -> {view name: uint8 (size, size, 3) for each CropSpec, 'label', 'index'}.
 
-  def __init__(self, specs: Sequence[CropSpec]):
+  The image modality's host transform. A host transform (``Method.host_transform``) is a grain
+  ``RandomMap`` from a source record to one fixed-shape training record, with
+  ``batch_spec(batch)`` (the ``{key: (shape, dtype)}`` of a batch of them, which shapes the state
+  before any data is read) and ``eval_view(record)`` (the deterministic array the frozen encoder
+  sees at evaluation). ``data/audio.py`` has the waveform one.
+  """
+
+  def __init__(self, specs: Sequence[CropSpec], eval_size: int | None = None,
+               eval_crop_frac: float = 1.0):
     self.specs = tuple(specs)
+    self.eval_size = eval_size if eval_size is not None else (
+        self.specs[0].size if self.specs else None)
+    self.eval_crop_frac = eval_crop_frac
+
+  def batch_spec(self, batch: int) -> dict:
+    return batch_spec(self.specs, batch)
+
+  def eval_view(self, record) -> np.ndarray:
+    return center_view(record['image'], self.eval_size, self.eval_crop_frac)
 
   def random_map(self, record, rng: np.random.Generator):
     image = record['image']
@@ -127,15 +144,23 @@ class MultiCrop(grain.transforms.RandomMap):
     return out
 
 
-def train_dataset(source, specs: Sequence[CropSpec], *, global_batch: int, seed: int,
+def as_transform(specs_or_transform):
+  """A host transform from crop specs (wrapped in :class:`MultiCrop`) or a transform as is."""
+  if isinstance(specs_or_transform, (tuple, list)):
+    return MultiCrop(specs_or_transform)
+  return specs_or_transform
+
+
+def train_dataset(source, specs_or_transform, *, global_batch: int, seed: int,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """The infinite, deterministic training MapDataset of this process's per-step batches."""
+  """The infinite, deterministic training MapDataset of this process's per-step batches;
+  ``specs_or_transform``: the crop specs of an image method or any host transform."""
   if global_batch % process_count:
     raise ValueError(f'config.data.batch_size={global_batch} is not divisible by the number of '
                      f'processes ({process_count})')
   local_batch = global_batch // process_count
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(MultiCrop(specs), seed=seed)
+  ds = ds.random_map(as_transform(specs_or_transform), seed=seed)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds[process_index::process_count]
 
@@ -202,12 +227,16 @@ def make_iterator(ds: grain.MapDataset, num_workers: int = 0, prefetch: int = 2)
 
 
 def eval_batches(source, size: int, batch_size: int, crop_frac: float = 1.0,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, view=None):
   """Yields (images uint8 (b, size, size, 3), labels, valid mask) covering ``source`` once.
 
   Every batch has the same shape (the last is padded and marked invalid) so one compiled feature
-  function serves them all; each process reads its slice of every batch.
+  function serves them all; each process reads its slice of every batch. ``view``: record ->
+  array, the eval input of another modality (a host transform's ``eval_view``); ``size`` and
+  ``crop_frac`` are then unused.
   """
+  if view is None:
+    view = lambda r: center_view(r['image'], size, crop_frac)
   n = len(source)
   local = batch_size // process_count
   for start in range(0, n, batch_size):
@@ -215,7 +244,7 @@ def eval_batches(source, size: int, batch_size: int, crop_frac: float = 1.0,
     valid = idx < n
     idx = np.where(valid, idx, 0)
     recs = [source[int(i)] for i in idx]
-    images = np.stack([center_view(r['image'], size, crop_frac) for r in recs])
+    images = np.stack([view(r) for r in recs])
     labels = np.asarray([r['label'] for r in recs], np.int32)
     yield images, labels, valid
 

@@ -197,7 +197,8 @@ class RobustSource:
     shapes, errors = [], []
     for j in idx:
       try:
-        shapes.append(source[int(j)]['image'].shape)
+        rec = source[int(j)]
+        shapes.append(rec['image'].shape if 'image' in rec else (len(rec['audio']),))
       except BadRecordError as e:
         errors.append(e)
         self._mark_bad(int(j), e, check=False)
@@ -206,7 +207,7 @@ class RobustSource:
           f'none of the {len(idx)} sampled records of {self.name} could be decoded, e.g. '
           f'{errors[0]}')
     self.typical_shape = (tuple(int(v) for v in np.median(np.asarray(shapes), axis=0))
-                          if shapes else None)
+                          if shapes and len(shapes[0]) == 3 else None)
     self._check_limit()
 
   @property
@@ -278,8 +279,9 @@ def get_source(data_cfg, split: str):
   """The source named by ``config.data`` for ``split``; problems stop here with a clear message."""
   kind = data_cfg.source
   get = lambda key, default=None: getattr(data_cfg, key, default)
+  modality = get('modality', 'image')
   if kind == 'builtin':
-    source = builtin_source(data_cfg.name, split)
+    source = _builtin_for(modality, data_cfg.name, split)
   elif kind == 'tfds':
     from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     source = RobustSource(tfds_source.TfdsSource(
@@ -290,13 +292,34 @@ def get_source(data_cfg, split: str):
     if not data_cfg.path:
       raise ValueError("config.data.path is empty; config.data.source='folder' needs the image "
                        'folder, e.g. --config.data.path=/data/my_images')
-    source = RobustSource(folder.FolderSource(data_cfg.path, split, get('decode_min_side', 0)),
-                          get('max_bad_fraction', 0.01))
+    if modality == 'audio':
+      inner = folder.AudioFolderSource(data_cfg.path, split)
+    else:
+      inner = folder.FolderSource(data_cfg.path, split, get('decode_min_side', 0))
+    source = RobustSource(inner, get('max_bad_fraction', 0.01))
   else:
     raise ValueError(f'config.data.source={kind!r} is not supported; choose one of {list(SOURCES)}')
-  if get('image_size', 0):
+  if get('image_size', 0) and modality == 'image':
     check_crop_fits(source, get('image_size', 0), get('max_upscale', 2.0))
   return source
+
+
+def _builtin_for(modality: str, name: str, split: str):
+  """The built-in set ``name``: an image set, or for ``data.modality='audio'`` a speech set
+  (``data/speech.py``, generated once and cached); a name of the other modality is refused."""
+  if modality == 'image' and name in BUILTIN:
+    return builtin_source(name, split)
+  from ssl_jax.data import speech  # pylint: disable=g-import-not-at-top
+  if modality == 'audio':
+    if name not in speech.SPEECH_SETS:
+      raise ValueError(f"config.data.name={name!r} is not a built-in speech set (data.modality="
+                       f"'audio'); choose one of {list(speech.SPEECH_SETS)}")
+    return speech.speech_source(name, split)
+  if name in speech.SPEECH_SETS:
+    raise ValueError(f"config.data.name={name!r} is a speech set; set config.data.modality="
+                     "'audio' (and an audio method) or choose an image set: "
+                     f'{list(BUILTIN)}')
+  return builtin_source(name, split)
 
 
 def fingerprint(source) -> dict:

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import modality, pipeline, sources
 from ssl_jax.train import experiment as experiment_lib
 from ssl_jax.train import sharding
 
@@ -16,12 +16,13 @@ make_feature_fn = experiment_lib.make_feature_fn  # the restorable run's feature
 
 
 def extract_features(feature_fn, params, buffers, source, *, mesh, image_size: int,
-                     batch_size: int, crop_frac: float = 1.0):
-  """(features (N, D) float32, labels (N,)) of every image of ``source``, in order."""
+                     batch_size: int, crop_frac: float = 1.0, view=None):
+  """(features (N, D) float32, labels (N,)) of every record of ``source``, in order; ``view``
+  (record -> array) replaces the image centre crop for other modalities (``data.modality``)."""
   pi, pc = jax.process_index(), jax.process_count()
   feats, labels = [], []
   for images, labs, valid in pipeline.eval_batches(source, image_size, batch_size, crop_frac,
-                                                   pi, pc):
+                                                   pi, pc, view=view):
     x = sharding.global_batch(mesh, images)
     f = np.asarray(feature_fn(params, buffers, x))
     lab = labs if pc == 1 else multihost_utils.process_allgather(labs, tiled=True)
@@ -44,10 +45,11 @@ class EvalFeatures(NamedTuple):
 
 def eval_split_features(feature_fn, params, buffers, config, mesh) -> EvalFeatures:
   """Features of ``data.eval_train_split`` (kNN memory bank / probe training set) and
-  ``data.eval_split`` (queries), centre crops at ``data.image_size``."""
+  ``data.eval_split`` (queries): centre crops at ``data.image_size``, or the eval view of
+  ``data.modality`` (``data/modality.py``)."""
   c = config
   kw = dict(mesh=mesh, image_size=c.data.image_size, batch_size=c.eval.batch_size,
-            crop_frac=c.data.eval_crop_frac)
+            crop_frac=c.data.eval_crop_frac, view=modality.eval_view(c.data))
   train_src = sources.get_source(c.data, c.data.eval_train_split)
   test_src = sources.get_source(c.data, c.data.eval_split)
   f_tr, y_tr = extract_features(feature_fn, params, buffers, train_src, **kw)

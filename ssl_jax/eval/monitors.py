@@ -108,16 +108,21 @@ class TwoViewSubset:
 
   def __getitem__(self, i):
     rec = dict(self.source[int(self.indices[int(i)])])
-    if self.second:
+    if self.second and 'image' in rec:
       rec['image'] = np.ascontiguousarray(rec['image'][:, ::-1])
+    elif self.second and 'audio' in rec:   # the waveform 0.1 of its length later, zero-filled
+      wave = np.asarray(rec['audio'], np.float32)
+      shift = len(wave) // 10
+      rec['audio'] = np.concatenate([wave[shift:], np.zeros(shift, np.float32)])
     return rec
 
 
 def monitor_features(feature_fn, params, buffers, source, *, mesh, image_size: int,
-                     batch_size: int, crop_frac: float = 1.0, seed: int = 0):
+                     batch_size: int, crop_frac: float = 1.0, seed: int = 0, view=None):
   """(z1, z2): features of the monitor subset of ``source``: view 1 the eval path's centre crop,
-  view 2 a mirrored, tighter centre crop (SECOND_VIEW_CROP of it)."""
-  kw = dict(mesh=mesh, image_size=image_size, batch_size=batch_size)
+  view 2 a mirrored, tighter centre crop (SECOND_VIEW_CROP of it). Audio (``view``: the
+  modality's eval view): view 2 is the waveform shifted by a tenth of its length."""
+  kw = dict(mesh=mesh, image_size=image_size, batch_size=batch_size, view=view)
   z1, _ = features_lib.extract_features(feature_fn, params, buffers,
                                         TwoViewSubset(source, seed), crop_frac=crop_frac, **kw)
   z2, _ = features_lib.extract_features(feature_fn, params, buffers,

@@ -15,6 +15,7 @@ paper it implements. No parameters, no state. The families:
 * ``hybrid``: Objectives that add two families
 * ``jepa``: Joint-embedding predictive objectives (LeJEPA's SIGReg)
 * ``msn``: Masked Siamese Networks' prototype loss (MSN / PMSN)
+* ``speech``: wav2vec 2.0's contrastive and diversity terms, HuBERT's masked unit prediction
 
 Every public name is re-exported here, so ``losses.nt_xent`` is the same function as
 ``losses.contrastive.nt_xent``.
@@ -32,6 +33,7 @@ from ssl_jax.losses import pretext
 from ssl_jax.losses import hybrid
 from ssl_jax.losses import jepa
 from ssl_jax.losses import msn
+from ssl_jax.losses import speech
 
 from ssl_jax.losses.common import l2_normalize
 from ssl_jax.losses.contrastive import (
@@ -58,3 +60,6 @@ from ssl_jax.losses.jepa import (
     epps_pulley_grid, epps_pulley, random_directions, sigreg, lejepa_loss)
 from ssl_jax.losses.msn import (
     prototype_probabilities, sharpen, power_law_prior, msn_regularizer, msn_loss)
+from ssl_jax.losses.speech import (
+    sample_negatives, wav2vec2_contrastive_logits, wav2vec2_contrastive_loss,
+    wav2vec2_diversity_loss, feature_l2_penalty, hubert_logits, hubert_loss)

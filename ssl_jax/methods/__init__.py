@@ -45,6 +45,8 @@ METHODS = {
     'ijepa': 'ssl_jax.methods.jepa.ijepa:IJEPA',
     'lejepa': 'ssl_jax.methods.jepa.lejepa:LeJEPA',
     'msn': 'ssl_jax.methods.distillation.msn:MSN',
+    'data2vec_audio': 'ssl_jax.methods.speech.data2vec_audio:Data2VecAudio',
+    'wav2vec2': 'ssl_jax.methods.speech.wav2vec2:Wav2Vec2',
 }
 
 _BUILTIN_METHODS = dict(METHODS)
@@ -92,7 +94,14 @@ def build_method(config):
 
   ``Method.__init__`` parses ``config.method`` into ``method.hp`` before anything else, so an
   unknown, misspelled or mistyped method field stops here, at the start of a run."""
-  method = method_class(config.method.name)(config)
+  cls = method_class(config.method.name)
+  data_modality = config.data.get('modality', 'image')
+  if getattr(cls, 'modality', 'image') != data_modality:
+    raise ValueError(f'config.method.name={config.method.name!r} reads {cls.modality} but '
+                     f'config.data.modality={data_modality!r}; use the method\'s own config '
+                     f'(configs/{config.method.name}.py) or set data.modality and an '
+                     f'{cls.modality} data set')
+  method = cls(config)
   check_crop_sizes(method)
   return method
 
@@ -102,7 +111,7 @@ def check_crop_sizes(method):
   every crop of the method checked up front, so that a multi-crop method's local crops fail here
   with the crop named rather than at trace time."""
   check = getattr(getattr(method, 'backbone', None), 'check_image_size', None)
-  if check is None:
+  if check is None or method.modality != 'image':
     return
   for spec in method.crop_specs():
     try:

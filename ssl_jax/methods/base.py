@@ -2,7 +2,8 @@
 
 A method owns its flax modules and pure functions; the trainer calls only these:
 
-* ``crop_specs()``                       -> the host-side crops (views) it needs per image;
+* ``modality``, ``host_transform()``    -> what the input pipeline delivers ('image': the crops
+                                            of ``crop_specs()``; 'audio': waveform clips);
 * ``init(rng, batch)``                   -> (params, buffers): trainable params and method state
                                             (BatchNorm stats, teacher params, queues, centers);
 * ``views(batch, rng)``                  -> on-device augmentation / masking (jittable);
@@ -21,6 +22,8 @@ import jax.numpy as jnp
 
 from ssl_jax import models
 from ssl_jax.data import augment, image_ops
+from ssl_jax.data import audio as audio_lib
+from ssl_jax.data import modality as data_modality
 from ssl_jax.data.pipeline import CropSpec
 from ssl_jax.methods import hparams
 from ssl_jax import optim as schedules
@@ -50,6 +53,8 @@ def init_module(module, rng, x, **kw):
 class Method:
   """Base class with the shared pieces: the backbone, view crops, augmentation, features."""
 
+  #: What the method reads (``config.data.modality`` must agree; ``data/modality.py``).
+  modality = 'image'
   #: Default host crops: two views of ``data.image_size``.
   num_views = 2
   #: False: the recipes' normalisation is dropped, so ``views`` gets [0, 1] crops and the method
@@ -74,6 +79,11 @@ class Method:
     self.feature_dim = models.feature_dim(self.backbone, config.model)
 
   # -- data -------------------------------------------------------------------------------------
+  def host_transform(self):
+    """The pipeline's per-record transform (a grain RandomMap with ``batch_spec(batch)`` and
+    ``eval_view(record)``): for images, the random-resized crops of :meth:`crop_specs`."""
+    return data_modality.image_transform(self.config.data, self.crop_specs())
+
   def crop_specs(self) -> tuple[CropSpec, ...]:
     d = self.config.data
     return tuple(CropSpec(f'view{i}', d.image_size, tuple(d.crop_scale), flip=d.flip)
@@ -139,3 +149,44 @@ class Method:
     if stats:
       v['batch_stats'] = stats
     return v
+
+
+class AudioMethod(Method):
+  """Base of the speech methods (wav2vec 2.0, HuBERT, data2vec-audio): one view, the raw
+  waveform clip of ``data.clip_samples`` samples (``data/audio.py``), standardised per clip on
+  device when ``model.audio_normalize`` (fairseq ``normalize``); masking is the method's.
+
+  ``features`` is the backbone's mean-pooled final frames of the standardised clip; the backbone
+  is one of the audio encoders of ``models/audio.py`` (``model.backbone='audio_tiny'``,
+  ``'wav2vec2_base'``...)."""
+
+  modality = 'audio'
+  num_views = 1
+  normalize_views = False
+
+  def __init__(self, config):
+    super().__init__(config)
+    if not hasattr(self.backbone, 'num_frames'):
+      raise ValueError(f'config.model.backbone={config.model.backbone!r} is not an audio '
+                       f'encoder; {type(self).__name__} needs one of '
+                       f'{list(models.AUDIOS)}')
+    self.audio_normalize = bool(config.model.get('audio_normalize', True))
+    self.num_frames = int(self.backbone.num_frames(config.data.clip_samples))
+
+  def host_transform(self):
+    return data_modality.audio_transform(self.config.data)
+
+  def crop_specs(self):
+    return ()
+
+  def views(self, batch, rng):
+    del rng
+    return {'audio': self.normalize(batch['audio'])}
+
+  def encoder_input(self) -> dict:
+    return {'modality': 'audio', 'sample_rate': 16000, 'clip_samples':
+            int(self.config.data.clip_samples), 'normalize': self.audio_normalize}
+
+  def normalize(self, audio):
+    x = jnp.asarray(audio, jnp.float32)
+    return audio_lib.standardize(x) if self.audio_normalize else x

@@ -18,7 +18,9 @@ from ssl_jax.models import resnet
 RESNETS = {'resnet18': resnet.resnet18, 'resnet50': resnet.resnet50}
 VITS = ('vit_tiny', 'vit_small', 'vit_base', 'vit_large', 'vit_giant')
 SWINS = ('swin_tiny', 'swin_small', 'swin_base')
-BACKBONES = tuple(RESNETS) + VITS + SWINS
+# Speech encoders (wav2vec 2.0 / HuBERT / data2vec-audio): (B, L) waveforms, not images.
+AUDIOS = ('wav2vec2_base', 'wav2vec2_large', 'audio_tiny')
+BACKBONES = tuple(RESNETS) + VITS + SWINS + AUDIOS
 # name -> (factory(model_cfg) -> flax module, feature_dim: int | callable(model_cfg) | None)
 _REGISTERED: dict[str, tuple[Callable[[Any], Any], Any]] = {}
 
@@ -43,7 +45,13 @@ def build_backbone(model_cfg):
   ``embed_dim``/``depth``/``num_heads`` (for tiny test models); Swins read ``patch_size``,
   ``window_size``, ``drop_path_rate`` and optional overrides ``embed_dim``, ``swin_depths``
   (blocks per stage) and ``swin_heads`` (heads per stage). Unknown names raise ValueError naming
-  the field.
+  the field. Audio encoders (:data:`AUDIOS`, ``models/audio.py``; input (B, L) waveforms) read
+  ``conv_dim`` (every conv layer's width), ``conv_mode`` ('group_norm' | 'layer_norm'),
+  ``conv_impl`` ('xla' | 'im2col'; 'auto' = XLA's), ``pos_conv_kernel``, ``pos_conv_groups``,
+  ``layer_norm_first``, ``feature_grad_mult`` (1.0 when absent), the dropouts (``dropout``,
+  ``attention_dropout``, ``activation_dropout``, ``dropout_input``; 0 when absent) and the
+  ``embed_dim``/``depth``/``num_heads`` overrides; a field that is absent, 0, '' or None keeps
+  the preset's value.
   """
   name = model_cfg.backbone
   dtype = _DTYPES[model_cfg.get('dtype', 'float32')]
@@ -95,8 +103,42 @@ def build_backbone(model_cfg):
                      patch_size=model_cfg.get('patch_size', 4),
                      window_size=model_cfg.get('window_size', 7),
                      drop_path_rate=model_cfg.get('drop_path_rate', 0.0), dtype=dtype, **kw)
+  if name in AUDIOS:
+    return _build_audio(name, model_cfg, dtype)
   raise ValueError(f'config.model.backbone={name!r} is not a known backbone; '
                    f'choose one of {list(BACKBONES)}')
+
+
+def _build_audio(name: str, model_cfg, dtype):
+  """The :data:`AUDIOS` preset ``name`` with ``model_cfg``'s overrides (set = not absent, 0, ''
+  or None)."""
+  from ssl_jax.models import audio  # pylint: disable=g-import-not-at-top
+  kw = dict(audio.AUDIO_PRESETS[name])
+  if model_cfg.get('conv_dim', 0):
+    kw['conv_layers'] = tuple((int(model_cfg.conv_dim), k, s) for _, k, s in kw['conv_layers'])
+  for field in ('embed_dim', 'depth', 'num_heads', 'conv_mode', 'pos_conv_kernel',
+                'pos_conv_groups'):
+    if model_cfg.get(field, None):
+      kw[field] = model_cfg[field]
+  if model_cfg.get('layer_norm_first', None) is not None:
+    kw['layer_norm_first'] = bool(model_cfg.layer_norm_first)
+  for field in ('feature_grad_mult', 'dropout', 'attention_dropout', 'activation_dropout',
+                'dropout_input'):
+    if model_cfg.get(field, None) is not None:
+      kw[field] = float(model_cfg[field])
+  if kw['conv_mode'] not in audio.CONV_MODES:
+    raise ValueError(f'config.model.conv_mode={kw["conv_mode"]!r} must be one of '
+                     f'{audio.CONV_MODES}')
+  impl = model_cfg.get('conv_impl', 'auto') or 'auto'
+  if impl not in audio.CONV_IMPLS:
+    raise ValueError(f'config.model.conv_impl={impl!r}: an audio backbone takes one of '
+                     f'{audio.CONV_IMPLS}')
+  return audio.AudioEncoder(conv_impl=impl, dtype=dtype, **kw)
+
+
+def is_audio_backbone(name: str) -> bool:
+  """Whether backbone ``name`` is a built-in speech encoder (takes (B, L) waveforms)."""
+  return name in AUDIOS
 
 
 # ViT-only model fields and their defaults: another backbone given a non-default value is an error
@@ -112,13 +154,13 @@ def register_backbone(name: str, factory: Callable[[Any], Any], *, feature_dim=N
   a function of ``config.model``; leave it None when the module has a ``feature_dim``
   attribute. Registering a built-in name is refused; registering a name again replaces it."""
   global BACKBONES
-  if name in RESNETS or name in VITS or name in SWINS:
+  if name in RESNETS or name in VITS or name in SWINS or name in AUDIOS:
     raise ValueError(f'backbone {name!r} is built in; register your backbone under another name')
   if not callable(factory):
     raise TypeError(f'register_backbone({name!r}, factory): factory must be callable, got '
                     f'{type(factory).__name__}')
   _REGISTERED[name] = (factory, feature_dim)
-  BACKBONES = tuple(RESNETS) + VITS + SWINS + tuple(_REGISTERED)
+  BACKBONES = tuple(RESNETS) + VITS + SWINS + AUDIOS + tuple(_REGISTERED)
 
 
 def registered_backbone(name: str):

@@ -3,8 +3,8 @@
 Every mode starts here: the trainer (train/loop.py adds the input pipeline, the compiled step
 and the periodic actions), eval, export, viz, the memory check and the benchmarks. Nothing here
 reads training data: the sample batch that shapes the state is zeros of the pipeline's record
-spec (``pipeline.batch_spec`` of the method's crop specs), the same shapes and dtypes the
-pipeline delivers.
+spec (``batch_spec`` of the method's host transform), the same shapes and dtypes the pipeline
+delivers.
 
     run = experiment.Experiment.for_reading(config, workdir)   # eval / export / viz
     state = run.restore_for_reading()                           # read-only, latest checkpoint
@@ -18,7 +18,6 @@ from absl import logging
 
 from ssl_jax import config as config_lib
 from ssl_jax import methods
-from ssl_jax.data import pipeline
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import sharding
 from ssl_jax.train import workdir as workdir_lib
@@ -42,7 +41,7 @@ def make_feature_fn(method, mesh):
 def sample_batch(method, batch_size: int) -> dict:
   """Zeros shaped like a global training batch of ``method`` (host numpy dtypes)."""
   return {k: np.zeros(shape, dtype)
-          for k, (shape, dtype) in pipeline.batch_spec(method.crop_specs(), batch_size).items()}
+          for k, (shape, dtype) in method.host_transform().batch_spec(batch_size).items()}
 
 
 def build_method(config):

@@ -16,7 +16,7 @@ from absl import logging
 
 from ssl_jax import config as config_lib
 from ssl_jax import paths
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import modality, pipeline, sources
 from ssl_jax.eval import knn, monitors
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import summaries
@@ -65,11 +65,15 @@ class Trainer(experiment_lib.Experiment):
     if train_data is None:
       self.train_source = sources.get_source(config.data, config.data.train_split)
       self.train_ds = pipeline.train_dataset(
-          self.train_source, self.method.crop_specs(), global_batch=config.data.batch_size,
+          self.train_source, self.method.host_transform(), global_batch=config.data.batch_size,
           seed=config.seed, process_index=jax.process_index(),
           process_count=jax.process_count())
       self.train_input = None
     else:
+      if self.method.modality != 'image':
+        raise ValueError(f'train_data (an iterable of batches) feeds image methods only; '
+                         f'{config.method.name} reads {self.method.modality}: leave train_data '
+                         'out and set config.data')
       self.train_source = self.train_ds = None
       self.train_input = pipeline.IterableInput(
           train_data, self.method.crop_specs(),
@@ -138,20 +142,22 @@ class Trainer(experiment_lib.Experiment):
     z1, z2 = monitors.monitor_features(
         self.feature_fn, state.params, state.buffers, self.train_source, mesh=self.mesh,
         image_size=c.data.image_size, batch_size=c.eval.batch_size,
-        crop_frac=c.data.eval_crop_frac, seed=c.seed)
+        crop_frac=c.data.eval_crop_frac, seed=c.seed, view=modality.eval_view(c.data))
     return monitors.label_free_metrics(z1, z2)
 
 
 def check_batch_spec(local_batch: dict, method, local_size: int):
   """The state was shaped from ``pipeline.batch_spec`` (no data read); a real batch that differs
   would recompile or fail inside the step, so it stops here naming the key."""
-  want = pipeline.batch_spec(method.crop_specs(), local_size)
+  want = method.host_transform().batch_spec(local_size)
   got = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in local_batch.items()}
   for key in sorted(set(want) | set(got)):
     w = (tuple(want[key][0]), np.dtype(want[key][1])) if key in want else None
     if got.get(key) != w:
       raise ValueError(f'the training batch\'s {key!r} is {got.get(key)} (shape, dtype); the '
-                       f'method expects {w}: give uint8 NHWC views of the crop sizes')
+                       f'method expects {w}: give ' + ('uint8 NHWC views of the crop sizes'
+                                       if method.modality == 'image' else
+                                       f'{method.modality} records of these shapes'))
 
 
 Experiment = Trainer  # the name tests and notebooks know; readers use experiment.Experiment

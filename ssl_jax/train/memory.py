@@ -22,7 +22,6 @@ import jax
 import numpy as np
 
 from ssl_jax import config as config_lib
-from ssl_jax.data import pipeline
 from ssl_jax.train import experiment, sharding
 from ssl_jax.train import step as step_lib
 
@@ -30,10 +29,11 @@ GIB = 2.0 ** 30
 
 
 def abstract_batch(config, method, mesh) -> dict:
-  """The global training batch as sharded ShapeDtypeStructs: one uint8 image array per crop of
-  the method, plus int32 labels and example indices (what the input pipeline delivers)."""
+  """The global training batch as sharded ShapeDtypeStructs: the method's host transform's batch
+  spec (one uint8 image array per crop, or the audio clips), plus int32 labels and example
+  indices (what the input pipeline delivers)."""
   s = sharding.batch_sharding(mesh)
-  spec = pipeline.batch_spec(method.crop_specs(), config.data.batch_size)
+  spec = method.host_transform().batch_spec(config.data.batch_size)
   # On device a numpy int64 becomes int32 unless jax_enable_x64: the dtype the step really gets.
   return {k: jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype), sharding=s)
           for k, (shape, dtype) in spec.items()}

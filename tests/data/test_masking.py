@@ -107,3 +107,85 @@ def test_block_mask_bank():
   assert 0.4 < frac_masked_images < 0.6
   # Deterministic given the key.
   np.testing.assert_array_equal(mh, np.asarray(half.sample(jax.random.PRNGKey(1), 400)))
+
+
+# ----------------------------------------------------------------------------- speech span masks
+
+def _fairseq_span_masks(rng, batch, t, mask_prob, span, min_masks=2, equalize=True):
+  """A numpy transcription of fairseq's compute_mask_indices (static spans, no padding): one
+  probabilistically rounded span count for the batch, starts without replacement from
+  [0, T - span), the guard for short rows, then every row cut to the batch minimum."""
+  num = max(min_masks, int(mask_prob * t / span + rng.random()))
+  high = num + 1 if t - span <= num else t - span
+  rows = []
+  for _ in range(batch):
+    starts = rng.choice(high, num, replace=False)
+    idx = (starts[:, None] + np.arange(span)[None]).ravel()
+    rows.append(np.unique(idx[idx < t]))
+  low = min(len(r) for r in rows)
+  mask = np.zeros((batch, t), bool)
+  for i, r in enumerate(rows):
+    if equalize and len(r) > low:
+      r = rng.choice(r, low, replace=False)
+    mask[i, r] = True
+  return mask
+
+
+def _runs(row):
+  """Lengths of the runs of True in a 1-D bool array."""
+  edges = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+  return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+@pytest.mark.parametrize('t', [12, 49, 500])
+@pytest.mark.parametrize('equalize', [False, True])
+def test_span_mask_fraction_matches_fairseq(t, equalize):
+  """Monte Carlo: the masked fraction (mean and spread over batches of 8) equals that of the
+  numpy transcription of fairseq, within 4 standard errors."""
+  from ssl_jax.data.masking import span_mask
+  batch, draws = 8, 400
+  sample = jax.jit(jax.vmap(lambda k: span_mask(k, batch, t, 0.65, 10, 2, equalize)))
+  ours = np.asarray(sample(jax.random.split(jax.random.PRNGKey(0), draws))).mean(axis=(1, 2))
+  rng = np.random.default_rng(0)
+  ref = np.array([_fairseq_span_masks(rng, batch, t, 0.65, 10, 2, equalize).mean()
+                  for _ in range(draws)])
+  se = np.sqrt(ours.var() / draws + ref.var() / draws)
+  assert abs(ours.mean() - ref.mean()) < 4 * se + 1e-9, (ours.mean(), ref.mean(), se)
+  assert abs(ours.std() - ref.std()) < 0.25 * ref.std() + 1e-9
+  if t == 500 and not equalize:
+    assert 0.47 < ours.mean() < 0.51   # spans overlap: ~49 %, not 65 %
+
+
+def test_span_mask_spans_are_runs_of_at_least_span():
+  from ssl_jax.data.masking import span_mask
+  for seed in range(20):
+    m = np.asarray(span_mask(jax.random.PRNGKey(seed), 4, 49, 0.65, 10, equalize=False))
+    for row in m:
+      runs = _runs(row)
+      # 3 or 4 spans of 10 (int(3.185 + u)); overlaps merge spans into longer runs.
+      assert runs.min() >= 10 and 1 <= len(runs) <= 4 and 10 <= row.sum() <= 40
+      assert not row[-1]   # starts lie in [0, T - span): the last frame is never masked
+
+
+def test_span_mask_equalize_and_determinism():
+  from ssl_jax.data.masking import span_mask
+  f = jax.jit(span_mask, static_argnums=(1, 2, 3, 4, 5, 6))
+  a = np.asarray(f(jax.random.PRNGKey(3), 16, 500, 0.65, 10, 2, True))
+  full = np.asarray(f(jax.random.PRNGKey(3), 16, 500, 0.65, 10, 2, False))
+  assert a.dtype == bool and a.shape == (16, 500)
+  assert len(set(a.sum(1).tolist())) == 1           # equal counts per row
+  assert a.sum(1)[0] == full.sum(1).min()           # the batch minimum
+  assert not (a & ~full).any()                       # frames only dropped, never added
+  np.testing.assert_array_equal(a, np.asarray(f(jax.random.PRNGKey(3), 16, 500, 0.65, 10, 2, True)))
+  assert not np.array_equal(a, np.asarray(f(jax.random.PRNGKey(4), 16, 500, 0.65, 10, 2, True)))
+  assert not np.array_equal(a[0], a[1])
+
+
+def test_span_mask_min_masks_and_short_rows():
+  """T = 12: int(0.78 + u) <= 1 spans, raised to min_masks = 2; T - span = 2 <= 2, so fairseq's
+  guard draws the 2 starts from {0, 1, 2} and cuts the spans at T."""
+  from ssl_jax.data.masking import span_mask
+  m = np.asarray(span_mask(jax.random.PRNGKey(0), 64, 12, 0.65, 10, equalize=False))
+  counts = m.sum(1)
+  assert counts.min() >= 11 and counts.max() <= 12  # starts {0, 2}: 12 frames, else 11
+  assert set(counts.tolist()) == {11, 12}
