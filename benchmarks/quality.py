@@ -87,6 +87,17 @@ def _workdir(keep: str, spec: str, n: int):
   yield d
 
 
+def speech_metrics(config, workdir) -> dict:
+  """Frame phone probe and PNMI (eval/speech.py) of the trained and of the random encoder."""
+  from ssl_jax.eval import speech as speech_eval  # pylint: disable=g-import-not-at-top
+  from ssl_jax.train import experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.Experiment.for_reading(config, workdir)
+  out = {'trained': speech_eval.evaluate(exp.method, exp.restore_for_reading().params, config),
+         'random': speech_eval.evaluate(exp.method, exp.initial_state().params, config)}
+  print(f'speech metrics: {json.dumps(out)}', flush=True)
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('configs', nargs='+', help='path.py[:variant]')
@@ -104,6 +115,8 @@ def main():
       summary = loop.train_and_evaluate(config, workdir)
       with open(os.path.join(workdir, 'history.json')) as f:
         history = [h for h in json.load(f) if 'loss' in h]
+      if config.data.get('modality', 'image') == 'audio':
+        summary['speech'] = speech_metrics(config, workdir)
     summary.update(config=spec, wall_s=time.time() - t0, first_loss=history[0]['loss'],
                    last_loss=history[-1]['loss'])
     # Method-specific health metrics of the last logged step (e.g. DINO's teacher entropy).
@@ -124,6 +137,14 @@ def main():
           f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | {r['knn_top1']:.3f} | "
           f"{r['knn_top1_random_init']:.3f} | {ratio:.2f} | {r['images_per_sec']:.0f} | "
           f"{r['wall_s']:.0f} |")
+  speech_rows = [r for r in rows if 'speech' in r and 'phone_probe_top1' in r['speech']['trained']]
+  if speech_rows:
+    print('\n| config | phone probe (random) | best-layer PNMI (random) | MFCC PNMI |')
+    print('|---|---|---|---|')
+    for r in speech_rows:
+      t, z = r['speech']['trained'], r['speech']['random']
+      print(f"| {r['config']} | {t['phone_probe_top1']:.3f} ({z['phone_probe_top1']:.3f}) | "
+            f"{t['pnmi_best']:.3f} ({z['pnmi_best']:.3f}) | {t['pnmi_mfcc']:.3f} |")
   checks = [r for r in rows if 'collapse_check' in r]
   if checks:
     print('\n| config | teacher entropy | marginal entropy | log K | verdict |')

@@ -56,6 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.swin_depths = ()       # Swin overrides (() = preset): blocks per stage, e.g. (2, 2, 2)
   c.model.swin_heads = ()        # Swin overrides: heads per stage, same length as swin_depths
   c.model.stage_sizes = ()       # ResNet override of blocks per stage (() = preset), e.g. (1, 1, 1, 1)
+  # Speech encoders (models/audio.py: audio_tiny, wav2vec2_base, wav2vec2_large); 0 / '' = the
+  # preset's value.
+  c.model.conv_dim = 0           # width of every conv feature-encoder layer
+  c.model.conv_mode = ''         # 'group_norm' (BASE) | 'layer_norm' (LARGE)
+  c.model.pos_conv_kernel = 0    # positional conv kernel (frames) and groups
+  c.model.pos_conv_groups = 0
+  c.model.layer_norm_first = ''  # '' preset | True pre-LN blocks | False post-LN
+  c.model.feature_grad_mult = 1.0    # gradient scale into the conv encoder (wav2vec 2.0: 0.1)
+  c.model.dropout = 0.0          # transformer dropout / attention / FFN activation / input
+  c.model.attention_dropout = 0.0
+  c.model.activation_dropout = 0.0
+  c.model.dropout_input = 0.0
+  c.model.audio_normalize = True  # standardise each clip (fairseq normalize; BASE wav2vec 2.0: off)
   c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.remat = False
 
@@ -76,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = 'test'
   c.data.image_size = 32
   c.data.clip_samples = 16000    # audio: samples per training / eval clip (1 s at 16 kHz)
+  c.data.speech_speakers = (100, 30)   # built-in speech sets: (train, test) voices, disjoint
   c.data.crop_scale = (0.08, 1.0)
   c.data.flip = 0.5
   c.data.eval_crop_frac = 1.0
@@ -154,6 +168,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.finetune_weight_decay = 0.05
   c.eval.finetune_batch_size = 256
   c.eval.plot = 'tsne'           # embedding PNG: 'tsne' | 'umap' | '' (off)
+  # data.modality='audio' on a built-in speech set (eval/speech.py): the frame phone probe of
+  # block speech_layer (0 = last) and PNMI of speech_units k-means units of every block.
+  c.eval.speech_eval = True
+  c.eval.speech_units = 100
+  c.eval.speech_layer = 0
   c.eval.online_linear = False   # BYOL-style stop-gradient linear head during pretraining
   c.eval.online_lr = 0.1
   c.eval.online_num_classes = 0  # 0: from the training source

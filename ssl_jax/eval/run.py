@@ -31,6 +31,7 @@ from absl import logging
 from ssl_jax import paths
 from ssl_jax.eval import embedding_plot, finetune as finetune_lib
 from ssl_jax.eval import knn, linear
+from ssl_jax.eval import speech as speech_eval
 from ssl_jax.train import experiment as experiment_lib
 
 
@@ -83,13 +84,16 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
   result['knn_top1'] = result[f'knn_top1_k{c.eval.knn_k}']   # the run's headline k
   result['knn_k'], result['knn_temperature'] = c.eval.knn_k, c.eval.knn_temperature
 
+  if c.data.get('modality', 'image') == 'audio' and c.eval.get('speech_eval', True):
+    result.update(speech_eval.evaluate(exp.method, state.params, c))   # phone probe, PNMI
+
   if c.eval.get('linear', True):
     cfg = linear.ProbeConfig.from_config(c.eval)
     probe = linear.linear_probe(f_tr, y_tr, f_te, y_te, nc, cfg)
     result.update({f'linear_{k}': v for k, v in probe.items()})
     result['linear_protocol'] = {'epochs': cfg.epochs, 'optimizer': cfg.optimizer, 'lr': cfg.lr,
                                  'batch_size': cfg.batch_size, 'normalize': cfg.normalize}
-    if c.eval.get('linear_augment_steps', 0):
+    if c.eval.get('linear_augment_steps', 0) and exp.method.modality == 'image':
       aug = linear.augmented_linear_probe(
           exp.feature_fn, state.params, state.buffers, train_src, f_te, y_te, mesh=exp.mesh,
           image_size=c.data.image_size, cfg=cfg, clean_train_feats=f_tr,
@@ -97,7 +101,10 @@ def evaluate(config, workdir: str, mesh=None, *, require_checkpoint: bool = True
           steps=c.eval.linear_augment_steps)
       result.update({f'linear_aug_{k}': v for k, v in aug.items()})
 
-  if c.eval.get('finetune_steps', 0) and not exp.method.has_encoder:
+  if c.eval.get('finetune_steps', 0) and exp.method.modality != 'image':
+    result['finetune_skipped'] = (f'fine-tuning reads images; {c.method.name} trains a '
+                                  f'{exp.method.modality} encoder')
+  elif c.eval.get('finetune_steps', 0) and not exp.method.has_encoder:
     result['finetune_skipped'] = f'{c.method.name} trains no image encoder'
   elif c.eval.get('finetune_steps', 0):
     result.update(finetune_lib.finetune(exp.method, state.params, state.buffers, c, exp.mesh,

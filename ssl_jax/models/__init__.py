@@ -120,7 +120,7 @@ def _build_audio(name: str, model_cfg, dtype):
                 'pos_conv_groups'):
     if model_cfg.get(field, None):
       kw[field] = model_cfg[field]
-  if model_cfg.get('layer_norm_first', None) is not None:
+  if model_cfg.get('layer_norm_first', '') in (True, False):   # '' / None: the preset's
     kw['layer_norm_first'] = bool(model_cfg.layer_norm_first)
   for field in ('feature_grad_mult', 'dropout', 'attention_dropout', 'activation_dropout',
                 'dropout_input'):
