@@ -81,11 +81,19 @@ NOT_APPLICABLE = {'mae_resnet18': 'MAE masks ViT patches; no ResNet variant',
 # Rows of ours alone (no lightly_step.py counterpart): I-JEPA on ViT-Tiny/4 at 32 px and (an MFU
 # row) the paper's step on ViT-B/16 at 224 px.
 OURS_ONLY_ROWS = ('ijepa_vit_tiny',)
+# Speech rows (ours alone; the PyTorch SSL libraries have no speech): row -> (method, backbone),
+# the builtin recipe's step on 1 s clips of the built-in spoken_words set.
+SPEECH_ROWS = {'wav2vec2_tiny': ('wav2vec2', 'audio_tiny'),
+               'data2vec-audio_tiny': ('data2vec_audio', 'audio_tiny'),
+               'wav2vec2_base': ('wav2vec2', 'wav2vec2_base'),
+               'data2vec-audio_base': ('data2vec_audio', 'wav2vec2_base')}
+OURS_ONLY_ROWS += tuple(SPEECH_ROWS)
 MFU_ROWS += ('ijepa_vit_base16',)
 LABELS = {'simclr': 'SimCLR', 'byol': 'BYOL', 'dino': 'DINO', 'mae': 'MAE',
           'resnet18': 'ResNet-18 (CIFAR stem)', 'vit_tiny': 'ViT-Tiny/4',
           'vit_base16': 'ViT-B/16, 224 px', 'dinov2': 'DINOv2', 'vit_base14': 'ViT-B/14, 224 px',
-          'ijepa': 'I-JEPA'}
+          'ijepa': 'I-JEPA', 'wav2vec2': 'wav2vec 2.0', 'data2vec-audio': 'data2vec (speech)',
+          'tiny': 'audio_tiny, 1 s clips', 'base': 'wav2vec 2.0 BASE, 1 s clips'}
 
 # Dense (no sparsity) bf16 peak TFLOP/s of one JAX device, from the vendors' data sheets, for MFU.
 # Matched in order as a substring of the lower-cased ``device_kind``; TPU v2/v3 devices are single
@@ -136,6 +144,14 @@ def make_config(row: str, batch_size: int, augment: bool = True, conv_impl: str 
   MAE: mask 0.75, decoder 8 x 512; DINO: 2 x 224 px + 10 x 96 px crops, head 65536). ``dtype``
   'auto': bfloat16 compute for the MFU rows, float32 for the others (as lightly's side)."""
   from configs import _common as common  # pylint: disable=g-import-not-at-top
+  if row in SPEECH_ROWS:
+    method, backbone = SPEECH_ROWS[row]
+    c = load_config(method, 'builtin')
+    c.model.backbone = backbone
+    c.model.dtype = 'float32' if dtype in ('auto', 'bf16_dots') else dtype
+    c.data.batch_size, c.data.num_workers = batch_size, 0
+    c.train.progress_bar, c.train.final_eval, c.train.knn_every = False, False, 0
+    return c
   method, _, bb = row.partition('_')
   if bb in MFU_BACKBONES:
     c = load_config(method, 'imagenet,vit_base')
@@ -238,7 +254,7 @@ def time_ours(row: str, batch_size: int, steps: int, warmup: int, augment: bool,
   step_fn = step_lib.jit_train_step(exp.method, c, exp.mesh, exp.state_sharding, exp.lr_schedule)
   state = exp.initial_state()
   train_ds = pipeline.train_dataset(sources.get_source(c.data, c.data.train_split),
-                                    exp.method.crop_specs(), global_batch=c.data.batch_size,
+                                    exp.method.host_transform(), global_batch=c.data.batch_size,
                                     seed=c.seed)
   batch = sharding.global_batch(exp.mesh, train_ds[0])
   t0 = time.perf_counter()

@@ -139,7 +139,8 @@ def _tiny_overrides(workdir):
           '--config.method.decoder_depth=1', '--config.method.decoder_heads=2',
           "--config.data.eval_split=test", "--config.data.eval_train_split=test",
           '--config.eval.knn_ks=(5,)', '--config.eval.knn_k=5', '--config.eval.linear_epochs=1',
-          '--config.eval.plot=', '--config.data.num_workers=0']
+          '--config.eval.plot=', '--config.data.num_workers=0',
+          '--config.data.speech_speakers=(3,2)', '--config.model.conv_dim=16']
 
 
 def readme_evaluate_export_block() -> list[str]:
