@@ -25,9 +25,11 @@ Variants (``--config=configs/wav2vec2.py:<variant>``):
 """
 from configs import _common as common
 from ssl_jax import config as config_lib
+from ssl_jax import models
 
 
-def get_config(variant: str = 'builtin'):
+def get_config(arg: str = 'builtin'):
+  variant, _, backbone = arg.partition(',')
   c = config_lib.base_config()
   c.method.name = 'wav2vec2'
   m = c.method
@@ -72,4 +74,9 @@ def get_config(variant: str = 'builtin'):
     common.schedule(c, steps=400_000, warmup_steps=32_000, checkpoint_every=2000)
   else:
     raise common.unknown_variant('wav2vec2', variant, "'builtin' or 'librispeech'")
+  if backbone:   # ',<speech encoder>' as the image configs' ',<backbone>'
+    if not models.is_audio_backbone(backbone):
+      raise ValueError(f'configs/wav2vec2.py:{arg}: {backbone!r} is not a speech encoder (wav2vec2 '
+                       f'reads waveforms); use one of {list(models.AUDIOS)}')
+    c.model.backbone = backbone
   return c

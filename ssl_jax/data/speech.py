@@ -84,7 +84,7 @@ Measured (2-core Xeon, defaults: 100 train / 30 test speakers, hard, seed 0):
   0.403 (chance 0.1); seeds 1 and 2: 0.237 / 0.423 and 0.228 / 0.423. sklearn's majority-vote
   ``KNeighborsClassifier(20, metric='cosine')`` on the same features: 0.229 / 0.420 (seed 0). The
   clean sets (``hard=False``): 0.858 / 0.963.
-  Command: ``python -m ssl_jax.data.speech --measure spoken_words spoken_digits`` (prints sizes,
+  Command: ``python -m ssl_jax.eval.speech --measure spoken_words spoken_digits`` (prints sizes,
   generation time, cache size and the kNN top-1 of the hard and clean set of each, seed 0; ~2 min
   with an empty cache).
 
@@ -693,46 +693,68 @@ def mfcc(audio: np.ndarray, sample_rate: int = 16000, num_ceps: int = 13,
   return ceps.astype(np.float32)
 
 
+def mfcc_jax(audio, sample_rate: int = 16000, num_ceps: int = 13, deltas: bool = True,
+             chunk: int = 256):
+  """:func:`mfcc` in jax.numpy, jittable, for labels computed on device (HuBERT's first
+  iteration, ``methods/speech/hubert.py``): the same frames, window, filterbank, DCT and deltas,
+  in float32 (the numpy one works in float64 and rounds at the end). Its matmuls run at
+  ``HIGHEST`` precision, so an accelerator's default reduced-precision float32 dots do not move
+  the coefficients. ``chunk`` clips at a time, as :func:`mfcc`."""
+  import jax  # pylint: disable=g-import-not-at-top  # the generator subprocess needs no jax
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  audio = jnp.asarray(audio, jnp.float32)
+  if audio.ndim == 2 and audio.shape[0] > chunk:
+    return jnp.concatenate([mfcc_jax(audio[i:i + chunk], sample_rate, num_ceps, deltas, chunk)
+                            for i in range(0, audio.shape[0], chunk)])
+  hi = jax.lax.Precision.HIGHEST
+  hop, win = frame_geometry(sample_rate)
+  t = num_frames(audio.shape[-1], sample_rate)
+  # Frame t = samples [hop t, hop t + win): the first win - hop samples of hop-sample block t + 1
+  # appended to block t (win <= 2 hop), slices instead of a gather.
+  need = (t + 1) * hop
+  x = audio[..., :need] if audio.shape[-1] >= need else jnp.pad(
+      audio, [(0, 0)] * (audio.ndim - 1) + [(0, need - audio.shape[-1])])
+  blocks = x.reshape(x.shape[:-1] + (t + 1, hop))
+  x = jnp.concatenate([blocks[..., :t, :], blocks[..., 1:, :win - hop]], axis=-1)
+  x = x - x.mean(axis=-1, keepdims=True)
+  x = jnp.concatenate([x[..., :1] * (1 - 0.97), x[..., 1:] - 0.97 * x[..., :-1]], axis=-1)
+  x = x * jnp.asarray(np.hamming(win), jnp.float32)
+  n_fft = 512
+  spec = jnp.fft.rfft(x, n_fft, axis=-1)
+  power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+  bank = jnp.asarray(mel_filterbank(40, n_fft, sample_rate).T, jnp.float32)
+  logmel = jnp.log(jnp.maximum(jnp.matmul(power, bank, precision=hi),
+                               np.finfo(np.float32).eps))
+  ceps = jnp.matmul(logmel, jnp.asarray(dct_matrix(num_ceps, 40), jnp.float32), precision=hi)
+  if deltas:
+    d = _deltas_jax(ceps)
+    ceps = jnp.concatenate([ceps, d, _deltas_jax(d)], axis=-1)
+  return ceps
+
+
+def _deltas_jax(x, width: int = 2):
+  """:func:`compute_deltas` in jax.numpy."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(width, width), (0, 0)], mode='edge')
+  t = x.shape[-2]
+  num = sum(n * (xp[..., width + n:width + n + t, :] - xp[..., width - n:width - n + t, :])
+            for n in range(1, width + 1))
+  return num / (2.0 * sum(n * n for n in range(1, width + 1)))
+
+
 def pooled_mfcc(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
   """(N, L) -> (N, 78): mean and std over frames of the 39-d MFCC (the baseline features)."""
   m = mfcc(audio, sample_rate)
   return np.concatenate([m.mean(axis=-2), m.std(axis=-2)], axis=-1)
 
 
-def mfcc_knn_top1(name: str, config: SpeechSetConfig | None = None,
-                  cache_dir: str | None = None, k: int = 20) -> float:
-  """Weighted cosine kNN (``ssl_jax.eval.knn``) top-1 of standardised pooled MFCC, train ->
-  test."""
-  from ssl_jax.eval import knn  # pylint: disable=g-import-not-at-top
-  tr = load_speech_set(name, 'train', config=config, cache_dir=cache_dir)
-  te = load_speech_set(name, 'test', config=config, cache_dir=cache_dir)
-  f_tr, f_te = pooled_mfcc(tr['audio']), pooled_mfcc(te['audio'])
-  mu, sd = f_tr.mean(0), f_tr.std(0) + 1e-8
-  return knn.knn_top1((f_tr - mu) / sd, tr['label'], (f_te - mu) / sd, te['label'], k=k,
-                      num_classes=len(tr['words']))
-
-
 def _main(argv: list[str]) -> None:
   if argv[:1] == ['--generate']:
     config = SpeechSetConfig(**json.loads(argv[1]))
     np.savez_compressed(argv[2], **generate(config))
-  elif argv[:1] == ['--measure']:
-    for name in argv[1:] or SPEECH_SETS:
-      for hard in (True, False):
-        config = SpeechSetConfig(name=name, hard=hard)
-        start = time.time()
-        path = generate_cached(config)
-        wall = time.time() - start
-        with np.load(path) as f:
-          gen = float(f['generation_seconds'])
-          sizes = len(f['train_label']), len(f['test_label'])
-        acc = mfcc_knn_top1(name, config)
-        print(f'{name} hard={hard}: train/test {sizes[0]}/{sizes[1]}, generation {gen:.1f} s '
-              f'(load/generate call {wall:.1f} s), cache {os.path.getsize(path) / 1e6:.0f} MB, '
-              f'MFCC kNN top-1 {acc:.3f}', flush=True)
   else:
-    raise SystemExit('usage: python -m ssl_jax.data.speech --measure [name ...] | '
-                     '--generate CONFIG_JSON OUT.npz')
+    raise SystemExit('usage: python -m ssl_jax.data.speech --generate CONFIG_JSON OUT.npz '
+                     '(the measurement: python -m ssl_jax.eval.speech --measure)')
 
 
 if __name__ == '__main__':

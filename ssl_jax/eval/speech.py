@@ -17,12 +17,16 @@ Both need frame-level phone labels, which the built-in speech sets carry (``data
 """
 from __future__ import annotations
 
+import os
+import sys
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.data import kmeans, speech
-from ssl_jax.eval import linear
+from ssl_jax.eval import knn, linear
 
 MAX_FRAMES = 40_000
 
@@ -103,3 +107,38 @@ def evaluate(method, params, config) -> dict:
   out['pnmi_mfcc'] = frame_pnmi(m_tr, m_te, ph_te, num_units, seed)
   out['speech_units'] = num_units
   return out
+
+
+def mfcc_knn_top1(name: str, config: speech.SpeechSetConfig | None = None,
+                  cache_dir: str | None = None, k: int = 20) -> float:
+  """Weighted cosine kNN (``ssl_jax.eval.knn``) top-1 of standardised pooled MFCC, train ->
+  test."""
+  tr = speech.load_speech_set(name, 'train', config=config, cache_dir=cache_dir)
+  te = speech.load_speech_set(name, 'test', config=config, cache_dir=cache_dir)
+  f_tr, f_te = speech.pooled_mfcc(tr['audio']), speech.pooled_mfcc(te['audio'])
+  mu, sd = f_tr.mean(0), f_tr.std(0) + 1e-8
+  return knn.knn_top1((f_tr - mu) / sd, tr['label'], (f_te - mu) / sd, te['label'], k=k,
+                      num_classes=len(tr['words']))
+
+
+def _main(argv: list[str]) -> None:
+  if argv[:1] == ['--measure']:
+    for name in argv[1:] or speech.SPEECH_SETS:
+      for hard in (True, False):
+        config = speech.SpeechSetConfig(name=name, hard=hard)
+        start = time.time()
+        path = speech.generate_cached(config)
+        wall = time.time() - start
+        with np.load(path) as f:
+          gen = float(f['generation_seconds'])
+          sizes = len(f['train_label']), len(f['test_label'])
+        acc = mfcc_knn_top1(name, config)
+        print(f'{name} hard={hard}: train/test {sizes[0]}/{sizes[1]}, generation {gen:.1f} s '
+              f'(load/generate call {wall:.1f} s), cache {os.path.getsize(path) / 1e6:.0f} MB, '
+              f'MFCC kNN top-1 {acc:.3f}', flush=True)
+  else:
+    raise SystemExit('usage: python -m ssl_jax.eval.speech --measure [name ...]')
+
+
+if __name__ == '__main__':
+  _main(sys.argv[1:])

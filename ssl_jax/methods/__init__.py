@@ -47,6 +47,7 @@ METHODS = {
     'msn': 'ssl_jax.methods.distillation.msn:MSN',
     'data2vec_audio': 'ssl_jax.methods.speech.data2vec_audio:Data2VecAudio',
     'wav2vec2': 'ssl_jax.methods.speech.wav2vec2:Wav2Vec2',
+    'hubert': 'ssl_jax.methods.speech.hubert:HuBERT',
 }
 
 _BUILTIN_METHODS = dict(METHODS)

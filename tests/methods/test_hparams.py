@@ -30,7 +30,7 @@ def config_variants():
       continue
     module = importlib.import_module(f'configs.{name}')
     names = set(re.findall(r'``([a-z0-9_]+(?:,[a-z0-9_]+)?)``', module.__doc__ or ''))
-    for variant in sorted(names | {'builtin', 'cifar10', 'imagenet'}):
+    for variant in sorted(names | {'builtin', 'cifar10', 'imagenet', 'librispeech'}):
       try:
         module.get_config(variant)
       except ValueError as e:
@@ -48,7 +48,12 @@ def test_the_sweep_sees_every_config_and_its_variants():
   files = {n for n, _ in VARIANTS}
   assert len(files) >= 28 and {'moco', 'mocov3', 'simmim', 'data2vec'} <= files
   assert ('moco', 'v1_imagenet') in VARIANTS and ('simmim', 'imagenet,swin_base') in VARIANTS
-  assert all((n, v) in VARIANTS for n in files for v in ('builtin', 'cifar10', 'imagenet'))
+  # Image configs have the three common variants; speech configs builtin and librispeech.
+  speech = {n for n in files
+            if importlib.import_module(f'configs.{n}').get_config().data.modality == 'audio'}
+  assert {'wav2vec2', 'data2vec_audio', 'hubert'} <= speech
+  assert all((n, v) in VARIANTS for n in files - speech for v in ('builtin', 'cifar10', 'imagenet'))
+  assert all((n, v) in VARIANTS for n in speech for v in ('builtin', 'librispeech'))
   assert len({importlib.import_module(f'configs.{n}').get_config(v).method.name
               for n, v in VARIANTS}) == len(methods.METHODS)
 
