@@ -59,6 +59,18 @@ def speech_data(c, *, batch_size: int, name: str = 'spoken_words', clip_samples:
   return c
 
 
+def speech_backbone(c, name: str, arg: str, backbone: str):
+  """The ``,<speech encoder>`` suffix of a speech config's variant (``arg``): sets
+  ``model.backbone``, or stops in one line when it names an image backbone."""
+  from ssl_jax import models  # pylint: disable=g-import-not-at-top
+  if backbone:
+    if not models.is_audio_backbone(backbone):
+      raise ValueError(f'configs/{name}.py:{arg}: {backbone!r} is not a speech encoder ({name} '
+                       f'reads waveforms); use one of {list(models.AUDIOS)}')
+    c.model.backbone = backbone
+  return c
+
+
 def speech_folder_data(c, *, batch_size: int, clip_samples: int, path: str = ''):
   """A folder of 16 kHz .wav files (``data.path``; LibriSpeech converted with ffmpeg, see
   docs/datasets.md), random ``clip_samples`` windows; 16 input workers."""

@@ -26,7 +26,6 @@ Variants (``--config=configs/data2vec_audio.py:<variant>``):
 """
 from configs import _common as common
 from ssl_jax import config as config_lib
-from ssl_jax import models
 
 
 def get_config(arg: str = 'builtin'):
@@ -68,9 +67,5 @@ def get_config(arg: str = 'builtin'):
     common.schedule(c, steps=400_000, warmup_steps=12_000, checkpoint_every=2000)
   else:
     raise common.unknown_variant('data2vec_audio', variant, "'builtin' or 'librispeech'")
-  if backbone:   # ',<speech encoder>' as the image configs' ',<backbone>'
-    if not models.is_audio_backbone(backbone):
-      raise ValueError(f'configs/data2vec_audio.py:{arg}: {backbone!r} is not a speech encoder (data2vec_audio '
-                       f'reads waveforms); use one of {list(models.AUDIOS)}')
-    c.model.backbone = backbone
+  common.speech_backbone(c, 'data2vec_audio', arg, backbone)   # ',<speech encoder>'
   return c

@@ -66,7 +66,6 @@ polynomial (linear) lr decay (cosine here).
 """
 from configs import _common as common
 from ssl_jax import config as config_lib
-from ssl_jax import models
 
 VARIANTS = "'builtin', 'builtin_it2', 'librispeech' or 'librispeech_it2'"
 
@@ -126,9 +125,5 @@ def get_config(arg: str = 'builtin'):
       c.train.steps = 400_000
   else:
     raise common.unknown_variant('hubert', variant, VARIANTS)
-  if backbone:   # ',<speech encoder>' as the image configs' ',<backbone>'
-    if not models.is_audio_backbone(backbone):
-      raise ValueError(f'configs/hubert.py:{arg}: {backbone!r} is not a speech encoder (hubert '
-                       f'reads waveforms); use one of {list(models.AUDIOS)}')
-    c.model.backbone = backbone
+  common.speech_backbone(c, 'hubert', arg, backbone)   # ',<speech encoder>'
   return c

@@ -25,7 +25,6 @@ Variants (``--config=configs/wav2vec2.py:<variant>``):
 """
 from configs import _common as common
 from ssl_jax import config as config_lib
-from ssl_jax import models
 
 
 def get_config(arg: str = 'builtin'):
@@ -74,9 +73,5 @@ def get_config(arg: str = 'builtin'):
     common.schedule(c, steps=400_000, warmup_steps=32_000, checkpoint_every=2000)
   else:
     raise common.unknown_variant('wav2vec2', variant, "'builtin' or 'librispeech'")
-  if backbone:   # ',<speech encoder>' as the image configs' ',<backbone>'
-    if not models.is_audio_backbone(backbone):
-      raise ValueError(f'configs/wav2vec2.py:{arg}: {backbone!r} is not a speech encoder (wav2vec2 '
-                       f'reads waveforms); use one of {list(models.AUDIOS)}')
-    c.model.backbone = backbone
+  common.speech_backbone(c, 'wav2vec2', arg, backbone)   # ',<speech encoder>'
   return c

@@ -45,6 +45,30 @@ def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, step
   return c
 
 
+def tiny_audio(c: ConfigDict, batch_size: int = 8, steps: int = 3) -> ConfigDict:
+  """A seconds-to-compile audio encoder on a 5-voice spoken_digits set (cached once)."""
+  c.data.name = 'spoken_digits'
+  c.data.speech_speakers = (3, 2)
+  c.data.clip_samples = 8000           # 0.5 s: 24 frames
+  c.data.batch_size = batch_size
+  c.data.num_workers = 0
+  c.model.backbone = 'audio_tiny'
+  c.model.conv_dim = 16
+  c.model.embed_dim = 32
+  c.model.depth = 2
+  c.model.num_heads = 2
+  c.model.pos_conv_kernel = 8
+  c.model.pos_conv_groups = 4
+  c.train.steps = steps
+  c.train.log_every = 1
+  c.train.checkpoint_every = steps
+  c.train.progress_bar = False
+  c.train.final_eval = False
+  c.optim.warmup_steps = 1
+  c.eval.batch_size = 16
+  return c
+
+
 # ``tiny``'s model and data shrink as ``python -m ssl_jax.main`` flags, for the tests that start
 # training subprocesses (resume, multi-host, gs://); each adds its own steps and checkpoints.
 TINY_CLI = [

@@ -15,13 +15,14 @@ The trainer never branches on the method's name.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from ssl_jax import models
-from ssl_jax.data import augment, image_ops
+from ssl_jax.data import augment, image_ops, masking
 from ssl_jax.data import audio as audio_lib
 from ssl_jax.data import modality as data_modality
 from ssl_jax.data.pipeline import CropSpec
@@ -164,6 +165,14 @@ class AudioMethod(Method):
   num_views = 1
   normalize_views = False
 
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Hparams(Method.Hparams):
+    # wav2vec 2.0 / HuBERT span masks (data.masking.span_mask): a frame starts a span of
+    # mask_span frames with probability mask_prob / mask_span; equal counts per clip.
+    mask_prob: float
+    mask_span: int
+    min_masks: int = 2
+
   def __init__(self, config):
     super().__init__(config)
     if not hasattr(self.backbone, 'num_frames'):
@@ -172,6 +181,12 @@ class AudioMethod(Method):
                        f'{list(models.AUDIOS)}')
     self.audio_normalize = bool(config.model.get('audio_normalize', True))
     self.num_frames = int(self.backbone.num_frames(config.data.clip_samples))
+    m = self.hp
+    if not 0 < m.mask_prob < 1:
+      raise ValueError(f'config.method.mask_prob={m.mask_prob} must be in (0, 1)')
+    if not 0 < m.mask_span < self.num_frames:
+      raise ValueError(f'config.method.mask_span={m.mask_span} must be in [1, {self.num_frames}) '
+                       f'(frames of a data.clip_samples={config.data.clip_samples} clip)')
 
   def host_transform(self):
     return data_modality.audio_transform(self.config.data)
@@ -180,8 +195,11 @@ class AudioMethod(Method):
     return ()
 
   def views(self, batch, rng):
-    del rng
-    return {'audio': self.normalize(batch['audio'])}
+    """The standardised clip and its span mask (B, T) (True = masked)."""
+    m = self.hp
+    return {'audio': self.normalize(batch['audio']),
+            'mask': masking.span_mask(rng, batch['audio'].shape[0], self.num_frames,
+                                      m.mask_prob, m.mask_span, min_masks=m.min_masks)}
 
   def encoder_input(self) -> dict:
     return {'modality': 'audio', 'sample_rate': 16000, 'clip_samples':

@@ -33,27 +33,10 @@ STEPS = 2
 
 
 def tiny(variant: str = 'builtin'):
-  c = hubert_config.get_config(variant)
-  c.data.name = 'spoken_digits'
-  c.data.speech_speakers = (3, 2)      # 30 training clips
-  c.data.clip_samples = 8000           # 0.5 s: 24 frames
-  c.data.batch_size = 8
-  c.data.num_workers = 0
-  c.model.conv_dim = 16
-  c.model.embed_dim = 32
-  c.model.depth = 2
-  c.model.num_heads = 2
-  c.model.pos_conv_kernel = 8
-  c.model.pos_conv_groups = 4
+  c = helpers.tiny_audio(hubert_config.get_config(variant), 8, STEPS)   # 30 training clips
   c.method.num_units = K
   c.method.final_dim = 16
   c.method.mask_span = 4
-  c.train.steps = STEPS
-  c.train.log_every = 1
-  c.train.checkpoint_every = STEPS
-  c.train.progress_bar = False
-  c.train.final_eval = False
-  c.optim.warmup_steps = 1
   return c
 
 

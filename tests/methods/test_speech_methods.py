@@ -16,39 +16,15 @@ from tests import helpers
 STEPS = 3
 
 
-def tiny_audio(c, batch_size: int = 8):
-  """A seconds-to-compile audio encoder on a 5-voice spoken_digits set (cached once)."""
-  c.data.name = 'spoken_digits'
-  c.data.speech_speakers = (3, 2)
-  c.data.clip_samples = 8000           # 0.5 s: 24 frames
-  c.data.batch_size = batch_size
-  c.data.num_workers = 0
-  c.model.backbone = 'audio_tiny'
-  c.model.conv_dim = 16
-  c.model.embed_dim = 32
-  c.model.depth = 2
-  c.model.num_heads = 2
-  c.model.pos_conv_kernel = 8
-  c.model.pos_conv_groups = 4
-  c.train.steps = STEPS
-  c.train.log_every = 1
-  c.train.checkpoint_every = STEPS
-  c.train.progress_bar = False
-  c.train.final_eval = False
-  c.optim.warmup_steps = 1
-  c.eval.batch_size = 16
-  return c
-
-
 def d2va(batch_size=8):
-  c = tiny_audio(d2va_config.get_config('builtin'), batch_size)
+  c = helpers.tiny_audio(d2va_config.get_config('builtin'), batch_size, STEPS)
   c.method.top_k = 2
   c.method.mask_span = 4
   return c
 
 
 def w2v2(batch_size=8):
-  c = tiny_audio(w2v2_config.get_config('builtin'), batch_size)
+  c = helpers.tiny_audio(w2v2_config.get_config('builtin'), batch_size, STEPS)
   c.method.mask_span = 4
   c.method.final_dim = 16
   c.method.num_vars = 8

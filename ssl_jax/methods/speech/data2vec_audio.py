@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
-from ssl_jax.data import masking
 from ssl_jax.methods import teacher as teacher_lib
 from ssl_jax.methods.base import AudioMethod, init_module
 from ssl_jax.models.cpu.dense import Dense
@@ -62,9 +61,6 @@ class Data2VecAudio(AudioMethod):
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class Hparams(AudioMethod.Hparams):
     top_k: int
-    mask_prob: float
-    mask_span: int
-    min_masks: int = 2
     loss_beta: float
     target_layer_norm: str = 'instance'
     target_final_norm: str = 'none'
@@ -78,21 +74,9 @@ class Data2VecAudio(AudioMethod):
     depth = self.backbone.depth
     if not 0 < m.top_k <= depth:
       raise ValueError(f'config.method.top_k={m.top_k} must be in [1, depth={depth}]')
-    if not 0 < m.mask_prob < 1:
-      raise ValueError(f'config.method.mask_prob={m.mask_prob} must be in (0, 1)')
-    if not 0 < m.mask_span < self.num_frames:
-      raise ValueError(f'config.method.mask_span={m.mask_span} must be in [1, {self.num_frames}) '
-                       f'(frames of a data.clip_samples={config.data.clip_samples} clip)')
     self.head = Dense(self.feature_dim, name='final_proj')
     self.momentum_fn = teacher_lib.momentum_schedule(
         m, m.momentum_anneal_steps or config.train.steps, shape='linear')
-
-  def views(self, batch, rng):
-    out = super().views(batch, rng)
-    m = self.hp
-    out['mask'] = masking.span_mask(rng, batch['audio'].shape[0], self.num_frames, m.mask_prob,
-                                    m.mask_span, min_masks=m.min_masks)
-    return out
 
   def init(self, rng, batch):
     k1, k2, k3 = jax.random.split(rng, 3)

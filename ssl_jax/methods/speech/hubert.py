@@ -56,7 +56,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.data import audio as audio_lib
-from ssl_jax.data import masking, speech
+from ssl_jax.data import speech
 from ssl_jax.methods.base import AudioMethod, init_module
 from ssl_jax.methods.speech import hubert_units
 from ssl_jax.models.cpu.dense import Dense
@@ -94,9 +94,6 @@ class HuBERT(AudioMethod):
     kmeans_max_clips: int = 4000    # training records the k-means reads (0: all)
     kmeans_iters: int = 100
     kmeans_batch_size: int = 0      # 0: full-batch Lloyd; N: mini-batches of N frames
-    mask_prob: float
-    mask_span: int
-    min_masks: int = 2
     final_dim: int
     logit_temp: float = 0.1
     masked_weight: float = 1.0
@@ -110,11 +107,6 @@ class HuBERT(AudioMethod):
       raise ValueError(f'config.method.units={m.units!r} must be one of {UNITS}')
     if m.num_units < 2:
       raise ValueError(f'config.method.num_units={m.num_units} must be at least 2')
-    if not 0 < m.mask_prob < 1:
-      raise ValueError(f'config.method.mask_prob={m.mask_prob} must be in (0, 1)')
-    if not 0 < m.mask_span < self.num_frames:
-      raise ValueError(f'config.method.mask_span={m.mask_span} must be in [1, {self.num_frames}) '
-                       f'(frames of a data.clip_samples={config.data.clip_samples} clip)')
     if m.units == 'layer' and not m.units_path:
       raise ValueError(
           "config.method.units_path is empty: units='layer' (HuBERT's iteration 2) reads a units "
@@ -174,11 +166,8 @@ class HuBERT(AudioMethod):
 
   # -- views and targets ------------------------------------------------------------------------
   def views(self, batch, rng):
-    out = super().views(batch, rng)
-    m = self.hp
-    out['audio_raw'] = jnp.asarray(batch['audio'], jnp.float32)
-    out['mask'] = masking.span_mask(rng, batch['audio'].shape[0], self.num_frames, m.mask_prob,
-                                    m.mask_span, min_masks=m.min_masks)
+    out = super().views(batch, rng)   # the standardised clip and the span mask
+    out['audio_raw'] = jnp.asarray(batch['audio'], jnp.float32)   # the units read the raw clip
     return out
 
   def unit_features(self, units, audio_raw):

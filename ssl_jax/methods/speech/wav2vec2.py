@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
-from ssl_jax.data import masking
 from ssl_jax.methods.base import AudioMethod, init_module
 from ssl_jax.models.cpu.dense import Dense
 from ssl_jax.models.quantizer import GumbelVectorQuantizer, gumbel_temperature
@@ -52,9 +51,6 @@ class Wav2Vec2(AudioMethod):
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class Hparams(AudioMethod.Hparams):
-    mask_prob: float
-    mask_span: int
-    min_masks: int = 2
     final_dim: int
     num_groups: int = 2
     num_vars: int = 320
@@ -70,24 +66,12 @@ class Wav2Vec2(AudioMethod):
   def __init__(self, config):
     super().__init__(config)
     m = self.hp
-    if not 0 < m.mask_prob < 1:
-      raise ValueError(f'config.method.mask_prob={m.mask_prob} must be in (0, 1)')
-    if not 0 < m.mask_span < self.num_frames:
-      raise ValueError(f'config.method.mask_span={m.mask_span} must be in [1, {self.num_frames}) '
-                       f'(frames of a data.clip_samples={config.data.clip_samples} clip)')
     if m.final_dim % m.num_groups:
       raise ValueError(f'config.method.final_dim={m.final_dim} must be a multiple of '
                        f'num_groups={m.num_groups}')
     self.quantizer = GumbelVectorQuantizer(num_groups=m.num_groups, num_vars=m.num_vars,
                                            code_dim=m.final_dim, out_dim=m.final_dim)
     self.final_proj = Dense(m.final_dim, name='final_proj')
-
-  def views(self, batch, rng):
-    out = super().views(batch, rng)
-    m = self.hp
-    out['mask'] = masking.span_mask(rng, batch['audio'].shape[0], self.num_frames, m.mask_prob,
-                                    m.mask_span, min_masks=m.min_masks)
-    return out
 
   def init(self, rng, batch):
     k1, k2, k3, k4 = jax.random.split(rng, 4)
