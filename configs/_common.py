@@ -59,6 +59,23 @@ def speech_data(c, *, batch_size: int, name: str = 'spoken_words', clip_samples:
   return c
 
 
+def speech_pretraining(c, *, mask_prob: float):
+  """The settings fairseq's speech pre-training configs share (wav2vec 2.0, HuBERT,
+  data2vec-audio): span masks of 10 frames at ``mask_prob`` (at least 2 spans), Adam (0.9, 0.98)
+  lr 5e-4 unscaled, weight decay 0.01; no linear probe of utterance features in ``--mode=eval``."""
+  c.method.mask_prob = mask_prob
+  c.method.mask_span = 10
+  c.method.min_masks = 2
+  c.optim.name = 'adamw'
+  c.optim.lr = 5e-4
+  c.optim.lr_scaling = 'none'
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.weight_decay = 0.01
+  c.eval.linear = False
+  return c
+
+
 def speech_backbone(c, name: str, arg: str, backbone: str):
   """The ``,<speech encoder>`` suffix of a speech config's variant (``arg``): sets
   ``model.backbone``, or stops in one line when it names an image backbone."""

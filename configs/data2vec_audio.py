@@ -33,10 +33,8 @@ def get_config(arg: str = 'builtin'):
   c = config_lib.base_config()
   c.method.name = 'data2vec_audio'
   m = c.method
+  common.speech_pretraining(c, mask_prob=0.65)
   m.top_k = 8
-  m.mask_prob = 0.65
-  m.mask_span = 10
-  m.min_masks = 2
   m.loss_beta = 0.0               # 0: L2
   m.target_layer_norm = 'instance'
   m.target_final_norm = 'none'
@@ -44,13 +42,6 @@ def get_config(arg: str = 'builtin'):
   m.momentum_final = 0.9999
   m.momentum_anneal_steps = 30_000
   c.model.audio_normalize = True
-  c.optim.name = 'adamw'
-  c.optim.lr = 5e-4
-  c.optim.lr_scaling = 'none'
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.98
-  c.optim.weight_decay = 0.01
-  c.eval.linear = False
 
   if variant == 'builtin':
     common.speech_data(c, batch_size=32)

@@ -32,9 +32,7 @@ def get_config(arg: str = 'builtin'):
   c = config_lib.base_config()
   c.method.name = 'wav2vec2'
   m = c.method
-  m.mask_prob = 0.65
-  m.mask_span = 10
-  m.min_masks = 2
+  common.speech_pretraining(c, mask_prob=0.65)
   m.final_dim = 256
   m.num_groups = 2
   m.num_vars = 320
@@ -46,13 +44,6 @@ def get_config(arg: str = 'builtin'):
   m.temp_start, m.temp_end, m.temp_decay = 2.0, 0.5, 0.999995
   c.model.feature_grad_mult = 0.1
   c.model.audio_normalize = False   # BASE reads raw waveforms (LARGE normalises)
-  c.optim.name = 'adamw'
-  c.optim.lr = 5e-4
-  c.optim.lr_scaling = 'none'
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.98
-  c.optim.weight_decay = 0.01
-  c.eval.linear = False
 
   if variant == 'builtin':
     common.speech_data(c, batch_size=32)

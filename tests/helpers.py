@@ -35,14 +35,7 @@ def tiny(config: ConfigDict, *, image_size: int = 16, batch_size: int = 16, step
   c.model.embed_dim = 32
   c.model.depth = 2
   c.model.num_heads = 2
-  c.train.steps = steps
-  c.train.log_every = 1
-  c.train.checkpoint_every = steps
-  c.train.progress_bar = False
-  c.train.final_eval = False
-  c.optim.warmup_steps = 1
-  c.eval.batch_size = 64
-  return c
+  return short_run(c, steps, eval_batch_size=64)
 
 
 def tiny_audio(c: ConfigDict, batch_size: int = 8, steps: int = 3) -> ConfigDict:
@@ -59,13 +52,18 @@ def tiny_audio(c: ConfigDict, batch_size: int = 8, steps: int = 3) -> ConfigDict
   c.model.num_heads = 2
   c.model.pos_conv_kernel = 8
   c.model.pos_conv_groups = 4
+  return short_run(c, steps, eval_batch_size=16)
+
+
+def short_run(c: ConfigDict, steps: int, eval_batch_size: int) -> ConfigDict:
+  """``steps`` steps logged every step, one checkpoint at the end, no final kNN, no progress bar."""
   c.train.steps = steps
   c.train.log_every = 1
   c.train.checkpoint_every = steps
   c.train.progress_bar = False
   c.train.final_eval = False
   c.optim.warmup_steps = 1
-  c.eval.batch_size = 16
+  c.eval.batch_size = eval_batch_size
   return c
 
 

@@ -281,7 +281,7 @@ def get_source(data_cfg, split: str):
   get = lambda key, default=None: getattr(data_cfg, key, default)
   modality = get('modality', 'image')
   if kind == 'builtin':
-    source = _builtin_for(modality, data_cfg.name, split, get('speech_speakers', ()))
+    source = _builtin_for(modality, data_cfg, split)
   elif kind == 'tfds':
     from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     source = RobustSource(tfds_source.TfdsSource(
@@ -304,10 +304,11 @@ def get_source(data_cfg, split: str):
   return source
 
 
-def _builtin_for(modality: str, name: str, split: str, speakers=()):
-  """The built-in set ``name``: an image set, or for ``data.modality='audio'`` a speech set
-  (``data/speech.py``, generated once and cached, ``speakers`` = (train, test) voices, default
-  (100, 30)); a name of the other modality is refused."""
+def _builtin_for(modality: str, data_cfg, split: str):
+  """The built-in set ``data_cfg.name``: an image set, or for ``data.modality='audio'`` a speech
+  set (``data/speech.py``, generated once and cached, ``data.speech_speakers`` voices); a name of
+  the other modality is refused."""
+  name = data_cfg.name
   if modality == 'image' and name in BUILTIN:
     return builtin_source(name, split)
   from ssl_jax.data import speech  # pylint: disable=g-import-not-at-top
@@ -315,9 +316,7 @@ def _builtin_for(modality: str, name: str, split: str, speakers=()):
     if name not in speech.SPEECH_SETS:
       raise ValueError(f"config.data.name={name!r} is not a built-in speech set (data.modality="
                        f"'audio'); choose one of {list(speech.SPEECH_SETS)}")
-    train, test = speakers if speakers else (100, 30)
-    return speech.speech_source(name, split, speech.SpeechSetConfig(
-        name=name, num_train_speakers=int(train), num_test_speakers=int(test)))
+    return speech.speech_source(name, split, speech.speech_set_config(data_cfg))
   if name in speech.SPEECH_SETS:
     raise ValueError(f"config.data.name={name!r} is a speech set; set config.data.modality="
                      "'audio' (and an audio method) or choose an image set: "

@@ -606,6 +606,14 @@ class AudioArraySource:
     return f'AudioArraySource({self.name}, n={len(self)}, samples={self.audio.shape[1]})'
 
 
+def speech_set_config(data_cfg) -> SpeechSetConfig:
+  """The built-in speech set ``config.data`` names: ``data.name`` with ``data.speech_speakers``
+  (train, test) voices (default (100, 30))."""
+  train, test = tuple(data_cfg.get('speech_speakers', ()) or ()) or (100, 30)
+  return SpeechSetConfig(name=data_cfg.name, num_train_speakers=int(train),
+                         num_test_speakers=int(test))
+
+
 def speech_source(name: str, split: str, config: SpeechSetConfig | None = None,
                   cache_dir: str | None = None) -> AudioArraySource:
   """Speech set ``name``'s split ('train' | 'test') as an ``AudioArraySource``."""

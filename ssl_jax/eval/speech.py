@@ -32,16 +32,21 @@ MAX_FRAMES = 40_000
 
 
 def _speech_set(data_cfg, split: str) -> dict:
-  train, test = tuple(data_cfg.get('speech_speakers', (100, 30)))
-  return speech.load_speech_set(data_cfg.name, split, config=speech.SpeechSetConfig(
-      name=data_cfg.name, num_train_speakers=int(train), num_test_speakers=int(test)))
+  return speech.load_speech_set(data_cfg.name, split, config=speech.speech_set_config(data_cfg))
 
 
-def block_frames(method, params, audio, batch_size: int = 64) -> list[np.ndarray]:
-  """[(N, T, D) per block] frame features of the clips ``audio`` (N, L), eval mode."""
+def block_encoder(method):
+  """jit of (backbone params, clips (B, L)) -> every block's frames of ``method``'s encoder on
+  its eval input, eval mode."""
   backbone = method.backbone
-  fn = jax.jit(lambda p, x: backbone.apply({'params': p}, method.normalize(x),
-                                           method=type(backbone).encode)['layers'])
+  return jax.jit(lambda p, x: backbone.apply({'params': p}, method.normalize(x),
+                                             method=type(backbone).encode)['layers'])
+
+
+def block_frames(method, params, audio, batch_size: int = 64, fn=None) -> list[np.ndarray]:
+  """[(N, T, D) per block] frame features of the clips ``audio`` (N, L), eval mode (``fn``: a
+  :func:`block_encoder` of ``method`` to reuse)."""
+  fn = fn or block_encoder(method)
   out = None
   for i in range(0, len(audio), batch_size):
     chunk = audio[i:i + batch_size]
@@ -87,8 +92,9 @@ def evaluate(method, params, config) -> dict:
   num_units, seed = int(e.get('speech_units', 100)), int(config.seed)
   ph_tr, ph_te = (np.asarray(s['phones'], np.int32).reshape(-1) for s in (tr, te))
   num_phones = len(tr['phone_names'])
-  layers_tr = block_frames(method, params['backbone'], tr['audio'])
-  layers_te = block_frames(method, params['backbone'], te['audio'])
+  fn = block_encoder(method)   # one compile for both splits
+  layers_tr = block_frames(method, params['backbone'], tr['audio'], fn=fn)
+  layers_te = block_frames(method, params['backbone'], te['audio'], fn=fn)
   flat = lambda x: x.reshape(-1, x.shape[-1])
   out = {}
   for i, (a, b) in enumerate(zip(layers_tr, layers_te)):

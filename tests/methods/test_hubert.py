@@ -52,7 +52,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope='module')
 def train_set(cache):
   return speech.load_speech_set('spoken_digits', 'train',
-                                config=hubert_units.speech_set_config(tiny().data))
+                                config=speech.speech_set_config(tiny().data))
 
 
 @pytest.fixture(scope='module')

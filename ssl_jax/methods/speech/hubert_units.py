@@ -72,14 +72,6 @@ _ENCODER = 'encoder/'
 # The training frames.
 # ------------------------------------------------------------------------------------------------
 
-def speech_set_config(data_cfg) -> speech.SpeechSetConfig:
-  """The built-in speech set ``config.data`` names: ``data.name`` with ``data.speech_speakers``
-  (train, test) voices (default (100, 30)), as ``data/sources.py`` opens it."""
-  train, test = tuple(data_cfg.get('speech_speakers', ()) or ()) or (100, 30)
-  return speech.SpeechSetConfig(name=data_cfg.name, num_train_speakers=int(train),
-                                num_test_speakers=int(test))
-
-
 def _subset(n: int, max_clips: int, seed: int) -> np.ndarray:
   if max_clips <= 0 or n <= max_clips:
     return np.arange(n)
@@ -94,7 +86,7 @@ def training_clips(config, max_clips: int, seed: int) -> dict:
   data = config.data
   split = data.get('train_split', 'train')
   if data.source == 'builtin':
-    d = speech.load_speech_set(data.name, split, config=speech_set_config(data))
+    d = speech.load_speech_set(data.name, split, config=speech.speech_set_config(data))
     idx = _subset(len(d['audio']), max_clips, seed)
     audio = d['audio'][idx]
     frames = np.full(len(idx), speech.num_frames(audio.shape[1]), np.int32)
@@ -162,7 +154,7 @@ def mfcc_cache_path(config, num_units: int, seed: int) -> str:
   data = {'source': d.source, 'name': d.name, 'path': d.get('path', ''),
           'split': d.get('train_split', 'train'), 'clip_samples': int(d.clip_samples)}
   if d.source == 'builtin':
-    data['speech_set'] = speech.config_key(speech_set_config(d))
+    data['speech_set'] = speech.config_key(speech.speech_set_config(d))
   blob = json.dumps({'data': data, 'num_units': int(num_units), 'seed': int(seed),
                      'max_clips': hp.kmeans_max_clips, 'iters': hp.kmeans_iters,
                      'batch_size': hp.kmeans_batch_size, 'version': UNITS_VERSION},
