@@ -10,7 +10,7 @@ Every record also carries ``'label'`` (int32, -1 when unlabelled) and ``'index'`
 """
 from __future__ import annotations
 
-from ssl_jax.data import audio, pipeline
+from ssl_jax.data import audio
 
 MODALITIES = ('image', 'audio')
 
@@ -19,11 +19,6 @@ def check(modality: str, field: str = 'data.modality'):
   if modality not in MODALITIES:
     raise ValueError(f'config.{field}={modality!r} is not a supported modality; choose one of '
                      f'{list(MODALITIES)}')
-
-
-def image_transform(data_cfg, specs) -> pipeline.MultiCrop:
-  return pipeline.MultiCrop(specs, eval_size=data_cfg.image_size,
-                            eval_crop_frac=data_cfg.get('eval_crop_frac', 1.0))
 
 
 def audio_transform(data_cfg) -> audio.AudioClip:

@@ -115,22 +115,16 @@ class MultiCrop(grain.transforms.RandomMap):
   The image modality's host transform. A host transform (``Method.host_transform``) is a grain
   ``RandomMap`` from a source record to one fixed-shape training record, with
   ``batch_spec(batch)`` (the ``{key: (shape, dtype)}`` of a batch of them, which shapes the state
-  before any data is read) and ``eval_view(record)`` (the deterministic array the frozen encoder
-  sees at evaluation). ``data/audio.py`` has the waveform one.
+  before any data is read). Images are evaluated on :func:`eval_batches`' centre crops; another
+  modality's transform adds ``eval_view(record)``, the array its frozen encoder sees at
+  evaluation (``data/audio.py``'s waveform clips).
   """
 
-  def __init__(self, specs: Sequence[CropSpec], eval_size: int | None = None,
-               eval_crop_frac: float = 1.0):
+  def __init__(self, specs: Sequence[CropSpec]):
     self.specs = tuple(specs)
-    self.eval_size = eval_size if eval_size is not None else (
-        self.specs[0].size if self.specs else None)
-    self.eval_crop_frac = eval_crop_frac
 
   def batch_spec(self, batch: int) -> dict:
     return batch_spec(self.specs, batch)
-
-  def eval_view(self, record) -> np.ndarray:
-    return center_view(record['image'], self.eval_size, self.eval_crop_frac)
 
   def random_map(self, record, rng: np.random.Generator):
     image = record['image']

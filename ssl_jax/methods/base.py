@@ -25,7 +25,7 @@ from ssl_jax import models
 from ssl_jax.data import augment, image_ops, masking
 from ssl_jax.data import audio as audio_lib
 from ssl_jax.data import modality as data_modality
-from ssl_jax.data.pipeline import CropSpec
+from ssl_jax.data.pipeline import CropSpec, MultiCrop
 from ssl_jax.methods import hparams
 from ssl_jax import optim as schedules
 
@@ -81,9 +81,9 @@ class Method:
 
   # -- data -------------------------------------------------------------------------------------
   def host_transform(self):
-    """The pipeline's per-record transform (a grain RandomMap with ``batch_spec(batch)`` and
-    ``eval_view(record)``): for images, the random-resized crops of :meth:`crop_specs`."""
-    return data_modality.image_transform(self.config.data, self.crop_specs())
+    """The pipeline's per-record transform (a grain RandomMap with ``batch_spec(batch)``): for
+    images, the random-resized crops of :meth:`crop_specs`."""
+    return MultiCrop(self.crop_specs())
 
   def crop_specs(self) -> tuple[CropSpec, ...]:
     d = self.config.data
